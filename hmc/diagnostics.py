@@ -1,0 +1,226 @@
+"""Convergence and error diagnostics for draws of shape ``(chain, draw, ...)``.
+
+R-hat and the autocorrelation-based ESS are numpyro's
+(:func:`numpyro.diagnostics.split_gelman_rubin`,
+:func:`numpyro.diagnostics.effective_sample_size`); this module adds chain
+splitting, the rank-normalised bulk ESS (Vehtari, Gelman, Simpson, Carpenter,
+Bürkner, Bayesian Analysis 16 (2021) 667), the Monte Carlo standard error of
+the mean, E-BFMI (Betancourt, arXiv:1604.00695) and a readable summary table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
+from scipy.special import ndtri
+
+
+def _split_chains(x: np.ndarray) -> np.ndarray:
+    """``(chain, draw, ...) -> (2 chain, draw // 2, ...)``, dropping a middle draw if odd."""
+    n = x.shape[1] // 2
+    return np.concatenate([x[:, :n], x[:, x.shape[1] - n :]], axis=0)
+
+
+def _constant(x: np.ndarray) -> np.ndarray:
+    flat = x.reshape(-1, *x.shape[2:])
+    return np.all(flat == flat[:1], axis=0)
+
+
+def ess(x: np.ndarray) -> np.ndarray:
+    """Effective sample size of the mean (split chains, Geyer's initial monotone sequence)."""
+    x = np.asarray(x, np.float64)
+    if x.shape[1] < 4:
+        return np.full(x.shape[2:], np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.asarray(effective_sample_size(_split_chains(x)), np.float64)
+    return np.where(_constant(x), np.nan, out)
+
+
+def _rank_normalize(x: np.ndarray) -> np.ndarray:
+    """Average ranks over all chains and draws mapped to normal scores, per element."""
+    chains, draws = x.shape[:2]
+    flat = x.reshape(chains * draws, -1)
+    z = np.empty_like(flat)
+    size = flat.shape[0]
+    for j in range(flat.shape[1]):
+        _, inverse, counts = np.unique(flat[:, j], return_inverse=True, return_counts=True)
+        upper = np.cumsum(counts)
+        average_rank = upper - (counts - 1) / 2.0
+        z[:, j] = ndtri((average_rank[inverse] - 0.375) / (size + 0.25))
+    return z.reshape(x.shape)
+
+
+def ess_bulk(x: np.ndarray) -> np.ndarray:
+    """Bulk ESS: ESS of rank-normalised split chains."""
+    x = np.asarray(x, np.float64)
+    if x.shape[1] < 4:
+        return np.full(x.shape[2:], np.nan)
+    out = ess(_rank_normalize(x))
+    return np.where(_constant(x), np.nan, out)
+
+
+def rhat(x: np.ndarray) -> np.ndarray:
+    """Split R-hat (numpyro); NaN with fewer than four draws or for a constant."""
+    x = np.asarray(x, np.float64)
+    if x.shape[1] < 4:
+        return np.full(x.shape[2:], np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.asarray(split_gelman_rubin(x), np.float64)
+    return np.where(_constant(x), np.nan, out)
+
+
+def mcse(x: np.ndarray) -> np.ndarray:
+    """Monte Carlo standard error of the mean, ``sd / sqrt(ess)``."""
+    x = np.asarray(x, np.float64)
+    sd = x.reshape(-1, *x.shape[2:]).std(axis=0, ddof=1)
+    return sd / np.sqrt(ess(x))
+
+
+def ebfmi(energy: np.ndarray) -> np.ndarray:
+    """Energy Bayesian fraction of missing information, per chain.
+
+    ``sum_n (E_n - E_{n-1})^2 / sum_n (E_n - mean E)^2`` over each chain's
+    draws; values below ~0.3 mean the momentum resampling cannot explore the
+    energy distribution (Betancourt 2016).
+    """
+    energy = np.asarray(energy, np.float64)
+    numerator = np.sum(np.diff(energy, axis=1) ** 2, axis=1)
+    denominator = np.sum((energy - energy.mean(axis=1, keepdims=True)) ** 2, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return numerator / denominator
+
+
+@dataclasses.dataclass
+class ObservableSummary:
+    """Statistics of one observable; every field has the observable's shape."""
+
+    mean: np.ndarray
+    sd: np.ndarray
+    mcse: np.ndarray
+    ess_bulk: np.ndarray
+    ess: np.ndarray
+    r_hat: np.ndarray
+    exact: np.ndarray | None = None
+    z: np.ndarray | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (None if v is None else np.asarray(v).tolist()) for k, v in dataclasses.asdict(self).items()}
+
+
+def summarize_draws(x: np.ndarray, exact: Any = None) -> ObservableSummary:
+    """Mean, sd, MCSE, bulk ESS, R-hat and (if known) the exact value and z-score."""
+    x = np.asarray(x, np.float64)
+    flat = x.reshape(-1, *x.shape[2:])
+    mean = flat.mean(axis=0)
+    sd = flat.std(axis=0, ddof=1) if flat.shape[0] > 1 else np.full(mean.shape, np.nan)
+    e = ess(x)
+    err = sd / np.sqrt(e)
+    exact_arr = z = None
+    if exact is not None:
+        exact_arr = np.broadcast_to(np.asarray(exact, np.float64), mean.shape)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = (mean - exact_arr) / err
+    return ObservableSummary(mean, sd, err, ess_bulk(x), e, rhat(x), exact_arr, z)
+
+
+def _fmt(value: float | None, digits: int = 5) -> str:
+    if value is None:
+        return ""
+    value = float(value)
+    if math.isnan(value):
+        return "nan"
+    if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+        return f"{value:.{digits - 1}e}"
+    return f"{value:.{digits}g}"
+
+
+@dataclasses.dataclass
+class Summary:
+    """Per-observable statistics plus run-level sampler diagnostics."""
+
+    observables: dict[str, ObservableSummary]
+    sampler: dict[str, Any]
+    max_rows_per_observable: int = 10
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "observables": {k: v.to_dict() for k, v in self.observables.items()},
+            "sampler": {k: (np.asarray(v).tolist() if isinstance(v, np.ndarray) else v) for k, v in self.sampler.items()},
+        }
+
+    def table(self) -> str:
+        header = ("observable", "mean", "sd", "mcse", "ess_bulk", "r_hat", "exact", "z")
+        rows = []
+        for name, s in self.observables.items():
+            size = int(np.prod(s.mean.shape))
+            for flat_index in range(min(size, self.max_rows_per_observable)):
+                idx = np.unravel_index(flat_index, s.mean.shape) if s.mean.shape else ()
+                label = name if not s.mean.shape else f"{name}[{','.join(map(str, idx))}]"
+
+                def at(a: np.ndarray | None) -> float | None:
+                    return None if a is None else a[idx]
+
+                rows.append(
+                    (
+                        label,
+                        _fmt(at(s.mean)),
+                        _fmt(at(s.sd), 3),
+                        _fmt(at(s.mcse), 2),
+                        _fmt(at(s.ess_bulk), 4) if not np.isnan(at(s.ess_bulk)) else "nan",
+                        _fmt(at(s.r_hat), 4),
+                        _fmt(at(s.exact), 8),
+                        "" if s.z is None else f"{float(at(s.z)):+.2f}",
+                    )
+                )
+            if size > self.max_rows_per_observable:
+                rows.append((f"  ({size - self.max_rows_per_observable} more of {name})",) + ("",) * 7)
+        widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+        lines = []
+        s = self.sampler
+        lines.append(
+            f"{s.get('num_chains')} chains x {s.get('num_draws')} draws, integrator {s.get('integrator')}, "
+            f"step size {_fmt(s.get('step_size_mean'), 4)}, mean acceptance {_fmt(s.get('acceptance_rate'), 3)}"
+        )
+        lines.append(
+            f"divergences {s.get('num_divergent')}, guard trips {s.get('num_guard_tripped')}, "
+            f"guard events {s.get('num_guard_events')}, min E-BFMI {_fmt(s.get('ebfmi_min'), 3)}"
+        )
+        lines.append("  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths))))
+        for r in rows:
+            lines.append("  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def summarize(
+    draws: Mapping[str, np.ndarray],
+    stats: Mapping[str, np.ndarray],
+    exact: Mapping[str, Any] | None = None,
+    sampler_info: Mapping[str, Any] | None = None,
+) -> Summary:
+    """Summary of every observable in ``draws`` and the sampler statistics in ``stats``."""
+    exact = exact or {}
+    observables = {name: summarize_draws(x, exact.get(name)) for name, x in draws.items()}
+    info: dict[str, Any] = dict(sampler_info or {})
+    if "acceptance_rate" in stats:
+        acc = np.asarray(stats["acceptance_rate"])
+        info.update(num_chains=int(acc.shape[0]), num_draws=int(acc.shape[1]))
+        info["acceptance_rate"] = float(acc.mean()) if acc.size else float("nan")
+    if "diverging" in stats:
+        info["num_divergent"] = int(np.sum(stats["diverging"]))
+    if "guard_tripped" in stats:
+        info["num_guard_tripped"] = int(np.sum(stats["guard_tripped"]))
+    if "step_size" in stats and np.size(stats["step_size"]):
+        info["step_size_mean"] = float(np.mean(stats["step_size"]))
+    if "energy" in stats and np.shape(stats["energy"])[1] > 2:
+        e = ebfmi(stats["energy"])
+        info["ebfmi"] = e
+        info["ebfmi_min"] = float(np.nanmin(e)) if np.any(np.isfinite(e)) else float("nan")
+    return Summary(observables, info)

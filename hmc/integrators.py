@@ -1,0 +1,255 @@
+"""Symplectic splitting integrators from one coefficient table.
+
+Every integrator is a palindromic sequence of alternating *kicks* (momentum
+updates, ``p -= b * eps * dU/dq``) and *drifts* (position updates,
+``q += a * eps * M^{-1} p``), starting and ending with a kick:
+
+    b_0, a_0, b_1, a_1, ..., a_{k-1}, b_k
+
+The last kick of one step and the first kick of the next act at the same
+position, so the gradient computed after the final drift of a step is reused
+("first same as last"): a step costs ``k`` gradient evaluations.
+
+References
+----------
+- Velocity Verlet / leapfrog: Duane, Kennedy, Pendleton, Roweth, PLB 195 (1987) 216.
+- Minimum-norm (2MN): Omelyan, Mryglod, Folk, Comput. Phys. Commun. 151 (2003) 272,
+  ``lambda = 0.1931833275037836``.
+- Fourth-order triple jump: Yoshida, Phys. Lett. A 150 (1990) 262.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+from jax.flatten_util import ravel_pytree
+
+PyTree = Any
+
+OMELYAN_LAMBDA = 0.1931833275037836
+_YOSHIDA_W1 = 1.0 / (2.0 - 2.0 ** (1.0 / 3.0))
+_YOSHIDA_W0 = -(2.0 ** (1.0 / 3.0)) / (2.0 - 2.0 ** (1.0 / 3.0))
+
+#: name -> (b_0, a_0, b_1, ..., b_k): kick, drift, kick, ..., kick.
+COEFFICIENTS: dict[str, tuple[float, ...]] = {
+    "leapfrog": (0.5, 1.0, 0.5),
+    "minimum_norm": (OMELYAN_LAMBDA, 0.5, 1.0 - 2.0 * OMELYAN_LAMBDA, 0.5, OMELYAN_LAMBDA),
+    "yoshida4": (
+        0.5 * _YOSHIDA_W1,
+        _YOSHIDA_W1,
+        0.5 * (_YOSHIDA_W1 + _YOSHIDA_W0),
+        _YOSHIDA_W0,
+        0.5 * (_YOSHIDA_W0 + _YOSHIDA_W1),
+        _YOSHIDA_W1,
+        0.5 * _YOSHIDA_W1,
+    ),
+}
+
+#: Convergence order of the energy error of each integrator.
+ORDER = {"leapfrog": 2, "minimum_norm": 2, "yoshida4": 4}
+
+
+def gradient_evaluations_per_step(integrator: str) -> int:
+    """Number of fresh gradients one step of ``integrator`` needs."""
+    return len(coefficients(integrator)) // 2
+
+
+def coefficients(integrator: str) -> tuple[float, ...]:
+    try:
+        return COEFFICIENTS[integrator]
+    except KeyError:
+        raise ValueError(
+            f"unknown integrator {integrator!r}; choose one of {sorted(COEFFICIENTS)}"
+        ) from None
+
+
+# -- mass matrix -----------------------------------------------------------------
+class Metric(NamedTuple):
+    """Euclidean metric built from an inverse mass matrix.
+
+    ``inverse_mass_matrix`` is ``None`` (identity), a flat vector of shape
+    ``(d,)`` (diagonal) or a ``(d, d)`` matrix (dense), with ``d`` the number of
+    scalar coordinates of the raveled state.
+    """
+
+    sample_momentum: Callable[[Array, PyTree], PyTree]
+    kinetic_energy: Callable[[PyTree], Array]
+    velocity: Callable[[PyTree], PyTree]
+
+
+def _tree_scale(tree: PyTree, scale: Array | float) -> PyTree:
+    return jax.tree_util.tree_map(lambda x: x * scale, tree)
+
+
+def _normal_like(rng_key: Array, tree: PyTree) -> PyTree:
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    keys = jax.random.split(rng_key, len(leaves))
+    return jax.tree_util.tree_unflatten(
+        treedef, [jax.random.normal(k, jnp.shape(x), jnp.asarray(x).dtype) for k, x in zip(keys, leaves)]
+    )
+
+
+def euclidean_metric(inverse_mass_matrix: Array | None, position: PyTree) -> Metric:
+    """Momentum sampler, kinetic energy ``p^T M^{-1} p / 2`` and velocity ``M^{-1} p``.
+
+    ``position`` only supplies the pytree structure (it may be abstract).
+    """
+    if inverse_mass_matrix is None:
+
+        def sample_momentum(rng_key: Array, like: PyTree) -> PyTree:
+            return _normal_like(rng_key, like)
+
+        def kinetic_energy(momentum: PyTree) -> Array:
+            return 0.5 * sum(jnp.sum(p * p) for p in jax.tree_util.tree_leaves(momentum))
+
+        def velocity(momentum: PyTree) -> PyTree:
+            return momentum
+
+        return Metric(sample_momentum, kinetic_energy, velocity)
+
+    inverse_mass_matrix = jnp.asarray(inverse_mass_matrix)
+    _, unravel = ravel_pytree(position)
+
+    if inverse_mass_matrix.ndim == 1:
+        # Diagonal: stay in pytree form; the diagonal is unraveled once per trajectory.
+        minv = unravel(inverse_mass_matrix)
+        inv_sqrt_minv = jax.tree_util.tree_map(lambda m: 1.0 / jnp.sqrt(m), minv)
+
+        def sample_momentum(rng_key: Array, like: PyTree) -> PyTree:
+            z = _normal_like(rng_key, like)
+            return jax.tree_util.tree_map(lambda zi, s: zi * s, z, inv_sqrt_minv)
+
+        def velocity(momentum: PyTree) -> PyTree:
+            return jax.tree_util.tree_map(lambda p, m: p * m, momentum, minv)
+
+        def kinetic_energy(momentum: PyTree) -> Array:
+            return 0.5 * sum(
+                jnp.sum(p * p * m)
+                for p, m in zip(jax.tree_util.tree_leaves(momentum), jax.tree_util.tree_leaves(minv))
+            )
+
+        return Metric(sample_momentum, kinetic_energy, velocity)
+
+    if inverse_mass_matrix.ndim != 2:
+        raise ValueError(
+            f"inverse_mass_matrix must be None, (d,) or (d, d); got shape {inverse_mass_matrix.shape}"
+        )
+    # Dense: M^{-1} = L L^T, momentum p = L^{-T} z has covariance M.
+    chol = jnp.linalg.cholesky(inverse_mass_matrix)
+
+    def sample_momentum(rng_key: Array, like: PyTree) -> PyTree:
+        flat, _ = ravel_pytree(like)
+        z = jax.random.normal(rng_key, flat.shape, flat.dtype)
+        p = jax.scipy.linalg.solve_triangular(chol.T, z, lower=False)
+        return unravel(p)
+
+    def velocity(momentum: PyTree) -> PyTree:
+        flat, _ = ravel_pytree(momentum)
+        return unravel(inverse_mass_matrix @ flat)
+
+    def kinetic_energy(momentum: PyTree) -> Array:
+        flat, _ = ravel_pytree(momentum)
+        return 0.5 * flat @ (inverse_mass_matrix @ flat)
+
+    return Metric(sample_momentum, kinetic_energy, velocity)
+
+
+# -- integration -----------------------------------------------------------------
+class IntegratorState(NamedTuple):
+    """Phase-space point with the gradient at ``position`` (reused by the next kick)."""
+
+    position: PyTree
+    momentum: PyTree
+    potential_energy_grad: PyTree
+
+
+class GuardFlags(NamedTuple):
+    """Per-trajectory record of the in-loop gradient check.
+
+    ``ok`` stays ``True`` while every fresh gradient is finite; ``first_step``
+    is the global index of the first failing gradient evaluation (``-1`` if
+    none) and ``position`` the position where it was evaluated.
+    """
+
+    ok: Array
+    first_step: Array
+    position: PyTree
+
+
+def init_guard_flags(position: PyTree) -> GuardFlags:
+    return GuardFlags(jnp.array(True), jnp.array(-1, jnp.int32), position)
+
+
+def _tree_axpy(alpha: Array, x: PyTree, y: PyTree) -> PyTree:
+    """``y + alpha * x`` leafwise."""
+    return jax.tree_util.tree_map(lambda xi, yi: yi + alpha * xi, x, y)
+
+
+def tree_sum(tree: PyTree) -> Array:
+    leaves = jax.tree_util.tree_leaves(tree)
+    total = jnp.sum(leaves[0])
+    for leaf in leaves[1:]:
+        total = total + jnp.sum(leaf)
+    return total
+
+
+def build_step(
+    integrator: str,
+    grad_fn: Callable[[PyTree], PyTree],
+    velocity_fn: Callable[[PyTree], PyTree],
+    guard: bool = True,
+) -> Callable[[IntegratorState, GuardFlags, Array, Array], tuple[IntegratorState, GuardFlags]]:
+    """One step of ``integrator`` as ``step(state, flags, step_size, step_index)``.
+
+    ``step_index`` numbers gradient evaluations across the trajectory so that a
+    failing one can be located. With ``guard=True`` each fresh gradient is
+    checked with ``isfinite(sum(g))`` (cheap: one reduction; NaN and Inf both
+    propagate through a sum) and the first failing position is kept.
+    """
+    coeffs = coefficients(integrator)
+    kicks = coeffs[0::2]
+    drifts = coeffs[1::2]
+    n_grads = len(drifts)
+
+    def step(
+        state: IntegratorState, flags: GuardFlags, step_size: Array, step_index: Array
+    ) -> tuple[IntegratorState, GuardFlags]:
+        q, p, g = state
+        p = _tree_axpy(-kicks[0] * step_size, g, p)
+        for i in range(n_grads):
+            q = _tree_axpy(drifts[i] * step_size, velocity_fn(p), q)
+            g = grad_fn(q)
+            if guard:
+                finite = jnp.isfinite(tree_sum(g))
+                first = flags.ok & ~finite
+                flags = GuardFlags(
+                    flags.ok & finite,
+                    jnp.where(first, step_index * n_grads + i, flags.first_step).astype(jnp.int32),
+                    jax.tree_util.tree_map(lambda new, old: jnp.where(first, new, old), q, flags.position),
+                )
+            p = _tree_axpy(-kicks[i + 1] * step_size, g, p)
+        return IntegratorState(q, p, g), flags
+
+    return step
+
+
+def integrate(
+    integrator: str,
+    grad_fn: Callable[[PyTree], PyTree],
+    velocity_fn: Callable[[PyTree], PyTree],
+    state: IntegratorState,
+    step_size: Array,
+    num_steps: Array | int,
+    guard: bool = True,
+) -> tuple[IntegratorState, GuardFlags]:
+    """Run ``num_steps`` steps (static int or traced) from ``state``."""
+    step = build_step(integrator, grad_fn, velocity_fn, guard)
+
+    def body(i: Array, carry: tuple[IntegratorState, GuardFlags]) -> tuple[IntegratorState, GuardFlags]:
+        return step(carry[0], carry[1], step_size, i)
+
+    return jax.lax.fori_loop(0, num_steps, body, (state, init_guard_flags(state.position)))

@@ -1,0 +1,180 @@
+"""The HMC transition kernel: pure ``(rng_key, state, ...) -> (state, info)``.
+
+One trajectory: draw a Gaussian momentum, integrate, Metropolis-test on the
+true energy ``H = U + K``. A non-finite energy is a rejection, never an
+exception; a trajectory whose gradient went non-finite at any step ("tripped"
+the guard flag) is rejected and reported in :class:`HMCInfo` with the first
+failing gradient evaluation and the position there, for attribution on the
+host (see :mod:`hmc.guard`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from hmc import integrators as _integrators
+
+PyTree = Any
+
+
+class HMCState(NamedTuple):
+    """State of one chain: position and the potential energy and gradient there."""
+
+    position: PyTree
+    potential_energy: Array
+    potential_energy_grad: PyTree
+
+
+class HMCInfo(NamedTuple):
+    """Per-trajectory diagnostics.
+
+    Attributes
+    ----------
+    acceptance_rate
+        ``min(1, exp(-delta_energy))``; 0 for a tripped or non-finite trajectory.
+    is_accepted
+        Whether the proposal became the new state.
+    is_divergent
+        ``delta_energy`` above the divergence threshold or non-finite, for a
+        trajectory that did not trip the gradient guard.
+    energy
+        Hamiltonian ``U + K`` of the state kept (Stan's ``energy__``).
+    delta_energy
+        ``H(proposal) - H(start)``.
+    num_steps, step_size
+        What this trajectory used (after jitter).
+    guard_tripped
+        Some gradient in the trajectory was non-finite.
+    guard_step
+        Index of the first non-finite gradient evaluation (``-1`` if none).
+    guard_position
+        The position where it was evaluated (the start position if none).
+    """
+
+    acceptance_rate: Array
+    is_accepted: Array
+    is_divergent: Array
+    energy: Array
+    delta_energy: Array
+    num_steps: Array
+    step_size: Array
+    guard_tripped: Array
+    guard_step: Array
+    guard_position: PyTree
+
+
+def init(position: PyTree, potential_fn: Callable[[PyTree], Array]) -> HMCState:
+    """Build the state at ``position`` (one chain; ``vmap`` for many)."""
+    energy, grad = jax.value_and_grad(potential_fn)(position)
+    return HMCState(position, energy, grad)
+
+
+def _num_steps_for(trajectory_length: float, step_size: Array) -> Array:
+    return jnp.maximum(1, jnp.ceil(trajectory_length / step_size)).astype(jnp.int32)
+
+
+def build_kernel(
+    potential_fn: Callable[[PyTree], Array],
+    integrator: str = "leapfrog",
+    *,
+    num_steps: int | None = 10,
+    trajectory_length: float | None = None,
+    jitter: float = 0.0,
+    divergence_threshold: float = 1000.0,
+    guard: bool = True,
+) -> Callable[..., tuple[HMCState, HMCInfo]]:
+    """Build ``kernel(rng_key, state, step_size, inverse_mass_matrix=None)``.
+
+    Parameters
+    ----------
+    potential_fn
+        ``U(q) -> scalar``.
+    integrator
+        ``"leapfrog"``, ``"minimum_norm"`` or ``"yoshida4"``.
+    num_steps, trajectory_length
+        Exactly one: a fixed number of integrator steps, or a trajectory
+        length ``tau`` with ``ceil(tau / step_size)`` steps.
+    jitter
+        Fraction in ``[0, 1)``. Each trajectory draws ``u ~ U(-1, 1)``: with a
+        fixed ``num_steps`` the step size is ``step_size * (1 + jitter * u)``;
+        with a ``trajectory_length`` the length is ``tau * (1 + jitter * u)``.
+        Breaks the resonances of fixed-length HMC on near-Gaussian modes
+        (Mackenzie, PLB 226 (1989) 369).
+    divergence_threshold
+        ``delta_energy`` above which a trajectory is called divergent.
+    guard
+        Carry the finite-gradient flag through the integrator (``False`` only
+        to measure its cost).
+    """
+    _integrators.coefficients(integrator)
+    if (num_steps is None) == (trajectory_length is None):
+        raise ValueError("give exactly one of num_steps and trajectory_length")
+    if num_steps is not None and int(num_steps) < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if trajectory_length is not None and not trajectory_length > 0:
+        raise ValueError(f"trajectory_length must be > 0, got {trajectory_length}")
+    if not 0.0 <= jitter < 1.0:
+        raise ValueError(f"jitter must be in [0, 1), got {jitter}")
+
+    grad_fn = jax.grad(potential_fn)
+
+    def kernel(
+        rng_key: Array,
+        state: HMCState,
+        step_size: Array | float,
+        inverse_mass_matrix: Array | None = None,
+    ) -> tuple[HMCState, HMCInfo]:
+        key_momentum, key_jitter, key_accept = jax.random.split(rng_key, 3)
+        dtype = state.potential_energy.dtype
+        step_size = jnp.asarray(step_size, dtype)
+        u = jax.random.uniform(key_jitter, (), dtype, -1.0, 1.0) if jitter > 0 else jnp.zeros((), dtype)
+        if num_steps is not None:
+            n_steps: Array | int = int(num_steps)
+            eps = step_size * (1.0 + jitter * u)
+        else:
+            eps = step_size
+            n_steps = _num_steps_for(trajectory_length * (1.0 + jitter * u), step_size)
+
+        metric = _integrators.euclidean_metric(inverse_mass_matrix, state.position)
+        momentum = metric.sample_momentum(key_momentum, state.position)
+        start = _integrators.IntegratorState(state.position, momentum, state.potential_energy_grad)
+        end, flags = _integrators.integrate(
+            integrator, grad_fn, metric.velocity, start, eps, n_steps, guard=guard
+        )
+
+        energy_start = state.potential_energy + metric.kinetic_energy(momentum)
+        new_potential = potential_fn(end.position)
+        energy_end = new_potential + metric.kinetic_energy(end.momentum)
+        delta = energy_end - energy_start
+        delta = jnp.where(jnp.isnan(delta), jnp.inf, delta)
+        tripped = ~flags.ok
+        acceptance_rate = jnp.where(tripped, 0.0, jnp.minimum(1.0, jnp.exp(-delta))).astype(dtype)
+        log_u = jnp.log(jax.random.uniform(key_accept, (), dtype))
+        is_accepted = (log_u < -delta) & ~tripped
+        is_divergent = ((delta > divergence_threshold) | ~jnp.isfinite(delta)) & ~tripped
+
+        new_state = jax.tree_util.tree_map(
+            lambda new, old: jnp.where(is_accepted, new, old),
+            HMCState(end.position, new_potential, end.potential_energy_grad),
+            state,
+        )
+        info = HMCInfo(
+            acceptance_rate=acceptance_rate,
+            is_accepted=is_accepted,
+            is_divergent=is_divergent,
+            energy=jnp.where(is_accepted, energy_end, energy_start),
+            delta_energy=delta,
+            num_steps=jnp.asarray(n_steps, jnp.int32),
+            step_size=eps,
+            guard_tripped=tripped,
+            guard_step=flags.first_step,
+            guard_position=flags.position,
+        )
+        return new_state, info
+
+    return kernel
