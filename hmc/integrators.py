@@ -172,16 +172,19 @@ class GuardFlags(NamedTuple):
 
     ``ok`` stays ``True`` while every fresh gradient is finite; ``first_step``
     is the global index of the first failing gradient evaluation (``-1`` if
-    none) and ``position`` the position where it was evaluated.
+    none), ``position`` the position where it was evaluated and ``momentum``
+    the momentum there (before the failing kick), which tells an integrator
+    that had already blown up from a gradient that broke at a sane state.
     """
 
     ok: Array
     first_step: Array
     position: PyTree
+    momentum: PyTree
 
 
-def init_guard_flags(position: PyTree) -> GuardFlags:
-    return GuardFlags(jnp.array(True), jnp.array(-1, jnp.int32), position)
+def init_guard_flags(position: PyTree, momentum: PyTree) -> GuardFlags:
+    return GuardFlags(jnp.array(True), jnp.array(-1, jnp.int32), position, momentum)
 
 
 def _tree_axpy(alpha: Array, x: PyTree, y: PyTree) -> PyTree:
@@ -226,10 +229,12 @@ def build_step(
             if guard:
                 finite = jnp.isfinite(tree_sum(g))
                 first = flags.ok & ~finite
+                keep = lambda new, old: jnp.where(first, new, old)  # noqa: E731
                 flags = GuardFlags(
                     flags.ok & finite,
                     jnp.where(first, step_index * n_grads + i, flags.first_step).astype(jnp.int32),
-                    jax.tree_util.tree_map(lambda new, old: jnp.where(first, new, old), q, flags.position),
+                    jax.tree_util.tree_map(keep, q, flags.position),
+                    jax.tree_util.tree_map(keep, p, flags.momentum),
                 )
             p = _tree_axpy(-kicks[i + 1] * step_size, g, p)
         return IntegratorState(q, p, g), flags
@@ -252,4 +257,4 @@ def integrate(
     def body(i: Array, carry: tuple[IntegratorState, GuardFlags]) -> tuple[IntegratorState, GuardFlags]:
         return step(carry[0], carry[1], step_size, i)
 
-    return jax.lax.fori_loop(0, num_steps, body, (state, init_guard_flags(state.position)))
+    return jax.lax.fori_loop(0, num_steps, body, (state, init_guard_flags(state.position, state.momentum)))

@@ -40,8 +40,10 @@ class HMCInfo(NamedTuple):
     is_accepted
         Whether the proposal became the new state.
     is_divergent
-        ``delta_energy`` above the divergence threshold or non-finite, for a
-        trajectory that did not trip the gradient guard.
+        ``delta_energy`` above the divergence threshold or non-finite; or the
+        gradient went non-finite only after the energy had already risen more
+        than the threshold above its start (an unstable integration that
+        overflowed, not a broken gradient).
     energy
         Hamiltonian ``U + K`` of the state kept (Stan's ``energy__``).
     delta_energy
@@ -49,7 +51,8 @@ class HMCInfo(NamedTuple):
     num_steps, step_size
         What this trajectory used (after jitter).
     guard_tripped
-        Some gradient in the trajectory was non-finite.
+        Some gradient in the trajectory was non-finite at a state whose energy
+        was still within the divergence threshold of the start: a broken gradient.
     guard_step
         Index of the first non-finite gradient evaluation (``-1`` if none).
     guard_position
@@ -148,15 +151,27 @@ def build_kernel(
         )
 
         energy_start = state.potential_energy + metric.kinetic_energy(momentum)
-        new_potential = potential_fn(end.position)
+        tripped = ~flags.ok
+        # A tripped trajectory ends in NaN; evaluate U at the trip position instead (same cost).
+        probe = jax.tree_util.tree_map(lambda b, e: jnp.where(tripped, b, e), flags.position, end.position)
+        new_potential = potential_fn(probe)
         energy_end = new_potential + metric.kinetic_energy(end.momentum)
         delta = energy_end - energy_start
         delta = jnp.where(jnp.isnan(delta), jnp.inf, delta)
-        tripped = ~flags.ok
+        # A gradient that overflowed because the integrator had already blown up (the
+        # energy at the trip point far above the start) is a divergence, not a broken
+        # gradient: the guard only reports gradients that break at a sane state.
+        kinetic_at_trip = metric.kinetic_energy(flags.momentum)
+        energy_at_trip = new_potential + kinetic_at_trip
+        blew_up = (kinetic_at_trip - energy_start > divergence_threshold) | (
+            jnp.isfinite(new_potential) & (energy_at_trip - energy_start > divergence_threshold)
+        )
+        diverged_trip = tripped & blew_up
+        guard_tripped = tripped & ~blew_up
         acceptance_rate = jnp.where(tripped, 0.0, jnp.minimum(1.0, jnp.exp(-delta))).astype(dtype)
         log_u = jnp.log(jax.random.uniform(key_accept, (), dtype))
         is_accepted = (log_u < -delta) & ~tripped
-        is_divergent = ((delta > divergence_threshold) | ~jnp.isfinite(delta)) & ~tripped
+        is_divergent = (((delta > divergence_threshold) | ~jnp.isfinite(delta)) & ~tripped) | diverged_trip
 
         new_state = jax.tree_util.tree_map(
             lambda new, old: jnp.where(is_accepted, new, old),
@@ -171,7 +186,7 @@ def build_kernel(
             delta_energy=delta,
             num_steps=jnp.asarray(n_steps, jnp.int32),
             step_size=eps,
-            guard_tripped=tripped,
+            guard_tripped=guard_tripped,
             guard_step=flags.first_step,
             guard_position=flags.position,
         )

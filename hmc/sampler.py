@@ -201,13 +201,14 @@ def sample(
     dimension = int(ravel_pytree(one_position)[0].size)
 
     if record is None:
-        record = list(names)
+        # An observable with a leaf's name (gaussian's "x") already records it.
+        record = [n for n in names if n not in potential.observables]
     unknown = sorted(set(record) - set(names))
     if unknown:
         raise ValueError(f"record names unknown state leaves {unknown}; the leaves are {names}")
     clash = sorted(set(record) & set(potential.observables))
     if clash:
-        raise ValueError(f"recorded leaves {clash} clash with observables of the same name")
+        raise ValueError(f"record: leaves {clash} share their names with observables; drop them from record")
 
     guard_on = guard != "off"
     events: list[_guard.GuardEvent] = []
@@ -266,8 +267,8 @@ def sample(
         draw, step, where = trips
         new = info.guard_tripped & (draw < 0)
         return (
-            jnp.where(new, iteration, draw),
-            jnp.where(new, info.guard_step, step),
+            jnp.where(new, iteration, draw).astype(jnp.int32),
+            jnp.where(new, info.guard_step, step).astype(jnp.int32),
             jax.tree_util.tree_map(
                 lambda p, w: jnp.where(new.reshape((-1,) + (1,) * (p.ndim - 1)), p, w), info.guard_position, where
             ),

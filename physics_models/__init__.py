@@ -12,7 +12,7 @@ from collections.abc import Callable
 from hmc.potential import Potential
 from physics_models import exact
 from physics_models.oscillators import harmonic_oscillator
-from physics_models.statistical import gaussian
+from physics_models.statistical import gaussian, gaussian_covariance
 
 REGISTRY: dict[str, Callable[..., Potential]] = {
     "gaussian": gaussian,
@@ -34,4 +34,4 @@ def parameters(name: str) -> dict[str, object]:
     return {k: p.default for k, p in signature.parameters.items()}
 
 
-__all__ = ["REGISTRY", "exact", "gaussian", "get", "harmonic_oscillator", "parameters"]
+__all__ = ["REGISTRY", "exact", "gaussian", "gaussian_covariance", "get", "harmonic_oscillator", "parameters"]
