@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hmc import _jaxpr
 from hmc.potential import Potential, leaf_names
 
 logger = logging.getLogger("hmc.guard")
@@ -102,6 +103,38 @@ def term_report(potential: Potential, position: PyTree) -> dict[str, tuple[np.nd
     return report
 
 
+def _hint(primitive: str | None, energy_finite: bool, in_gradient: bool) -> str:
+    """One line on the known ways a finite model produces NaN/Inf."""
+    p = (primitive or "").split("[")[0]
+    if in_gradient and energy_finite:
+        return (
+            "the energy is finite but its gradient is not: the classic where-trap (a jnp.where whose "
+            "unselected branch has a singular derivative); mask that branch's input too (the double where "
+            "of jax-md's safe_mask)"
+        )
+    if p == "log":
+        return "log of zero or of a negative number: keep its argument positive (clip, or an epsilon)"
+    if p == "exp":
+        return "exp overflow (float32 overflows above ~88.7): use run.precision=float64 or a stable form (logsumexp, softplus)"
+    if p in ("div", "integer_pow", "pow", "rsqrt"):
+        return "division by zero (or a negative power of zero): guard the denominator"
+    if p == "sqrt":
+        return "sqrt of a negative number"
+    return "a finite input produced NaN/Inf here"
+
+
+def _origin(fn: Any, position: PyTree, gradient: bool) -> _jaxpr.NonfiniteOrigin | None:
+    """Replay ``fn`` (or its gradient) at ``position``: the first equation to go non-finite."""
+    flat, leaves = _jaxpr.as_flat_function(fn, position)
+    target = jax.grad(flat, argnums=tuple(range(len(leaves)))) if gradient else flat
+    try:
+        closed = jax.make_jaxpr(target)(*leaves)
+        return _jaxpr.first_nonfinite(closed, leaves)
+    except Exception as err:  # the replay is diagnostics only; never lose the event over it
+        logger.debug("replay failed: %s", err)
+        return None
+
+
 def attribute(
     potential: Potential,
     position: PyTree,
@@ -114,9 +147,11 @@ def attribute(
 ) -> list[GuardEvent]:
     """Name the terms whose energy or gradient is non-finite at ``position``.
 
-    Returns one event per (term, leaf) with a non-finite gradient and one per
-    term with a non-finite energy. If the position itself is not finite no term
-    is blamed (every term would be); one event says so.
+    For each broken term the term's own jaxpr (or its gradient's) is replayed at
+    ``position`` to find the first primitive that turned finite inputs into
+    NaN/Inf, with its source line. Returns one event per (term, leaf) with a
+    non-finite gradient and one per term with a non-finite energy. If the
+    position itself is not finite no term is blamed (every term would be).
     """
     names = leaf_names(position)
     leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(position)]
@@ -134,25 +169,41 @@ def attribute(
             ]
     events = []
     for term, (value, grads) in term_report(potential, position).items():
-        if not np.isfinite(value):
+        fn = potential.terms[term]
+        energy_finite = bool(np.isfinite(value))
+        if not energy_finite:
+            origin = _origin(fn, position, gradient=False)
             events.append(
                 GuardEvent(
                     kind="nonfinite_energy",
                     term=term,
-                    message=f"energy of term {term!r} is {float(value)}",
+                    primitive=origin.primitive if origin else None,
+                    source=origin.source if origin else None,
+                    message=f"energy of term {term!r} is {float(value)}; "
+                    + _hint(origin.primitive if origin else None, False, False),
                     **context,
                 )
             )
-        for leaf, g in zip(names, grads):
-            if not np.all(np.isfinite(g)):
+        bad_leaves = [(leaf, g) for leaf, g in zip(names, grads) if not np.all(np.isfinite(g))]
+        if bad_leaves:
+            origin = _origin(fn, position, gradient=True)
+            for leaf, g in bad_leaves:
                 n_bad = int(np.sum(~np.isfinite(g)))
+                where = ""
+                if origin is not None and origin.function:
+                    where = f" in {origin.function}()"
                 events.append(
                     GuardEvent(
                         kind="nonfinite_gradient",
                         term=term,
                         leaf=leaf,
                         indices=_nonfinite_indices(g),
-                        message=f"{n_bad} non-finite gradient element(s) of leaf {leaf!r} from term {term!r}",
+                        primitive=origin.primitive if origin else None,
+                        source=origin.source if origin else None,
+                        message=f"{n_bad} non-finite gradient element(s) of leaf {leaf!r} from term {term!r}"
+                        + (f", first produced by {origin.primitive!r}{where}" if origin else "")
+                        + "; "
+                        + _hint(origin.primitive if origin else None, energy_finite, True),
                         **context,
                     )
                 )
@@ -167,12 +218,18 @@ def attribute(
     return events
 
 
-def check_initial_states(potential: Potential, positions: PyTree, chains: Sequence[int]) -> list[GuardEvent]:
+def batched_term_values_and_grads(potential: Potential) -> Any:
+    """Jitted ``positions -> {term: (values, grads)}`` over a leading chain axis."""
+    return jax.jit(jax.vmap(lambda q: {n: jax.value_and_grad(f)(q) for n, f in potential.terms.items()}))
+
+
+def check_initial_states(
+    potential: Potential, positions: PyTree, chains: Sequence[int], per_term: Any = None
+) -> list[GuardEvent]:
     """Energy and gradient finite, per term, at each chain's initial state."""
     events = []
-    batched = jax.jit(jax.vmap(lambda q: {n: jax.value_and_grad(f)(q) for n, f in potential.terms.items()}))(
-        positions
-    )
+    per_term = per_term or batched_term_values_and_grads(potential)
+    batched = per_term(positions)
     for term, (values, grads) in batched.items():
         values = np.asarray(values)
         grad_leaves = [np.asarray(g) for g in jax.tree_util.tree_leaves(grads)]
@@ -184,4 +241,289 @@ def check_initial_states(potential: Potential, positions: PyTree, chains: Sequen
             for event in attribute(potential, position, phase="preflight", chain=int(chains[c]), action="refused"):
                 if event.term in (None, term) and event not in events:
                     events.append(event)
+    return events
+
+
+# -- preflight ------------------------------------------------------------------------
+STATUSES = ("connected", "partially_detached", "cut", "unused")
+
+
+@dataclasses.dataclass
+class PreflightReport:
+    """What preflight found for one state.
+
+    ``status[(term, leaf)]`` is ``connected``, ``partially_detached`` (a gradient
+    path exists but another path through the same leaf is cut), ``cut`` (the
+    term's value depends on the leaf, its gradient does not) or ``unused``.
+    ``ok`` is ``False`` when any finding was not allowed.
+    """
+
+    terms: list[str]
+    leaves: list[str]
+    status: dict[tuple[str, str], str]
+    events: list[GuardEvent]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return not any(e.action == "refused" for e in self.events)
+
+    def table(self) -> str:
+        width = max([len("term \\ leaf")] + [len(t) for t in self.terms])
+        cols = [max(len(leaf), max(len(self.status[(t, leaf)]) for t in self.terms)) for leaf in self.leaves]
+        lines = ["term \\ leaf".ljust(width) + "  " + "  ".join(l.ljust(c) for l, c in zip(self.leaves, cols))]
+        for t in self.terms:
+            lines.append(t.ljust(width) + "  " + "  ".join(self.status[(t, l)].ljust(c) for l, c in zip(self.leaves, cols)))
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        head = f"preflight: {'ok' if self.ok else 'REFUSED'} ({len(self.events)} finding(s), {self.seconds:.2f} s)"
+        body = [head, self.table()]
+        body += [str(e) for e in self.events]
+        return "\n".join(body)
+
+
+def _allowed(event: GuardEvent, allow: Sequence[str]) -> bool:
+    """``allow`` entries: ``kind``, ``kind:term`` or ``kind:term:leaf``."""
+    for entry in allow:
+        parts = entry.split(":")
+        if parts[0] != event.kind:
+            continue
+        if len(parts) >= 2 and parts[1] not in ("*", event.term):
+            continue
+        if len(parts) >= 3 and parts[2] not in ("*", event.leaf):
+            continue
+        return True
+    return False
+
+
+def _site_text(site: _jaxpr.CutSite) -> str:
+    text = repr(site.primitive)
+    if site.function:
+        text += f" in {site.function}()"
+    if site.via:
+        text += f" [via {site.via}]"
+    return text
+
+
+def _connectivity(fn: Any, position: PyTree) -> tuple[list[bool], list[bool], dict[int, set], list[_jaxpr.CutSite]]:
+    """(value depends on leaf, gradient reaches leaf, cut sites per leaf, latent sites per leaf)."""
+    flat, leaves = _jaxpr.as_flat_function(fn, position)
+    n = len(leaves)
+    primal = jax.make_jaxpr(flat)(*leaves)
+    value_deps = _jaxpr.dependencies(primal, [frozenset({i}) for i in range(n)])[0]
+    out_aval = primal.out_avals[0]
+
+    def pullback(ct: Any) -> Any:
+        return jax.vjp(flat, *leaves)[1](ct)
+
+    vjp = jax.make_jaxpr(pullback)(jnp.ones(out_aval.shape, out_aval.dtype))
+    grads = _jaxpr.dependencies(vjp, [frozenset({"ct"})])
+    flows, cuts = _jaxpr.locate_cuts(primal, [frozenset({i}) for i in range(n)])
+    latent: dict[int, set] = {}
+    for leaf, site in flows[0].latent:
+        latent.setdefault(leaf, set()).add(site)
+    return [i in value_deps for i in range(n)], ["ct" in g for g in grads], cuts, latent
+
+
+def preflight(
+    potential: Potential,
+    position: PyTree,
+    *,
+    allow: Sequence[str] = (),
+    chain: int | None = None,
+    elementwise: bool = True,
+) -> PreflightReport:
+    """Check, before any step, that every term's gradient is connected and finite.
+
+    For every term and state leaf: is the gradient structurally connected under
+    JAX's own reverse-mode AD (custom rules included, looking inside jit, scan,
+    while and cond)? Each cut is reported with the primitive that cut it and the
+    user's source line. A leaf that no term reaches is an ``orphan_leaf`` (it would
+    drift without bound); with ``elementwise`` each element that no term reaches at
+    this state is reported too (one detached particle). Finally each term's energy
+    and gradient must be finite at ``position``.
+
+    Parameters
+    ----------
+    position
+        One state, like ``potential.init(key)``.
+    allow
+        Findings to accept: ``"kind"``, ``"kind:term"`` or ``"kind:term:leaf"``
+        (e.g. ``"orphan_leaf"``); they are reported with action ``allowed``.
+    chain
+        Recorded in the events (the driver checks every chain's initial state).
+    """
+    import time
+
+    started = time.perf_counter()
+    names = leaf_names(position)
+    terms = list(potential.terms)
+    status: dict[tuple[str, str], str] = {}
+    events: list[GuardEvent] = []
+
+    def emit(**fields: Any) -> None:
+        event = GuardEvent(phase="preflight", chain=chain, action="refused", **fields)
+        if _allowed(event, allow):
+            event.action = "allowed"
+        events.append(event)
+
+    reached = [False] * len(names)
+    for term in terms:
+        fn = potential.terms[term]
+        try:
+            value_dep, grad_dep, cuts, latent = _connectivity(fn, position)
+        except Exception as err:
+            for leaf in names:
+                status[(term, leaf)] = "cut"
+            emit(kind="disconnected", term=term, message=f"term {term!r} cannot be reverse-differentiated: {err}")
+            continue
+        for i, leaf in enumerate(names):
+            sites = sorted(cuts.get(i, set()), key=lambda s: (s.source or "", s.primitive))
+            if grad_dep[i]:
+                reached[i] = True
+                status[(term, leaf)] = "partially_detached" if sites else "connected"
+                for site in sites:
+                    emit(
+                        kind="partially_detached",
+                        term=term,
+                        leaf=leaf,
+                        primitive=site.primitive,
+                        source=site.source,
+                        message=f"one path from leaf {leaf!r} into term {term!r} is cut by {_site_text(site)} "
+                        "while another still carries gradient: the force misses part of the energy",
+                    )
+            elif value_dep[i]:
+                status[(term, leaf)] = "cut"
+                sites = sites or sorted(latent.get(i, set()), key=lambda s: (s.source or "", s.primitive))
+                for site in sites or [None]:
+                    emit(
+                        kind="disconnected",
+                        term=term,
+                        leaf=leaf,
+                        primitive=site.primitive if site else None,
+                        source=site.source if site else None,
+                        message=f"term {term!r} depends on leaf {leaf!r} but its gradient does not"
+                        + (f": cut by {_site_text(site)}" if site else "")
+                        + "; the sampler would feel no force from this dependence",
+                    )
+            else:
+                status[(term, leaf)] = "unused"
+    for i, leaf in enumerate(names):
+        if not reached[i]:
+            emit(
+                kind="orphan_leaf",
+                leaf=leaf,
+                message=f"no term has a gradient path to leaf {leaf!r}: this coordinate would drift without bound",
+            )
+    if elementwise:
+        events_el = _element_probe(potential, position, names, reached, chain)
+        for event in events_el:
+            if _allowed(event, allow):
+                event.action = "allowed"
+        events.extend(events_el)
+    # energy and gradient finite at this state, per term
+    for event in attribute(potential, position, phase="preflight", chain=chain, action="refused"):
+        if event.term is None and event.kind == "nonfinite_gradient":
+            continue  # "the sum overflowed" needs the total; checked by the sampler's first step
+        if _allowed(event, allow):
+            event.action = "allowed"
+        events.append(event)
+    return PreflightReport(terms, names, status, events, time.perf_counter() - started)
+
+
+def element_reach(potential: Potential, position: PyTree) -> dict[str, list[np.ndarray]]:
+    """Per term, per leaf: which elements the term's gradient reaches at ``position``.
+
+    A NaN cotangent pulled back through the term reaches every element with a
+    structural path at this state (``0 * NaN = NaN``); elements it leaves finite
+    have no path (an unselected ``where`` branch, an unused index, a detached element).
+    """
+    out = {}
+    for term, fn in potential.terms.items():
+        value, pullback = jax.vjp(fn, position)
+        (ct,) = pullback(jnp.full(jnp.shape(value), jnp.nan, jnp.asarray(value).dtype))
+        out[term] = [np.isnan(np.asarray(g)) for g in jax.tree_util.tree_leaves(ct)]
+    return out
+
+
+def _element_probe(
+    potential: Potential, position: PyTree, names: list[str], reached: list[bool], chain: int | None,
+    phase: str = "preflight", draw: int | None = None, action: str = "refused",
+) -> list[GuardEvent]:
+    reach = element_reach(potential, position)
+    events = []
+    for i, leaf in enumerate(names):
+        if not reached[i]:
+            continue  # already an orphan leaf
+        masks = [reach[t][i] for t in reach]
+        any_term = np.logical_or.reduce(masks) if masks else None
+        if any_term is None or np.all(any_term):
+            continue
+        missing = np.argwhere(~any_term)
+        reaching = [t for t in reach if np.any(reach[t][i])]
+        events.append(
+            GuardEvent(
+                kind="disconnected",
+                phase=phase,
+                leaf=leaf,
+                indices=[list(map(int, idx)) for idx in missing[:MAX_INDICES]],
+                chain=chain,
+                draw=draw,
+                action=action,
+                message=f"{len(missing)} element(s) of leaf {leaf!r} get no gradient from any term at this state "
+                f"(terms {reaching} reach the rest); they would drift without a force",
+            )
+        )
+    return events
+
+
+def batched_element_reach(potential: Potential) -> Any:
+    """Jitted ``positions -> per-leaf masks`` of elements some term reaches, over a chain axis."""
+
+    def one(position: PyTree) -> list[jax.Array]:
+        masks = None
+        for fn in potential.terms.values():
+            value, pullback = jax.vjp(fn, position)
+            (ct,) = pullback(jnp.full(jnp.shape(value), jnp.nan, jnp.asarray(value).dtype))
+            leaves = [jnp.isnan(g) for g in jax.tree_util.tree_leaves(ct)]
+            masks = leaves if masks is None else [a | b for a, b in zip(masks, leaves)]
+        return masks
+
+    return jax.jit(jax.vmap(one))
+
+
+def check_element_reach(
+    potential: Potential,
+    positions: PyTree,
+    chains: Sequence[int],
+    reach_fn: Any,
+    *,
+    phase: str,
+    action: str,
+    draw: int | None = None,
+) -> list[GuardEvent]:
+    """Elements that no term's gradient reaches at each chain's state (batched probe)."""
+    masks = [np.asarray(m) for m in reach_fn(positions)]
+    names = leaf_names(jax.tree_util.tree_map(lambda x: x[0], positions))
+    events = []
+    for c_index, chain in enumerate(chains):
+        for leaf, mask in zip(names, masks):
+            reached = mask[c_index]
+            if reached.all() or not reached.any():
+                continue  # all reached, or an orphan leaf (reported structurally)
+            missing = np.argwhere(~reached)
+            events.append(
+                GuardEvent(
+                    kind="disconnected",
+                    phase=phase,
+                    leaf=leaf,
+                    indices=[list(map(int, i)) for i in missing[:MAX_INDICES]],
+                    chain=int(chain),
+                    draw=draw,
+                    action=action,
+                    message=f"{len(missing)} element(s) of leaf {leaf!r} get no gradient from any term at this "
+                    "state; they would drift without a force",
+                )
+            )
     return events

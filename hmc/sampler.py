@@ -13,8 +13,9 @@ import dataclasses
 import logging
 import sys
 import time
+import weakref
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,8 +40,9 @@ PRECISIONS = {"float32": jnp.float32, "float64": jnp.float64}
 class GuardRefused(RuntimeError):
     """The preflight guard found a broken model and refused to start."""
 
-    def __init__(self, events: Sequence[_guard.GuardEvent]):
+    def __init__(self, events: Sequence[_guard.GuardEvent], report: _guard.PreflightReport | None = None):
         self.events = list(events)
+        self.report = report
         lines = "\n  ".join(str(e) for e in self.events)
         super().__init__(f"the gradient guard refused to start sampling:\n  {lines}")
 
@@ -63,6 +65,7 @@ class SampleResult:
     exact: dict[str, Any]
     halted: bool = False
     halt_reason: str | None = None
+    timing: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> _diagnostics.Summary:
         """Per observable: mean, sd, MCSE, bulk ESS, R-hat and, where known, exact value and z."""
@@ -110,6 +113,8 @@ def sample(
     record: Sequence[str] | None = None,
     guard: str = "reject",
     max_trip_fraction: float = 0.01,
+    allow: Sequence[str] = (),
+    probe_chains: int = 4,
     chunk_size: int = 100,
     precision: str | None = None,
     init_positions: PyTree | None = None,
@@ -151,6 +156,12 @@ def sample(
         halts when more than ``max_trip_fraction`` of all trajectories
         tripped. ``"halt"``: stop at the end of the first chunk with a trip.
         ``"off"``: no in-loop check and no preflight (benchmarks only).
+    allow
+        Preflight findings to accept instead of refusing to start: ``"kind"``,
+        ``"kind:term"`` or ``"kind:term:leaf"`` (see :func:`hmc.guard.preflight`).
+    probe_chains
+        At every chunk boundary the current states of this many chains (in
+        rotation) are probed for elements that no term's gradient reaches.
     chunk_size
         Trajectories per jitted scan; the host logs, reports progress and
         attributes guard trips between chunks.
@@ -212,23 +223,20 @@ def sample(
 
     guard_on = guard != "off"
     events: list[_guard.GuardEvent] = []
+    preflight_report = None
     if guard_on:
-        refused = _guard.check_initial_states(potential, positions, chains)
-        for event in refused:
+        allow = list(allow)
+        preflight_report = _preflight_all_chains(potential, positions, chains, allow)
+        for event in preflight_report.events:
             _guard.log_event(event)
-        if refused:
-            raise GuardRefused(refused)
+        events.extend(preflight_report.events)
+        if not preflight_report.ok:
+            raise GuardRefused(preflight_report.events, preflight_report)
 
-    kernel = _kernel.build_kernel(
-        potential.energy,
-        integrator,
-        num_steps=num_steps,
-        trajectory_length=trajectory_length,
-        jitter=jitter,
-        divergence_threshold=divergence_threshold,
-        guard=guard_on,
+    init_states = _cached(
+        potential, "init_states", lambda: jax.jit(jax.vmap(lambda q: _kernel.init(q, potential.energy)))
     )
-    states = jax.jit(jax.vmap(lambda q: _kernel.init(q, potential.energy)))(positions)
+    states = init_states(positions)
     chain_keys = jax.vmap(lambda c: jax.random.fold_in(chain_root, c))(jnp.asarray(chains))
 
     pooled = adaptation == "pooled"
@@ -250,147 +258,24 @@ def sample(
         return _adaptation.init(eps, dimension, mass_matrix, dtype, minv0)
 
     adapt_state = make_adapt_state(eps0) if pooled else jax.vmap(make_adapt_state)(eps0)
-    axis = None if pooled else 0
-
-    def run_kernel(keys: jax.Array, states: _kernel.HMCState, eps: jax.Array, minv: jax.Array):
-        minv = None if mass_matrix == "identity" else minv
-        m_axis = None if minv is None else axis
-        return jax.vmap(kernel, in_axes=(0, 0, axis, m_axis))(keys, states, eps, minv)
-
-    trip_template = (
-        jnp.full((num_chains,), -1, jnp.int32),
-        jnp.full((num_chains,), -1, jnp.int32),
-        positions,
+    static = _Static(
+        integrator=integrator,
+        num_steps=num_steps,
+        trajectory_length=trajectory_length,
+        jitter=float(jitter),
+        divergence_threshold=float(divergence_threshold),
+        guard=guard_on,
+        mass_matrix=mass_matrix,
+        pooled=pooled,
+        adapt_step_size=step_size is None,
+        target_accept=float(target_accept),
+        num_warmup=int(num_warmup),
+        thin=int(thin),
+        names=tuple(names),
+        record=tuple(record),
+        chunk_size=int(chunk_size),
     )
-
-    def record_trip(trips: tuple, info: _kernel.HMCInfo, iteration: jax.Array) -> tuple:
-        draw, step, where = trips
-        new = info.guard_tripped & (draw < 0)
-        return (
-            jnp.where(new, iteration, draw).astype(jnp.int32),
-            jnp.where(new, info.guard_step, step).astype(jnp.int32),
-            jax.tree_util.tree_map(
-                lambda p, w: jnp.where(new.reshape((-1,) + (1,) * (p.ndim - 1)), p, w), info.guard_position, where
-            ),
-        )
-
-    schedule = _adaptation.build_schedule(num_warmup)
-
-    @jax.jit
-    def warmup_chunk(states, adapt_state, start, n_valid):
-        def body(carry, i):
-            states, adapt_state, trips = carry
-            t = start + i
-
-            def step(operand):
-                states, adapt_state, trips = operand
-                keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(chain_keys, t)
-                eps, minv = adapt_state.step_size, adapt_state.inverse_mass_matrix
-                states, info = run_kernel(keys, states, eps, minv)
-                flat = jax.vmap(lambda q: ravel_pytree(q)[0])(states.position)
-                update = lambda s, a, x: _adaptation.update(  # noqa: E731
-                    s,
-                    t,
-                    a,
-                    x,
-                    schedule=schedule,
-                    target_accept=target_accept,
-                    adapt_step_size=step_size is None,
-                    adapt_mass_matrix=mass_matrix != "identity",
-                )
-                if pooled:
-                    adapt_state = update(adapt_state, info.acceptance_rate.mean(), flat)
-                else:
-                    adapt_state = jax.vmap(update)(adapt_state, info.acceptance_rate, flat[:, None, :])
-                trips = record_trip(trips, info, t)
-                out = {
-                    "acceptance_rate": info.acceptance_rate,
-                    "step_size": info.step_size,
-                    "diverging": info.is_divergent,
-                    "guard_tripped": info.guard_tripped,
-                }
-                return (states, adapt_state, trips), out
-
-            def skip(operand):
-                zeros = {
-                    "acceptance_rate": jnp.zeros((num_chains,), dtype),
-                    "step_size": jnp.zeros((num_chains,), dtype),
-                    "diverging": jnp.zeros((num_chains,), bool),
-                    "guard_tripped": jnp.zeros((num_chains,), bool),
-                }
-                return operand, zeros
-
-            return jax.lax.cond(i < n_valid, step, skip, (states, adapt_state, trips))
-
-        (states, adapt_state, trips), out = jax.lax.scan(
-            body, (states, adapt_state, trip_template), jnp.arange(chunk_size)
-        )
-        return states, adapt_state, trips, out
-
-    @jax.jit
-    def sample_chunk(states, eps, minv, start, n_valid):
-        def one_draw(carry, i):
-            states, trips = carry
-
-            def step(operand):
-                states, trips = operand
-
-                def inner(j, c):
-                    states, trips, acc, div, tripped, _ = c
-                    t = start + i * thin + j
-                    keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(chain_keys, t)
-                    states, info = run_kernel(keys, states, eps, minv)
-                    trips = record_trip(trips, info, num_warmup + i + (start - num_warmup) // thin)
-                    return (
-                        states,
-                        trips,
-                        acc + info.acceptance_rate,
-                        div | info.is_divergent,
-                        tripped | info.guard_tripped,
-                        info,
-                    )
-
-                first_states, first_trips, a0, d0, g0, info0 = inner(0, (
-                    states,
-                    trips,
-                    jnp.zeros((num_chains,), dtype),
-                    jnp.zeros((num_chains,), bool),
-                    jnp.zeros((num_chains,), bool),
-                    None,
-                ))
-                if thin > 1:
-                    states, trips, acc, div, tripped, info = jax.lax.fori_loop(
-                        1, thin, inner, (first_states, first_trips, a0, d0, g0, info0)
-                    )
-                else:
-                    states, trips, acc, div, tripped, info = first_states, first_trips, a0, d0, g0, info0
-                out = dict(jax.vmap(potential.observe)(states.position))
-                leaves = dict(zip(names, jax.tree_util.tree_leaves(states.position)))
-                out.update({name: leaves[name] for name in record})
-                out.update(
-                    lp=-states.potential_energy,
-                    energy=info.energy,
-                    acceptance_rate=acc / thin,
-                    diverging=div,
-                    step_size=info.step_size,
-                    n_steps=info.num_steps,
-                    guard_tripped=tripped,
-                )
-                return (states, trips), out
-
-            return step((states, trips))
-
-        def body(carry, i):
-            shapes = jax.eval_shape(lambda c: one_draw(c, i)[1], carry)
-            return jax.lax.cond(
-                i < n_valid,
-                lambda c: one_draw(c, i),
-                lambda c: (c, jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)),
-                carry,
-            )
-
-        (states, trips), out = jax.lax.scan(body, (states, trip_template), jnp.arange(chunk_size))
-        return states, trips, out
+    warmup_chunk, sample_chunk = _chunk_functions(potential, static)
 
     # -- host loop --------------------------------------------------------------
     total = num_warmup + num_samples
@@ -458,20 +343,51 @@ def sample(
                 potential.name, done, total, phase, done / max(now - started, 1e-9), tripped_total,
             )
 
+    guard_seconds = 0.0
+    probe_seen: set[tuple] = set()
+    probe_fn = _cached(potential, "element_reach", lambda: _guard.batched_element_reach(potential)) if guard_on else None
+    chunk_index = 0
+
+    def probe(phase: str, draw: int) -> None:
+        """Element-level reach of the current states of a few chains, in rotation."""
+        nonlocal chunk_index
+        k = min(probe_chains, num_chains)
+        if k <= 0:
+            return
+        picked = (np.arange(k) + chunk_index * k) % num_chains
+        chunk_index += 1
+        current = jax.tree_util.tree_map(lambda x: x[picked], states.position)
+        for event in _guard.check_element_reach(
+            potential, current, picked, probe_fn, phase=phase, action="reported", draw=draw
+        ):
+            key = (event.leaf, tuple(map(tuple, event.indices or [])))
+            if key not in probe_seen:
+                probe_seen.add(key)
+                events.append(event)
+                _guard.log_event(event)
+
+    def after_chunk(phase: str, trips: tuple, out: dict, n_traj: int, draw: int) -> tuple[bool, str | None]:
+        nonlocal trajectories, tripped_total, done, guard_seconds
+        trajectories += n_traj
+        new = int(out["guard_tripped"].sum())
+        tripped_total += new
+        if guard_on:
+            t0 = time.perf_counter()
+            if new:
+                handle_trips(trips, phase)
+            probe(phase, draw)
+            guard_seconds += time.perf_counter() - t0
+        done += len(out["guard_tripped"])
+        report(phase)
+        return policy_check(new)
+
     try:
         for start in range(0, num_warmup, chunk_size):
             n = min(chunk_size, num_warmup - start)
-            states, adapt_state, trips, out = warmup_chunk(states, adapt_state, start, n)
+            states, adapt_state, trips, out = warmup_chunk(chain_keys, states, adapt_state, start, n)
             out = {k: np.asarray(v[:n]) for k, v in out.items()}
             warmup_out.append(out)
-            trajectories += n * num_chains
-            new = int(out["guard_tripped"].sum())
-            tripped_total += new
-            if new:
-                handle_trips(trips, "warmup")
-            done += n
-            report("warmup")
-            halted, halt_reason = policy_check(new)
+            halted, halt_reason = after_chunk("warmup", trips, out, n * num_chains, start + n - 1)
             if halted:
                 break
 
@@ -481,21 +397,15 @@ def sample(
         drawn = 0
         while not halted and drawn < num_samples:
             n = min(chunk_size, num_samples - drawn)
-            states, trips, out = sample_chunk(states, eps, minv, start, n)
+            states, trips, out = sample_chunk(chain_keys, states, eps, minv, start, n)
             out = {k: np.asarray(v[:n]) for k, v in out.items()}
             sample_out.append(out)
             start += n * thin
             drawn += n
-            trajectories += n * thin * num_chains
-            new = int(out["guard_tripped"].sum())
-            tripped_total += new
-            if new:
-                handle_trips(trips, "sampling")
-            done += n
-            report("sampling")
-            halted, halt_reason = policy_check(new)
+            halted, halt_reason = after_chunk("sampling", trips, out, n * thin * num_chains, drawn - 1)
     finally:
         bar.close()
+    elapsed = time.perf_counter() - started
 
     if halted:
         logger.error("sampling halted: %s", halt_reason)
@@ -540,21 +450,228 @@ def sample(
         exact={k: np.asarray(v) for k, v in potential.exact.items()},
         halted=halted,
         halt_reason=halt_reason,
+        timing={"total_seconds": elapsed, "guard_host_seconds": guard_seconds},
     )
 
 
 MAX_ATTRIBUTIONS_PER_CHUNK = 8
+
+
+def _preflight_all_chains(
+    potential: Potential, positions: PyTree, chains: np.ndarray, allow: Sequence[str]
+) -> _guard.PreflightReport:
+    """Structural preflight once (connectivity is a property of the program), then the
+    state-dependent checks (finite energy and gradient, element reach) for every chain."""
+    first = jax.tree_util.tree_map(lambda x: x[0], positions)
+    report = _guard.preflight(potential, first, allow=allow, chain=int(chains[0]))
+    if len(chains) == 1:
+        return report
+    rest = jax.tree_util.tree_map(lambda x: x[1:], positions)
+    per_term = _cached(potential, "per_term_values_and_grads", lambda: _guard.batched_term_values_and_grads(potential))
+    reach = _cached(potential, "element_reach", lambda: _guard.batched_element_reach(potential))
+    extra = _guard.check_initial_states(potential, rest, chains[1:], per_term)
+    extra += _guard.check_element_reach(potential, rest, chains[1:], reach, phase="preflight", action="refused")
+    for event in extra:
+        if _guard._allowed(event, allow):
+            event.action = "allowed"
+    report.events.extend(extra)
+    return report
 HEURISTIC_STREAM = 2**31 - 1
+
+
+class _Static(NamedTuple):
+    """Everything the compiled chunk functions depend on besides array shapes."""
+
+    integrator: str
+    num_steps: int | None
+    trajectory_length: float | None
+    jitter: float
+    divergence_threshold: float
+    guard: bool
+    mass_matrix: str
+    pooled: bool
+    adapt_step_size: bool
+    target_accept: float
+    num_warmup: int
+    thin: int
+    names: tuple[str, ...]
+    record: tuple[str, ...]
+    chunk_size: int
+
+
+# Compiled chunk functions per potential and static settings: a second ``sample``
+# call with the same model and settings does not recompile.
+_CHUNK_CACHE: "weakref.WeakKeyDictionary[Potential, dict[_Static, tuple]]" = weakref.WeakKeyDictionary()
+
+
+def _cached(potential: Potential, key: Any, build: Any) -> Any:
+    """``build()`` once per potential and hashable ``key``."""
+    per_potential = _CHUNK_CACHE.setdefault(potential, {})
+    if key not in per_potential:
+        per_potential[key] = build()
+    return per_potential[key]
+
+
+def _chunk_functions(potential: Potential, static: _Static) -> tuple:
+    return _cached(potential, static, lambda: _build_chunk_functions(potential, static))
+
+
+def _build_chunk_functions(potential: Potential, st: _Static) -> tuple:
+    kernel = _kernel.build_kernel(
+        potential.energy,
+        st.integrator,
+        num_steps=st.num_steps,
+        trajectory_length=st.trajectory_length,
+        jitter=st.jitter,
+        divergence_threshold=st.divergence_threshold,
+        guard=st.guard,
+    )
+    axis = None if st.pooled else 0
+    schedule = _adaptation.build_schedule(st.num_warmup)
+    thin, chunk_size, num_warmup = st.thin, st.chunk_size, st.num_warmup
+
+    def run_kernel(keys: jax.Array, states: _kernel.HMCState, eps: jax.Array, minv: jax.Array):
+        minv = None if st.mass_matrix == "identity" else minv
+        m_axis = None if minv is None else axis
+        return jax.vmap(kernel, in_axes=(0, 0, axis, m_axis))(keys, states, eps, minv)
+
+    def keys_at(chain_keys: jax.Array, t: jax.Array) -> jax.Array:
+        return jax.vmap(jax.random.fold_in, in_axes=(0, None))(chain_keys, t)
+
+    def no_trips(states: _kernel.HMCState) -> tuple:
+        n = states.potential_energy.shape[0]
+        return (jnp.full((n,), -1, jnp.int32), jnp.full((n,), -1, jnp.int32), states.position)
+
+    def record_trip(trips: tuple, info: _kernel.HMCInfo, iteration: jax.Array) -> tuple:
+        """Keep each chain's first trip of the chunk (iteration, leapfrog step, position)."""
+        draw, step, where = trips
+        new = info.guard_tripped & (draw < 0)
+
+        def store(where: PyTree) -> PyTree:
+            return jax.tree_util.tree_map(
+                lambda p, w: jnp.where(new.reshape((-1,) + (1,) * (p.ndim - 1)), p, w), info.guard_position, where
+            )
+
+        # Outside the chain vmap the predicate is a scalar, so the copy is skipped when nothing tripped.
+        where = jax.lax.cond(jnp.any(new), store, lambda w: w, where)
+        return (
+            jnp.where(new, iteration, draw).astype(jnp.int32),
+            jnp.where(new, info.guard_step, step).astype(jnp.int32),
+            where,
+        )
+
+    def masked_scan(one: Any, carry: Any, n_valid: jax.Array) -> tuple:
+        """Scan ``one`` over a fixed-length chunk; iterations ``>= n_valid`` do nothing
+        (so a short final chunk reuses the compiled function)."""
+
+        def body(carry, i):
+            shapes = jax.eval_shape(lambda c: one(c, i)[1], carry)
+            return jax.lax.cond(
+                i < n_valid,
+                lambda c: one(c, i),
+                lambda c: (c, jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)),
+                carry,
+            )
+
+        return jax.lax.scan(body, carry, jnp.arange(chunk_size))
+
+    def adapt(adapt_state, t, info, states):
+        flat = jax.vmap(lambda q: ravel_pytree(q)[0])(states.position)
+
+        def update(s, a, x):
+            return _adaptation.update(
+                s,
+                t,
+                a,
+                x,
+                schedule=schedule,
+                target_accept=st.target_accept,
+                adapt_step_size=st.adapt_step_size,
+                adapt_mass_matrix=st.mass_matrix != "identity",
+            )
+
+        if st.pooled:
+            return update(adapt_state, info.acceptance_rate.mean(), flat)
+        return jax.vmap(update)(adapt_state, info.acceptance_rate, flat[:, None, :])
+
+    @jax.jit
+    def warmup_chunk(chain_keys, states, adapt_state, start, n_valid):
+        def one(carry, i):
+            states, adapt_state, trips = carry
+            t = start + i
+            states, info = run_kernel(keys_at(chain_keys, t), states, adapt_state.step_size,
+                                      adapt_state.inverse_mass_matrix)
+            adapt_state = adapt(adapt_state, t, info, states)
+            out = {
+                "acceptance_rate": info.acceptance_rate,
+                "step_size": info.step_size,
+                "diverging": info.is_divergent,
+                "guard_tripped": info.guard_tripped,
+            }
+            return (states, adapt_state, record_trip(trips, info, t)), out
+
+        (states, adapt_state, trips), out = masked_scan(one, (states, adapt_state, no_trips(states)), n_valid)
+        return states, adapt_state, trips, out
+
+    @jax.jit
+    def sample_chunk(chain_keys, states, eps, minv, start, n_valid):
+        def one(carry, i):
+            states, trips = carry
+            draw = num_warmup + (start - num_warmup) // thin + i
+
+            def trajectory(j, c):
+                states, trips, acc, div, tripped, _ = c
+                states, info = run_kernel(keys_at(chain_keys, start + i * thin + j), states, eps, minv)
+                return (
+                    states,
+                    record_trip(trips, info, draw),
+                    acc + info.acceptance_rate,
+                    div | info.is_divergent,
+                    tripped | info.guard_tripped,
+                    info,
+                )
+
+            n = states.potential_energy.shape[0]
+            zeros = jnp.zeros((n,), states.potential_energy.dtype)
+            false = jnp.zeros((n,), bool)
+            carry = trajectory(0, (states, trips, zeros, false, false, None))
+            if thin > 1:
+                carry = jax.lax.fori_loop(1, thin, trajectory, carry)
+            states, trips, acc, div, tripped, info = carry
+            out = dict(jax.vmap(potential.observe)(states.position))
+            leaves = dict(zip(st.names, jax.tree_util.tree_leaves(states.position)))
+            out.update({name: leaves[name] for name in st.record})
+            out.update(
+                lp=-states.potential_energy,
+                energy=info.energy,
+                acceptance_rate=acc / thin,
+                diverging=div,
+                step_size=info.step_size,
+                n_steps=info.num_steps,
+                guard_tripped=tripped,
+            )
+            return (states, trips), out
+
+        (states, trips), out = masked_scan(one, (states, no_trips(states)), n_valid)
+        return states, trips, out
+
+    return warmup_chunk, sample_chunk
 
 
 def _initial_step_size(potential, integrator, states, chain_keys, minv0, mass_matrix, dimension, dtype, pooled):
     """Hoffman-Gelman doubling heuristic from the initial states (one integrator step)."""
-    grad_fn = jax.grad(potential.energy)
     if minv0 is None and mass_matrix == "dense":
         minv0 = jnp.eye(dimension, dtype=dtype)
+    find = _cached(potential, ("step_size_heuristic", integrator, pooled), lambda: _build_step_size_finder(
+        potential, integrator, pooled))
+    return find(states, chain_keys, minv0, jnp.asarray(0.1, dtype))
 
-    def one_chain_acceptance(key, state, eps):
-        metric = _integrators.euclidean_metric(minv0, state.position)
+
+def _build_step_size_finder(potential: Potential, integrator: str, pooled: bool) -> Any:
+    grad_fn = jax.grad(potential.energy)
+
+    def one_chain_acceptance(key, state, eps, minv):
+        metric = _integrators.euclidean_metric(minv, state.position)
         # An iteration index no trajectory uses: the heuristic's momenta are its own.
         momentum = metric.sample_momentum(jax.random.fold_in(key, HEURISTIC_STREAM), state.position)
         start = _integrators.IntegratorState(state.position, momentum, state.potential_energy_grad)
@@ -563,26 +680,23 @@ def _initial_step_size(potential, integrator, states, chain_keys, minv0, mass_ma
         h1 = potential.energy(end.position) + metric.kinetic_energy(end.momentum)
         return jnp.minimum(1.0, jnp.exp(h0 - h1))
 
-    initial = jnp.asarray(0.1, dtype)
-    if pooled:
+    @jax.jit
+    def find(states, chain_keys, minv, initial):
+        if pooled:
 
-        @jax.jit
-        def find(states):
             def acc(eps):
-                return jax.vmap(one_chain_acceptance, in_axes=(0, 0, None))(chain_keys, states, eps).mean()
+                return jax.vmap(one_chain_acceptance, in_axes=(0, 0, None, None))(chain_keys, states, eps, minv).mean()
 
             return _adaptation.find_reasonable_step_size(acc, initial)
 
-        return find(states)
-
-    @jax.jit
-    def find_each(states):
         def per_chain(key, state):
-            return _adaptation.find_reasonable_step_size(lambda eps: one_chain_acceptance(key, state, eps), initial)
+            return _adaptation.find_reasonable_step_size(
+                lambda eps: one_chain_acceptance(key, state, eps, minv), initial
+            )
 
         return jax.vmap(per_chain)(chain_keys, states)
 
-    return find_each(states)
+    return find
 
 
 def num_gradient_evaluations(settings: dict[str, Any], n_steps: np.ndarray) -> int:

@@ -11,12 +11,14 @@ from collections.abc import Callable
 
 from hmc.potential import Potential
 from physics_models import exact
+from physics_models.lattice import phi4
 from physics_models.oscillators import harmonic_oscillator
 from physics_models.statistical import gaussian, gaussian_covariance
 
 REGISTRY: dict[str, Callable[..., Potential]] = {
     "gaussian": gaussian,
     "harmonic_oscillator": harmonic_oscillator,
+    "phi4": phi4,
 }
 
 
@@ -34,4 +36,4 @@ def parameters(name: str) -> dict[str, object]:
     return {k: p.default for k, p in signature.parameters.items()}
 
 
-__all__ = ["REGISTRY", "exact", "gaussian", "gaussian_covariance", "get", "harmonic_oscillator", "parameters"]
+__all__ = ["REGISTRY", "exact", "gaussian", "gaussian_covariance", "get", "harmonic_oscillator", "parameters", "phi4"]

@@ -31,3 +31,13 @@ def lattice_oscillator_x2(n_sites: int, a: float, mass: float = 1.0, omega: floa
 def lattice_oscillator_gap(a: float, omega: float = 1.0) -> float:
     """Lattice energy gap ``Delta E`` from ``cosh(a Delta E) = 1 + a^2 w^2 / 2``."""
     return float(np.arccosh(1.0 + (a * omega) ** 2 / 2.0) / a)
+
+
+def free_field_phi2(shape: tuple[int, ...], m2: float) -> float:
+    """``<phi^2>`` of the free field ``S = sum_x [ (1/2) sum_mu (phi_{x+mu} - phi_x)^2 + (m^2/2) phi_x^2 ]``.
+
+    Momentum sum on the periodic lattice: ``(1/V) sum_k 1 / (m^2 + sum_mu 4 sin^2(k_mu / 2))``.
+    """
+    grids = np.meshgrid(*[2.0 * np.pi * np.arange(n) / n for n in shape], indexing="ij")
+    k2 = sum(4.0 * np.sin(k / 2.0) ** 2 for k in grids)
+    return float(np.mean(1.0 / (m2 + k2)))
