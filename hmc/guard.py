@@ -106,6 +106,8 @@ def term_report(potential: Potential, position: PyTree) -> dict[str, tuple[np.nd
 def _hint(primitive: str | None, energy_finite: bool, in_gradient: bool) -> str:
     """One line on the known ways a finite model produces NaN/Inf."""
     p = (primitive or "").split("[")[0]
+    if p == "exp":
+        return "exp overflow (float32 overflows above ~88.7): use run.precision=float64 or a stable form (logsumexp, softplus)"
     if in_gradient and energy_finite:
         return (
             "the energy is finite but its gradient is not: the classic where-trap (a jnp.where whose "
@@ -114,8 +116,6 @@ def _hint(primitive: str | None, energy_finite: bool, in_gradient: bool) -> str:
         )
     if p == "log":
         return "log of zero or of a negative number: keep its argument positive (clip, or an epsilon)"
-    if p == "exp":
-        return "exp overflow (float32 overflows above ~88.7): use run.precision=float64 or a stable form (logsumexp, softplus)"
     if p in ("div", "integer_pow", "pow", "rsqrt"):
         return "division by zero (or a negative power of zero): guard the denominator"
     if p == "sqrt":
