@@ -71,6 +71,9 @@ class HMCInfo(NamedTuple):
     guard_position: PyTree
 
 
+GUARD_MODES = ("step", "trajectory", "off")
+
+
 def init(position: PyTree, potential_fn: Callable[[PyTree], Array]) -> HMCState:
     """Build the state at ``position`` (one chain; ``vmap`` for many)."""
     energy, grad = jax.value_and_grad(potential_fn)(position)
@@ -89,7 +92,7 @@ def build_kernel(
     trajectory_length: float | None = None,
     jitter: float = 0.0,
     divergence_threshold: float = 1000.0,
-    guard: bool = True,
+    guard: str = "step",
 ) -> Callable[..., tuple[HMCState, HMCInfo]]:
     """Build ``kernel(rng_key, state, step_size, inverse_mass_matrix=None)``.
 
@@ -111,8 +114,23 @@ def build_kernel(
     divergence_threshold
         ``delta_energy`` above which a trajectory is called divergent.
     guard
-        Carry the finite-gradient flag through the integrator (``False`` only
-        to measure its cost).
+        How the kernel notices a non-finite gradient:
+
+        ``"step"``
+            every fresh gradient is checked (``isfinite(sum(g))``) and the first
+            failing evaluation, with the position and momentum there, is carried
+            out of the integrator; a trip whose energy had already risen past the
+            divergence threshold is classified as a divergence.
+        ``"trajectory"``
+            nothing is checked inside the integrator: a non-finite gradient makes
+            the momentum non-finite for the rest of the trajectory (NaN and Inf
+            are absorbing under ``p - eps * g``), so the kinetic energy at the
+            end, computed anyway, tells. ``guard_step`` is -1 and
+            ``guard_position`` the start; the driver replays tripped
+            trajectories with a ``"step"`` kernel to locate and classify them.
+            Costs nothing per step.
+        ``"off"``
+            no guard (benchmarks only): a non-finite trajectory is a divergence.
     """
     _integrators.coefficients(integrator)
     if (num_steps is None) == (trajectory_length is None):
@@ -123,6 +141,9 @@ def build_kernel(
         raise ValueError(f"trajectory_length must be > 0, got {trajectory_length}")
     if not 0.0 <= jitter < 1.0:
         raise ValueError(f"jitter must be in [0, 1), got {jitter}")
+    if guard not in GUARD_MODES:
+        raise ValueError(f"guard must be one of {GUARD_MODES}, got {guard!r}")
+    per_step = guard == "step"
 
     grad_fn = jax.grad(potential_fn)
 
@@ -147,25 +168,38 @@ def build_kernel(
         momentum = metric.sample_momentum(key_momentum, state.position)
         start = _integrators.IntegratorState(state.position, momentum, state.potential_energy_grad)
         end, flags = _integrators.integrate(
-            integrator, grad_fn, metric.velocity, start, eps, n_steps, guard=guard
+            integrator, grad_fn, metric.velocity, start, eps, n_steps, guard=per_step
         )
 
         energy_start = state.potential_energy + metric.kinetic_energy(momentum)
-        tripped = ~flags.ok
+        kinetic_end = metric.kinetic_energy(end.momentum)
+        if guard == "step":
+            tripped = ~flags.ok
+        elif guard == "trajectory":
+            # not the kinetic energy: p**2 overflows for a finite (if huge) momentum
+            tripped = ~jnp.isfinite(_integrators.tree_sum(end.momentum))
+        else:
+            tripped = jnp.zeros((), bool)
         # A tripped trajectory ends in NaN; evaluate U at the trip position instead (same cost).
-        probe = jax.tree_util.tree_map(lambda b, e: jnp.where(tripped, b, e), flags.position, end.position)
+        if per_step:
+            probe = jax.tree_util.tree_map(lambda b, e: jnp.where(tripped, b, e), flags.position, end.position)
+        else:
+            probe = end.position
         new_potential = potential_fn(probe)
-        energy_end = new_potential + metric.kinetic_energy(end.momentum)
+        energy_end = new_potential + kinetic_end
         delta = energy_end - energy_start
         delta = jnp.where(jnp.isnan(delta), jnp.inf, delta)
         # A gradient that overflowed because the integrator had already blown up (the
         # energy at the trip point far above the start) is a divergence, not a broken
         # gradient: the guard only reports gradients that break at a sane state.
-        kinetic_at_trip = metric.kinetic_energy(flags.momentum)
-        energy_at_trip = new_potential + kinetic_at_trip
-        blew_up = (kinetic_at_trip - energy_start > divergence_threshold) | (
-            jnp.isfinite(new_potential) & (energy_at_trip - energy_start > divergence_threshold)
-        )
+        if per_step:
+            kinetic_at_trip = metric.kinetic_energy(flags.momentum)
+            energy_at_trip = new_potential + kinetic_at_trip
+            blew_up = (kinetic_at_trip - energy_start > divergence_threshold) | (
+                jnp.isfinite(new_potential) & (energy_at_trip - energy_start > divergence_threshold)
+            )
+        else:
+            blew_up = jnp.zeros((), bool)  # unknown without the per-step record
         diverged_trip = tripped & blew_up
         guard_tripped = tripped & ~blew_up
         acceptance_rate = jnp.where(tripped, 0.0, jnp.minimum(1.0, jnp.exp(-delta))).astype(dtype)

@@ -67,6 +67,9 @@ class SampleResult:
     halt_reason: str | None = None
     timing: dict[str, float] = dataclasses.field(default_factory=dict)
 
+    def halted_reason_text(self) -> str:
+        return self.halt_reason if self.halted else "no"
+
     def summary(self) -> _diagnostics.Summary:
         """Per observable: mean, sd, MCSE, bulk ESS, R-hat and, where known, exact value and z."""
         observables = {k: v for k, v in self.draws.items() if k in self.settings["observables"]}
@@ -114,6 +117,7 @@ def sample(
     guard: str = "reject",
     max_trip_fraction: float = 0.01,
     allow: Sequence[str] = (),
+    guard_check: str = "trajectory",
     probe_chains: int = 4,
     chunk_size: int = 100,
     precision: str | None = None,
@@ -156,6 +160,13 @@ def sample(
         halts when more than ``max_trip_fraction`` of all trajectories
         tripped. ``"halt"``: stop at the end of the first chunk with a trip.
         ``"off"``: no in-loop check and no preflight (benchmarks only).
+    guard_check
+        ``"trajectory"`` (default): the integrator carries no per-step check; a
+        trajectory whose momentum ends non-finite tripped (NaN and Inf are
+        absorbing), and the tripped ones are re-run with the per-step check to
+        find the first failing gradient and its position. ``"step"``: every
+        gradient is checked inside the integrator. Both reject the same
+        trajectories; see :func:`hmc.kernel.build_kernel`.
     allow
         Preflight findings to accept instead of refusing to start: ``"kind"``,
         ``"kind:term"`` or ``"kind:term:leaf"`` (see :func:`hmc.guard.preflight`).
@@ -173,6 +184,7 @@ def sample(
     """
     _integrators.coefficients(integrator)
     _validate("guard", guard, _guard.POLICIES)
+    _validate("guard_check", guard_check, ["trajectory", "step"])
     _validate("mass_matrix", mass_matrix, _adaptation.MASS_MATRIX_KINDS)
     _validate("adaptation", adaptation, ["pooled", "per_chain"])
     for name, value, low in (
@@ -264,7 +276,7 @@ def sample(
         trajectory_length=trajectory_length,
         jitter=float(jitter),
         divergence_threshold=float(divergence_threshold),
-        guard=guard_on,
+        guard=guard_check if guard_on else "off",
         mass_matrix=mass_matrix,
         pooled=pooled,
         adapt_step_size=step_size is None,
@@ -296,28 +308,30 @@ def sample(
     halted, halt_reason = False, None
     done = 0
 
-    def handle_trips(trips: tuple, phase: str) -> int:
-        draw, step, where = (np.asarray(trips[0]), np.asarray(trips[1]), trips[2])
+    def handle_trips(trips: tuple, phase: str) -> None:
+        """Attribute the located trips of a chunk (a few, deduplicated by term and primitive)."""
+        count = int(trips[0])
+        chains_, iterations, steps = (np.asarray(x) for x in trips[1:4])
         seen: set[tuple] = set()
-        tripped_chains = np.flatnonzero(draw >= 0)
-        for c in tripped_chains[:MAX_ATTRIBUTIONS_PER_CHUNK]:
-            position = jax.tree_util.tree_map(lambda x: x[c], where)
-            for event in _guard.attribute(
-                potential,
-                position,
-                phase=phase,
-                chain=int(c),
-                draw=int(draw[c]) - (num_warmup if phase == "sampling" else 0),
-                leapfrog_step=int(step[c]),
-                action="halted" if guard == "halt" else "rejected",
-            ):
+        action = "halted" if guard == "halt" else "rejected"
+        for k in range(min(count, MAX_ATTRIBUTIONS_PER_CHUNK)):
+            position = jax.tree_util.tree_map(lambda x: x[k], trips[4])
+            draw = int(iterations[k]) - (num_warmup if phase == "sampling" else 0)
+            for event in _guard.attribute(potential, position, phase=phase, chain=int(chains_[k]), draw=draw,
+                                          leapfrog_step=int(steps[k]), action=action):
                 key = (event.kind, event.term, event.leaf, event.primitive)
                 if key in seen:
                     continue
                 seen.add(key)
                 events.append(event)
                 _guard.log_event(event)
-        return len(tripped_chains)
+        if count == 0:
+            events.append(_guard.GuardEvent(
+                kind="nonfinite_gradient", phase=phase, action=action,
+                message="trajectories produced non-finite gradients that were not located (more chains "
+                "tripped in one iteration than are replayed at once, or the replay did not reproduce them)",
+            ))
+            _guard.log_event(events[-1])
 
     def policy_check(new_trips: int) -> tuple[bool, str | None]:
         if not guard_on or new_trips == 0:
@@ -417,6 +431,15 @@ def sample(
         return {k: np.swapaxes(np.concatenate([c[k] for c in chunks]), 0, 1) for k in chunks[0]}
 
     sampled = stack(sample_out)
+    if not sampled:
+        # halted before the first draw: empty (chain, 0, ...) arrays with the right names
+        shapes = jax.eval_shape(lambda q: jax.vmap(potential.observe)(q), states.position)
+        sampled = {k: np.zeros((num_chains, 0) + s.shape[1:], s.dtype) for k, s in shapes.items()}
+        leaves = dict(zip(names, jax.tree_util.tree_leaves(states.position)))
+        sampled.update({k: np.zeros((num_chains, 0) + leaves[k].shape[1:], leaves[k].dtype) for k in record})
+        for k in STAT_NAMES:
+            sampled[k] = np.zeros((num_chains, 0), bool if k in ("diverging", "guard_tripped") else
+                                  (np.int32 if k == "n_steps" else dtype))
     draws = {k: v for k, v in sampled.items() if k not in STAT_NAMES}
     stats = {k: sampled[k] for k in STAT_NAMES if k in sampled}
     step_out = np.asarray(adapt_state.step_size)
@@ -487,7 +510,7 @@ class _Static(NamedTuple):
     trajectory_length: float | None
     jitter: float
     divergence_threshold: float
-    guard: bool
+    guard: str
     mass_matrix: str
     pooled: bool
     adapt_step_size: bool
@@ -530,35 +553,101 @@ def _build_chunk_functions(potential: Potential, st: _Static) -> tuple:
     schedule = _adaptation.build_schedule(st.num_warmup)
     thin, chunk_size, num_warmup = st.thin, st.chunk_size, st.num_warmup
 
+    replay_kernel = None
+    if st.guard == "trajectory":
+        replay_kernel = _kernel.build_kernel(
+            potential.energy,
+            st.integrator,
+            num_steps=st.num_steps,
+            trajectory_length=st.trajectory_length,
+            jitter=st.jitter,
+            divergence_threshold=st.divergence_threshold,
+            guard="step",
+        )
+
     def run_kernel(keys: jax.Array, states: _kernel.HMCState, eps: jax.Array, minv: jax.Array):
+        """All chains one trajectory; also the first located guard trip of this iteration
+        as ``(found, chain, leapfrog step, position)``."""
         minv = None if st.mass_matrix == "identity" else minv
         m_axis = None if minv is None else axis
-        return jax.vmap(kernel, in_axes=(0, 0, axis, m_axis))(keys, states, eps, minv)
+        new_states, info = jax.vmap(kernel, in_axes=(0, 0, axis, m_axis))(keys, states, eps, minv)
+        one_state = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape[1:], x.dtype), states.position)
+        no_trip = (jnp.array(False), jnp.array(0, jnp.int32), jnp.array(-1, jnp.int32), one_state)
+        if st.guard == "off":
+            return new_states, info, no_trip
+        if st.guard == "step":
+            c = jnp.argmax(info.guard_tripped)
+            trip = (jnp.any(info.guard_tripped), c.astype(jnp.int32), info.guard_step[c],
+                    jax.tree_util.tree_map(lambda x: x[c], info.guard_position))
+            return new_states, info, trip
+
+        def replay(operand: tuple) -> tuple:
+            """Re-run the tripped trajectories (same keys, same start) with the per-step
+            check, to locate the first failing gradient and tell blow-ups from broken
+            gradients. Runs only in iterations where some chain tripped."""
+            tripped, divergent, step = operand
+            n = tripped.shape[0]
+            capacity = min(n, max(8, n // 16))
+            idx = jnp.nonzero(tripped, size=capacity, fill_value=0)[0]
+            valid = jnp.arange(capacity) < jnp.sum(tripped)
+            take = lambda x: x[idx]  # noqa: E731
+            _, again = jax.vmap(replay_kernel, in_axes=(0, 0, axis, m_axis))(
+                keys[idx],
+                jax.tree_util.tree_map(take, states),
+                eps if axis is None else eps[idx],
+                minv if m_axis is None else minv[idx],
+            )
+            target = jnp.where(valid, idx, n)  # out of range: dropped
+            # a replay with no non-finite gradient: the momentum itself overflowed, a divergence
+            located = again.guard_step >= 0
+
+            def put(full: jax.Array, part: jax.Array) -> jax.Array:
+                return full.at[target].set(part, mode="drop")
+
+            genuine = valid & located & again.guard_tripped
+            k = jnp.argmax(genuine)
+            trip = (jnp.any(genuine), idx[k].astype(jnp.int32), again.guard_step[k],
+                    jax.tree_util.tree_map(lambda x: x[k], again.guard_position))
+            return (
+                put(tripped, again.guard_tripped & located),
+                put(divergent, again.is_divergent | ~located),
+                put(step, again.guard_step),
+            ), trip
+
+        # outside the chain vmap the predicate is a scalar: without a trip the replay costs
+        # nothing, and the branches carry only per-chain scalars and one state
+        operand = (info.guard_tripped, info.is_divergent, info.guard_step)
+        (tripped, divergent, step), trip = jax.lax.cond(
+            jnp.any(info.guard_tripped), replay, lambda o: (o, no_trip), operand
+        )
+        info = info._replace(guard_tripped=tripped, is_divergent=divergent, guard_step=step)
+        return new_states, info, trip
 
     def keys_at(chain_keys: jax.Array, t: jax.Array) -> jax.Array:
         return jax.vmap(jax.random.fold_in, in_axes=(0, None))(chain_keys, t)
 
+    slots = MAX_ATTRIBUTIONS_PER_CHUNK
+
     def no_trips(states: _kernel.HMCState) -> tuple:
-        n = states.potential_energy.shape[0]
-        return (jnp.full((n,), -1, jnp.int32), jnp.full((n,), -1, jnp.int32), states.position)
+        """A few slots for located trips of a chunk: count, chain, iteration, step, position."""
+        minus = jnp.full((slots,), -1, jnp.int32)
+        where = jax.tree_util.tree_map(lambda x: jnp.zeros((slots,) + x.shape[1:], x.dtype), states.position)
+        return (jnp.array(0, jnp.int32), minus, minus, minus, where)
 
-    def record_trip(trips: tuple, info: _kernel.HMCInfo, iteration: jax.Array) -> tuple:
-        """Keep each chain's first trip of the chunk (iteration, leapfrog step, position)."""
-        draw, step, where = trips
-        new = info.guard_tripped & (draw < 0)
+    def record_trip(trips: tuple, trip: tuple, iteration: jax.Array) -> tuple:
+        found, chain, step, position = trip
 
-        def store(where: PyTree) -> PyTree:
-            return jax.tree_util.tree_map(
-                lambda p, w: jnp.where(new.reshape((-1,) + (1,) * (p.ndim - 1)), p, w), info.guard_position, where
+        def store(trips: tuple) -> tuple:
+            count, chains, iterations, steps, where = trips
+            return (
+                count + 1,
+                chains.at[count].set(chain),
+                iterations.at[count].set(jnp.asarray(iteration, jnp.int32)),
+                steps.at[count].set(step),
+                jax.tree_util.tree_map(lambda w, p: w.at[count].set(p), where, position),
             )
 
-        # Outside the chain vmap the predicate is a scalar, so the copy is skipped when nothing tripped.
-        where = jax.lax.cond(jnp.any(new), store, lambda w: w, where)
-        return (
-            jnp.where(new, iteration, draw).astype(jnp.int32),
-            jnp.where(new, info.guard_step, step).astype(jnp.int32),
-            where,
-        )
+        return jax.lax.cond(found & (trips[0] < slots), store, lambda t: t, trips)
 
     def masked_scan(one: Any, carry: Any, n_valid: jax.Array) -> tuple:
         """Scan ``one`` over a fixed-length chunk; iterations ``>= n_valid`` do nothing
@@ -599,8 +688,8 @@ def _build_chunk_functions(potential: Potential, st: _Static) -> tuple:
         def one(carry, i):
             states, adapt_state, trips = carry
             t = start + i
-            states, info = run_kernel(keys_at(chain_keys, t), states, adapt_state.step_size,
-                                      adapt_state.inverse_mass_matrix)
+            states, info, trip = run_kernel(keys_at(chain_keys, t), states, adapt_state.step_size,
+                                            adapt_state.inverse_mass_matrix)
             adapt_state = adapt(adapt_state, t, info, states)
             out = {
                 "acceptance_rate": info.acceptance_rate,
@@ -608,7 +697,7 @@ def _build_chunk_functions(potential: Potential, st: _Static) -> tuple:
                 "diverging": info.is_divergent,
                 "guard_tripped": info.guard_tripped,
             }
-            return (states, adapt_state, record_trip(trips, info, t)), out
+            return (states, adapt_state, record_trip(trips, trip, t)), out
 
         (states, adapt_state, trips), out = masked_scan(one, (states, adapt_state, no_trips(states)), n_valid)
         return states, adapt_state, trips, out
@@ -621,10 +710,10 @@ def _build_chunk_functions(potential: Potential, st: _Static) -> tuple:
 
             def trajectory(j, c):
                 states, trips, acc, div, tripped, _ = c
-                states, info = run_kernel(keys_at(chain_keys, start + i * thin + j), states, eps, minv)
+                states, info, trip = run_kernel(keys_at(chain_keys, start + i * thin + j), states, eps, minv)
                 return (
                     states,
-                    record_trip(trips, info, draw),
+                    record_trip(trips, trip, draw),
                     acc + info.acceptance_rate,
                     div | info.is_divergent,
                     tripped | info.guard_tripped,

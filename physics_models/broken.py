@@ -88,6 +88,8 @@ def round_term() -> Potential:
 
 
 def floor_term() -> Potential:
+    """A staircase term: ``floor`` has a zero derivative almost everywhere."""
+
     def steps(q):
         return jnp.sum(jnp.floor(q["x"]))  # fault
 
@@ -95,6 +97,8 @@ def floor_term() -> Potential:
 
 
 def sign_term() -> Potential:
+    """``sign(x)``: piecewise constant, so no force."""
+
     def vee(q):
         return jnp.sum(jnp.sign(q["x"]) * 0.5)  # fault
 
@@ -102,6 +106,8 @@ def sign_term() -> Potential:
 
 
 def int_cast_term() -> Potential:
+    """An int cast inside a term: ``x.astype(int32)`` drops the gradient."""
+
     def bins(q):
         return jnp.sum(q["x"].astype(jnp.int32).astype(q["x"].dtype) ** 2)  # fault
 

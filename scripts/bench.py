@@ -11,6 +11,7 @@ against the sampler).
 
     python scripts/bench.py                 # full table, written to BENCHMARKS.md
     python scripts/bench.py --quick         # a smaller table, printed only
+    python scripts/bench.py --guard         # only the guard's costs (in-loop, preflight, probe)
 """
 
 from __future__ import annotations
@@ -77,15 +78,17 @@ def limit_runner(U: Callable, shape, chains: int, n_grads: int) -> Callable[[], 
 
 
 # -- this package ------------------------------------------------------------------
-def ours_runner(U: Callable, shape, eps: float, chains: int, n_traj: int, guard: str) -> Callable[[], object]:
+def ours_runner(U: Callable, shape, eps: float, chains: int, n_traj: int, guard: str,
+                guard_check: str = "trajectory", chunk: int | None = None) -> Callable[[], object]:
+    """``hmc.sample`` with ``n_traj`` draws in chunks of ``chunk`` (default: one chunk)."""
     pot = hmc.Potential(terms={"U": lambda q: U(q["q"])}, init=lambda key: {"q": jnp.zeros(shape)})
     init = {"q": initial(shape, chains)}
 
     def run():
         r = hmc.sample(
             pot, seed=0, num_chains=chains, num_warmup=0, num_samples=n_traj, step_size=eps, num_steps=L,
-            integrator="leapfrog", mass_matrix="identity", record=[], guard=guard, chunk_size=n_traj,
-            init_positions=init, progress=False,
+            integrator="leapfrog", mass_matrix="identity", record=[], guard=guard, guard_check=guard_check,
+            chunk_size=chunk or n_traj, init_positions=init, progress=False,
         )
         return r.stats["lp"]
 
@@ -148,8 +151,10 @@ def measure(name: str, U, shape, eps, chains, repeats, budget) -> dict[str, floa
     n_grads = n_traj * L
     runners = {
         "limit": limit_runner(U, shape, chains, n_grads),
-        "ours": ours_runner(U, shape, eps, chains, n_traj, "reject"),
-        "ours_noguard": ours_runner(U, shape, eps, chains, n_traj, "off"),
+        "ours_1": ours_runner(U, shape, eps, chains, n_traj, "reject"),
+        "ours_3": ours_runner(U, shape, eps, chains, 3 * n_traj, "reject", chunk=n_traj),
+        "ours_noguard_1": ours_runner(U, shape, eps, chains, n_traj, "off"),
+        "ours_noguard_3": ours_runner(U, shape, eps, chains, 3 * n_traj, "off", chunk=n_traj),
         "blackjax": blackjax_runner(U, shape, eps, chains, n_traj),
     }
     numpyro_1, numpyro_3 = numpyro_runners(U, shape, eps, chains, n_traj)
@@ -160,9 +165,14 @@ def measure(name: str, U, shape, eps, chains, repeats, budget) -> dict[str, floa
             times[k].append(best_of(run, 1))
     t = {k: np.asarray(v) for k, v in times.items()}
     # medians of ratios paired within a repeat: load changes on a shared machine cancel
+    # steady state of a sampler called per run: the extra time of a 3x longer call (fixed
+    # per-call costs such as preflight, and numpyro's recompilation, cancel)
+    for k in ("ours", "ours_noguard", "numpyro"):
+        t[k] = (t[k + "_3"] - t[k + "_1"]) / 2
     ratio = {k: float(np.median(t[k] / t["limit"])) for k in ("ours", "ours_noguard", "blackjax")}
     ratio["numpyro_per_run"] = float(np.median(t["numpyro_1"] / t["limit"]))
-    ratio["numpyro_steady"] = float(np.median((t["numpyro_3"] - t["numpyro_1"]) / (2 * t["limit"])))
+    ratio["numpyro_steady"] = float(np.median(t["numpyro"] / t["limit"]))
+    ratio["ours_per_call"] = float(np.median(t["ours_1"] / t["limit"]))
     ratio["guard_cost"] = float(np.median(t["ours"] / t["ours_noguard"]) - 1.0)
     ratio["limit_per_grad"] = float(np.min(t["limit"]) / n_grads)
     ratio["n_traj"] = n_traj
@@ -191,14 +201,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer configurations, print only")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--budget", type=float, default=0.3, help="seconds of limit time per configuration")
+    parser.add_argument("--guard", action="store_true", help="only the guard section")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "BENCHMARKS.md"))
     args = parser.parse_args(argv)
 
+    if args.guard:
+        lines = guard_section(args.repeats)
+        write(args.out, lines, GUARD_BEGIN, GUARD_END, "Guard costs (`scripts/bench.py --guard`)")
+        return 0
     chain_counts = (16,) if args.quick else (1, 16, 256)
     rows = []
     header = (
-        "| target | chains | limit ns per chain-gradient | ours (guard) | ours (no guard) | guard cost | numpyro steady "
-        "| numpyro per run() | blackjax |"
+        "| target | chains | limit ns per chain-gradient | ours (guard) | ours (no guard) | guard cost "
+        "| ours per call | numpyro steady | numpyro per run() | blackjax |"
     )
     print(versions())
     print(header)
@@ -209,43 +224,108 @@ def main(argv: list[str] | None = None) -> int:
             m = measure(name, U, shape, eps, chains, args.repeats, args.budget)
             row = (
                 f"| {name} | {chains} | {m['limit_per_grad'] * 1e9 / chains:.0f} | {m['ours']:.2f}x "
-                f"| {m['ours_noguard']:.2f}x | {100 * m['guard_cost']:+.1f} % "
+                f"| {m['ours_noguard']:.2f}x | {100 * m['guard_cost']:+.1f} % | {m['ours_per_call']:.2f}x "
                 f"| {m['numpyro_steady']:.2f}x | {m['numpyro_per_run']:.2f}x | {m['blackjax']:.2f}x |"
             )
             rows.append(row)
             print(row, flush=True)
     if not args.quick:
-        write(args.out, header, rows)
-    return 0
-
-
-MARK_BEGIN = "<!-- bench.py:begin -->"
-MARK_END = "<!-- bench.py:end -->"
-
-
-def write(path: str, header: str, rows: list[str]) -> None:
-    block = "\n".join(
-        [
-            MARK_BEGIN,
+        lines = [
             f"Command: `python scripts/bench.py` ({time.strftime('%Y-%m-%d')}). {versions()}.",
             "",
             "Time per gradient evaluation relative to the limit (the vmapped gradient alone in a `lax.scan`); "
             f"leapfrog, L = {L}, fixed step size, unit mass, float32; medians of ratios paired within interleaved "
-            "repeats. numpyro steady = the extra time of a 3x longer `run()`; per run() includes its recompilation.",
+            "repeats. Steady state of `hmc.sample` and numpyro's `run()` = the extra time of a 3x longer call, so "
+            "per-call costs (our preflight, numpyro's recompilation) cancel; per call = one call of L x n "
+            "trajectories, everything included.",
             "",
             header,
-            "|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|",
             *rows,
-            MARK_END,
         ]
-    )
-    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n"
-    if MARK_BEGIN in text:
-        head, rest = text.split(MARK_BEGIN, 1)
-        tail = rest.split(MARK_END, 1)[1] if MARK_END in rest else ""
+        write(args.out, lines, MARK_BEGIN, MARK_END, "Throughput (`scripts/bench.py`)")
+    return 0
+
+
+def guard_section(repeats: int) -> list[str]:
+    """In-loop guard cost on phi4 64x64 x 128 chains, preflight time per model, probe cost."""
+    U, shape, eps = targets()["phi4 64x64"]
+    chains, n_traj = 128, 20
+    variants = {"off": ("off", "trajectory"), "trajectory": ("reject", "trajectory"), "step": ("reject", "step")}
+    runs = {}
+    for name, (g, check) in variants.items():
+        runs[name + "_1"] = ours_runner(U, shape, eps, chains, n_traj, g, check)
+        runs[name + "_3"] = ours_runner(U, shape, eps, chains, 3 * n_traj, g, check, chunk=n_traj)
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(repeats):
+        for k, run in runs.items():
+            times[k].append(best_of(run, 1))
+    t = {k: np.asarray(v) for k, v in times.items()}
+    steady = {k: (t[k + "_3"] - t[k + "_1"]) / 2 for k in variants}
+    per_call = {k: t[k + "_1"] - steady[k] for k in variants}
+    traj = steady["trajectory"] / steady["off"]
+    step = steady["step"] / steady["off"]
+    lines = [
+        f"Command: `python scripts/bench.py --guard` ({time.strftime('%Y-%m-%d')}). {versions()}.",
+        "",
+        f"In-loop guard on phi4 64x64, {chains} chains, leapfrog L = {L}, steady state (extra time of a call "
+        f"with 3x the trajectories), {repeats} interleaved repeats, guarded / unguarded:",
+        "",
+        f"- `guard_check=\"trajectory\"` (default: end-of-trajectory check, replay of tripped trajectories): "
+        f"median {np.median(traj):.3f} (min {traj.min():.3f}, max {traj.max():.3f})",
+        f"- `guard_check=\"step\"` (isfinite(sum(g)) at every gradient, first failing position carried): "
+        f"median {np.median(step):.3f} (min {step.min():.3f}, max {step.max():.3f})",
+        f"- fixed cost per `sample` call (preflight of 128 initial states, 64x64 each): "
+        f"{np.median(per_call['trajectory']) - np.median(per_call['off']):.3f} s",
+        "",
+        "| model | preflight, first call (s) | preflight, again (s) |",
+        "|---|---|---|",
+    ]
+    models = {
+        "gaussian (dim 100)": physics_models.gaussian(dim=100, condition_number=10.0, correlation=0.2),
+        "harmonic_oscillator (64 sites)": physics_models.harmonic_oscillator(n_sites=64),
+        "phi4 (32x32)": physics_models.phi4(shape=(32, 32), m2=-1.0, lam=0.5),
+    }
+    for name, pot in models.items():
+        q = pot.init(jax.random.key(0))
+        t0 = time.perf_counter()
+        report = hmc.guard.preflight(pot, q)
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        hmc.guard.preflight(pot, q)
+        again = time.perf_counter() - t0
+        assert report.ok, name
+        lines.append(f"| {name} | {first:.2f} | {again:.3f} |")
+    pot = physics_models.phi4(shape=(32, 32), m2=-1.0, lam=0.5)
+    r = hmc.sample(pot, seed=0, num_chains=64, num_warmup=200, num_samples=1000, chunk_size=100, progress=False)
+    share = r.timing["guard_host_seconds"] / r.timing["total_seconds"]
+    lines += [
+        "",
+        "Host-side guard work between chunks (element probe of 4 chains per chunk, attribution of trips) on a "
+        f"phi4 32x32 run, 64 chains, 1200 iterations, chunks of 100: {r.timing['guard_host_seconds']:.2f} s of "
+        f"{r.timing['total_seconds']:.1f} s ({100 * share:.1f} % of the run, compilation included).",
+    ]
+    for line in lines:
+        print(line)
+    return lines
+
+
+MARK_BEGIN = "<!-- bench.py:begin -->"
+MARK_END = "<!-- bench.py:end -->"
+GUARD_BEGIN = "<!-- bench.py --guard:begin -->"
+GUARD_END = "<!-- bench.py --guard:end -->"
+
+
+def write(path: str, lines: list[str], begin: str, end: str, title: str) -> None:
+    """Replace the block between ``begin`` and ``end`` in ``path`` (append it if absent)."""
+    block = "\n".join([begin, *lines, end])
+    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
+    if begin in text:
+        head, rest = text.split(begin, 1)
+        tail = rest.split(end, 1)[1] if end in rest else ""
         text = head + block + tail
     else:
-        text = text.rstrip() + "\n\n## Throughput (`scripts/bench.py`)\n\n" + block + "\n"
+        text = text.rstrip() + f"\n\n## {title}\n\n" + block + "\n"
     with open(path, "w") as fh:
         fh.write(text)
     print(f"wrote {path}")

@@ -214,3 +214,19 @@ def test_chunk_boundary_probe_finds_state_dependent_detachment():
     assert len(events) == 1
     (e,) = events
     assert (e.kind, e.leaf, e.indices, e.chain, e.draw) == ("disconnected", "x", [[1], [5]], 7, 11)
+
+
+def test_trajectory_and_step_checks_agree():
+    """The default end-of-trajectory check with replay rejects exactly the trajectories the
+    per-step check rejects, and locates the same leapfrog step, chain and draw."""
+    pot = broken.division_by_zero()
+    kw = dict(seed=2, num_chains=4, num_warmup=100, num_samples=200, max_trip_fraction=0.9, progress=False)
+    a = hmc.sample(pot, guard_check="trajectory", **kw)
+    b = hmc.sample(pot, guard_check="step", **kw)
+    np.testing.assert_array_equal(a.draws["x"], b.draws["x"])
+    for name in ("guard_tripped", "diverging", "acceptance_rate"):
+        np.testing.assert_array_equal(a.stats[name], b.stats[name])
+        np.testing.assert_array_equal(a.warmup_stats[name], b.warmup_stats[name])
+    assert int(a.stats["guard_tripped"].sum()) > 0
+    where = lambda r: [(e.kind, e.chain, e.draw, e.leapfrog_step, e.primitive) for e in r.guard_events]  # noqa: E731
+    assert where(a) == where(b)
