@@ -581,13 +581,12 @@ def _build_chunk_functions(potential: Potential, st: _Static) -> tuple:
                     jax.tree_util.tree_map(lambda x: x[c], info.guard_position))
             return new_states, info, trip
 
-        def replay(operand: tuple) -> tuple:
+        def replay(operand: tuple, capacity: int) -> tuple:
             """Re-run the tripped trajectories (same keys, same start) with the per-step
             check, to locate the first failing gradient and tell blow-ups from broken
             gradients. Runs only in iterations where some chain tripped."""
             tripped, divergent, step = operand
             n = tripped.shape[0]
-            capacity = min(n, max(8, n // 16))
             idx = jnp.nonzero(tripped, size=capacity, fill_value=0)[0]
             valid = jnp.arange(capacity) < jnp.sum(tripped)
             take = lambda x: x[idx]  # noqa: E731
@@ -617,8 +616,14 @@ def _build_chunk_functions(potential: Potential, st: _Static) -> tuple:
         # outside the chain vmap the predicate is a scalar: without a trip the replay costs
         # nothing, and the branches carry only per-chain scalars and one state
         operand = (info.guard_tripped, info.is_divergent, info.guard_step)
-        (tripped, divergent, step), trip = jax.lax.cond(
-            jnp.any(info.guard_tripped), replay, lambda o: (o, no_trip), operand
+        n = info.guard_tripped.shape[0]
+        few = min(n, max(8, n // 16))
+        count = jnp.sum(info.guard_tripped)
+        # a few trips: replay a few chains; a flood (e.g. early warmup blow-ups): replay all
+        (tripped, divergent, step), trip = jax.lax.switch(
+            jnp.where(count == 0, 0, jnp.where(count <= few, 1, 2)),
+            [lambda o: (o, no_trip), lambda o: replay(o, few), lambda o: replay(o, n)],
+            operand,
         )
         info = info._replace(guard_tripped=tripped, is_divergent=divergent, guard_step=step)
         return new_states, info, trip
