@@ -326,22 +326,26 @@ def _walk(closed: Any, ins: list[_Flow], cuts: dict[int, set[CutSite]], call_sit
     return [read(v) for v in jaxpr.outvars]
 
 
-def _is_library_wrapper(name: str) -> bool:
-    """A jit named after a jax.numpy / lax / nn function is the library's own wrapper."""
-    short = name.split(".")[-1]
-    return any(hasattr(mod, short) for mod in (jnp, jax.lax, jax.nn, jax.scipy.special))
-
-
 def _call_site(eqn: Any) -> tuple:
-    """``(source, function, prefer_call_site, via)`` for equations inside a call."""
+    """``(source, function, _, via)`` of a call equation, for the equations inside it."""
     label = str(eqn.params.get("name", eqn.primitive.name))
-    return (source_of(eqn), function_of(eqn), _is_library_wrapper(label), f"{eqn.primitive.name}:{label}")
+    return (source_of(eqn), function_of(eqn), False, f"{eqn.primitive.name}:{label}")
+
+
+def _enter_call(eqn: Any, outer: tuple | None) -> tuple:
+    """The call site for equations inside ``eqn``: this call's own line when known
+    (so a jnp wrapper inside a user's jitted helper points into the helper)."""
+    site = _call_site(eqn)
+    if site[0] is None and outer is not None:
+        return (outer[0], outer[1], site[2] or outer[2], site[3])
+    return site
 
 
 def _site(eqn: Any, call_site: tuple | None) -> CutSite:
     source, function = source_of(eqn), function_of(eqn)
-    if call_site is not None and (source is None or call_site[2]):
-        # jnp's own jit wrappers hide the user's frame: report the call site instead
+    if call_site is not None and source is None:
+        # jnp's own jit wrappers (jnp.round is jit[name=round]) hide the user's frame:
+        # report the line that called the wrapper instead
         return CutSite(primitive_label(eqn), call_site[0], call_site[1], via=call_site[3])
     return CutSite(primitive_label(eqn), source, function)
 
@@ -357,7 +361,7 @@ def _walk_eqn(eqn: Any, flows: list[_Flow], cuts: dict[int, set[CutSite]], call_
         sub = _sub_jaxpr_of_call(eqn)
         inner, _ = _closed(sub)
         if len(inner.invars) == len(flows):
-            return _walk(sub, flows, cuts, call_site or _call_site(eqn))
+            return _walk(sub, flows, cuts, _enter_call(eqn, call_site))
     if name == "scan":
         return _walk_scan(eqn, flows, cuts, call_site)
     if name == "cond":
@@ -470,7 +474,7 @@ def _origin_inside(eqn: Any, invals: list[Any], outs: list[Any], call_site: tupl
             sub = _sub_jaxpr_of_call(eqn)
             inner, _ = _closed(sub)
             offset = len(invals) - len(inner.invars)
-            site = site or _call_site(eqn)
+            site = _enter_call(eqn, site)
             found = first_nonfinite(sub, invals[offset:], site)
             if found is not None:
                 return found
@@ -488,7 +492,7 @@ def _origin_inside(eqn: Any, invals: list[Any], outs: list[Any], call_site: tupl
     bad = next(o for o in outs if not _all_finite(o))
     indices = [list(map(int, i)) for i in np.argwhere(~np.isfinite(np.asarray(bad)))[:8]]
     source, function, via = source_of(eqn), function_of(eqn), None
-    if call_site is not None and (source is None or call_site[2]):
+    if call_site is not None and source is None:
         source, function, via = call_site[0], call_site[1], call_site[3]
     return NonfiniteOrigin(primitive_label(eqn), source, function, indices, via)
 

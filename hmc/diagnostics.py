@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -128,6 +128,44 @@ def summarize_draws(x: np.ndarray, exact: Any = None) -> ObservableSummary:
     return ObservableSummary(mean, sd, err, ess_bulk(x), e, rhat(x), exact_arr, z)
 
 
+def blocked_jackknife(
+    fn: Callable[[Mapping[str, np.ndarray]], float],
+    draws: Mapping[str, np.ndarray],
+    blocks_per_chain: int = 10,
+    exact: Any = None,
+) -> ObservableSummary:
+    """Estimate ``fn(draws)`` and its error by a jackknife over blocks of draws.
+
+    ``draws[name]`` has shape ``(chain, draw, ...)``; each chain is cut into
+    ``blocks_per_chain`` contiguous blocks (longer than the autocorrelation time
+    for a sound error) and each block is left out in turn. ``fn`` receives
+    arrays with the draws of all kept blocks stacked on the first axis.
+    """
+    names = list(draws)
+    chains, n = np.shape(draws[names[0]])[:2]
+    size = n // blocks_per_chain
+    if size < 1 or chains * blocks_per_chain < 2:
+        value = np.asarray(fn({k: np.reshape(v, (-1, *np.shape(v)[2:])) for k, v in draws.items()}), np.float64)
+        nan = np.full(value.shape, np.nan)
+        return ObservableSummary(value, nan, nan, nan, nan, nan, None if exact is None else np.asarray(exact), None)
+    blocked = {k: np.asarray(v)[:, : size * blocks_per_chain].reshape(chains * blocks_per_chain, size, *np.shape(v)[2:])
+               for k, v in draws.items()}
+    units = chains * blocks_per_chain
+    full = np.asarray(fn({k: v.reshape(-1, *v.shape[2:]) for k, v in blocked.items()}), np.float64)
+    leave_out = np.stack([
+        np.asarray(fn({k: np.delete(v, u, axis=0).reshape(-1, *v.shape[2:]) for k, v in blocked.items()}), np.float64)
+        for u in range(units)
+    ])
+    err = np.sqrt((units - 1) / units * np.sum((leave_out - leave_out.mean(axis=0)) ** 2, axis=0))
+    nan = np.full(full.shape, np.nan)
+    exact_arr = z = None
+    if exact is not None:
+        exact_arr = np.broadcast_to(np.asarray(exact, np.float64), full.shape)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = (full - exact_arr) / err
+    return ObservableSummary(full, nan, err, nan, nan, nan, exact_arr, z)
+
+
 def _fmt(value: float | None, digits: int = 5) -> str:
     if value is None:
         return ""
@@ -204,10 +242,15 @@ def summarize(
     stats: Mapping[str, np.ndarray],
     exact: Mapping[str, Any] | None = None,
     sampler_info: Mapping[str, Any] | None = None,
+    derived: Mapping[str, Callable[[Mapping[str, np.ndarray]], float]] | None = None,
 ) -> Summary:
-    """Summary of every observable in ``draws`` and the sampler statistics in ``stats``."""
+    """Summary of every observable in ``draws``, of the ``derived`` quantities (blocked
+    jackknife) and of the sampler statistics in ``stats``."""
     exact = exact or {}
     observables = {name: summarize_draws(x, exact.get(name)) for name, x in draws.items()}
+    if derived and draws and np.shape(next(iter(draws.values())))[1] > 0:
+        for name, fn in derived.items():
+            observables[name] = blocked_jackknife(fn, draws, exact=exact.get(name))
     info: dict[str, Any] = dict(sampler_info or {})
     if "acceptance_rate" in stats:
         acc = np.asarray(stats["acceptance_rate"])

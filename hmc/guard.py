@@ -98,7 +98,11 @@ def term_report(potential: Potential, position: PyTree) -> dict[str, tuple[np.nd
     """Each term's energy and gradient leaves at ``position`` (host arrays)."""
     report = {}
     for name, fn in potential.terms.items():
-        value, grad = jax.value_and_grad(fn)(position)
+        try:
+            value, grad = jax.value_and_grad(fn)(position)
+        except Exception as err:  # not differentiable at all: preflight reports it structurally
+            logger.debug("term %r has no gradient: %s", name, err)
+            continue
         report[name] = (np.asarray(value), [np.asarray(g) for g in jax.tree_util.tree_leaves(grad)])
     return report
 
@@ -441,8 +445,12 @@ def element_reach(potential: Potential, position: PyTree) -> dict[str, list[np.n
     """
     out = {}
     for term, fn in potential.terms.items():
-        value, pullback = jax.vjp(fn, position)
-        (ct,) = pullback(jnp.full(jnp.shape(value), jnp.nan, jnp.asarray(value).dtype))
+        try:
+            value, pullback = jax.vjp(fn, position)
+            (ct,) = pullback(jnp.full(jnp.shape(value), jnp.nan, jnp.asarray(value).dtype))
+        except Exception as err:  # not differentiable at all: preflight reports it structurally
+            logger.debug("term %r has no gradient: %s", term, err)
+            continue
         out[term] = [np.isnan(np.asarray(g)) for g in jax.tree_util.tree_leaves(ct)]
     return out
 
@@ -527,3 +535,10 @@ def check_element_reach(
                 )
             )
     return events
+
+
+def write_jsonl(events: Sequence[GuardEvent], path: Any, mode: str = "a") -> None:
+    """Append events to ``path``, one JSON object per line (the ``guard.jsonl`` schema)."""
+    with open(path, mode) as fh:
+        for event in events:
+            fh.write(event.to_json() + "\n")

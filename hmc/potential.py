@@ -54,10 +54,16 @@ class Potential:
         shapes and float dtypes define the state space.
     observables
         ``name -> g(q) -> array``, recorded with every draw.
+    derived
+        Optional ``name -> f(draws) -> float``: quantities that are not
+        expectations of one observable (a susceptibility, a Binder cumulant).
+        ``draws`` maps each observable name to its draws (first axis: draws);
+        the summary estimates ``f`` on all draws and its error by a blocked
+        jackknife.
     exact
         Optional ``name -> value`` of exactly known expectations of observables
-        (same shape as the observable); the summary prints the z-score of the
-        estimate against them.
+        (same shape as the observable) or of derived quantities; the summary
+        prints the z-score of the estimate against them.
     name
         A label for logs and summaries.
 
@@ -73,6 +79,7 @@ class Potential:
     observables: Mapping[str, Callable[[PyTree], Array]] = dataclasses.field(default_factory=dict)
     exact: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     name: str = "potential"
+    derived: Mapping[str, Callable[[Mapping[str, Any]], float]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         terms = _freeze(self.terms, "term")
@@ -81,10 +88,15 @@ class Potential:
         if not callable(self.init):
             raise TypeError("Potential.init must be callable: init(rng_key) -> initial state")
         observables = _freeze(self.observables, "observable")
+        derived = _freeze(self.derived, "derived quantity")
         exact = _freeze(self.exact, "exact")
-        unknown = sorted(set(exact) - set(observables))
+        unknown = sorted(set(exact) - set(observables) - set(derived))
         if unknown:
             raise ValueError(f"exact values given for unknown observables {unknown}")
+        clash = sorted(set(derived) & set(observables))
+        if clash:
+            raise ValueError(f"derived quantities {clash} share names with observables")
+        object.__setattr__(self, "derived", derived)
         object.__setattr__(self, "terms", terms)
         object.__setattr__(self, "observables", observables)
         object.__setattr__(self, "exact", exact)

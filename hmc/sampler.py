@@ -34,6 +34,7 @@ logger = logging.getLogger("hmc")
 
 PyTree = Any
 STAT_NAMES = ("lp", "energy", "acceptance_rate", "diverging", "step_size", "n_steps", "guard_tripped")
+STAT_PREFIX = "stat:"
 PRECISIONS = {"float32": jnp.float32, "float64": jnp.float64}
 
 
@@ -66,6 +67,7 @@ class SampleResult:
     halted: bool = False
     halt_reason: str | None = None
     timing: dict[str, float] = dataclasses.field(default_factory=dict)
+    derived: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def halted_reason_text(self) -> str:
         return self.halt_reason if self.halted else "no"
@@ -77,7 +79,7 @@ class SampleResult:
             "integrator": self.settings["integrator"],
             "num_guard_events": len(self.guard_events),
         }
-        return _diagnostics.summarize(observables, self.stats, self.exact, info)
+        return _diagnostics.summarize(observables, self.stats, self.exact, info, self.derived)
 
 
 def _validate(name: str, value: Any, allowed: Sequence[Any]) -> None:
@@ -383,7 +385,8 @@ def sample(
     def after_chunk(phase: str, trips: tuple, out: dict, n_traj: int, draw: int) -> tuple[bool, str | None]:
         nonlocal trajectories, tripped_total, done, guard_seconds
         trajectories += n_traj
-        new = int(out["guard_tripped"].sum())
+        tripped_now = out["guard_tripped"] if "guard_tripped" in out else out[STAT_PREFIX + "guard_tripped"]
+        new = int(tripped_now.sum())
         tripped_total += new
         if guard_on:
             t0 = time.perf_counter()
@@ -391,7 +394,7 @@ def sample(
                 handle_trips(trips, phase)
             probe(phase, draw)
             guard_seconds += time.perf_counter() - t0
-        done += len(out["guard_tripped"])
+        done += len(tripped_now)
         report(phase)
         return policy_check(new)
 
@@ -438,10 +441,10 @@ def sample(
         leaves = dict(zip(names, jax.tree_util.tree_leaves(states.position)))
         sampled.update({k: np.zeros((num_chains, 0) + leaves[k].shape[1:], leaves[k].dtype) for k in record})
         for k in STAT_NAMES:
-            sampled[k] = np.zeros((num_chains, 0), bool if k in ("diverging", "guard_tripped") else
+            sampled[STAT_PREFIX + k] = np.zeros((num_chains, 0), bool if k in ("diverging", "guard_tripped") else
                                   (np.int32 if k == "n_steps" else dtype))
-    draws = {k: v for k, v in sampled.items() if k not in STAT_NAMES}
-    stats = {k: sampled[k] for k in STAT_NAMES if k in sampled}
+    draws = {k: v for k, v in sampled.items() if not k.startswith(STAT_PREFIX)}
+    stats = {k: sampled[STAT_PREFIX + k] for k in STAT_NAMES}
     step_out = np.asarray(adapt_state.step_size)
     return SampleResult(
         draws=draws,
@@ -474,6 +477,7 @@ def sample(
         halted=halted,
         halt_reason=halt_reason,
         timing={"total_seconds": elapsed, "guard_host_seconds": guard_seconds},
+        derived=dict(potential.derived),
     )
 
 
@@ -735,7 +739,7 @@ def _build_chunk_functions(potential: Potential, st: _Static) -> tuple:
             out = dict(jax.vmap(potential.observe)(states.position))
             leaves = dict(zip(st.names, jax.tree_util.tree_leaves(states.position)))
             out.update({name: leaves[name] for name in st.record})
-            out.update(
+            stats = dict(
                 lp=-states.potential_energy,
                 energy=info.energy,
                 acceptance_rate=acc / thin,
@@ -744,6 +748,8 @@ def _build_chunk_functions(potential: Potential, st: _Static) -> tuple:
                 n_steps=info.num_steps,
                 guard_tripped=tripped,
             )
+            # observables may share a name with a statistic (lennard_jones' "energy")
+            out.update({STAT_PREFIX + k: v for k, v in stats.items()})
             return (states, trips), out
 
         (states, trips), out = masked_scan(one, (states, no_trips(states)), n_valid)

@@ -11,14 +11,23 @@ from collections.abc import Callable
 
 from hmc.potential import Potential
 from physics_models import exact
+from physics_models.gauge import u1_gauge
 from physics_models.lattice import phi4
-from physics_models.oscillators import harmonic_oscillator
-from physics_models.statistical import gaussian, gaussian_covariance
+from physics_models.oscillators import anharmonic_oscillator, classical_double_well, double_well, harmonic_oscillator
+from physics_models.particles import lennard_jones, quench
+from physics_models.statistical import funnel, gaussian, gaussian_covariance, rosenbrock
 
 REGISTRY: dict[str, Callable[..., Potential]] = {
     "gaussian": gaussian,
+    "funnel": funnel,
+    "rosenbrock": rosenbrock,
     "harmonic_oscillator": harmonic_oscillator,
+    "anharmonic_oscillator": anharmonic_oscillator,
+    "double_well": double_well,
+    "classical_double_well": classical_double_well,
     "phi4": phi4,
+    "u1_gauge": u1_gauge,
+    "lennard_jones": lennard_jones,
 }
 
 
@@ -36,4 +45,21 @@ def parameters(name: str) -> dict[str, object]:
     return {k: p.default for k, p in signature.parameters.items()}
 
 
-__all__ = ["REGISTRY", "exact", "gaussian", "gaussian_covariance", "get", "harmonic_oscillator", "parameters", "phi4"]
+__all__ = [
+    "REGISTRY",
+    "anharmonic_oscillator",
+    "classical_double_well",
+    "double_well",
+    "exact",
+    "funnel",
+    "gaussian",
+    "gaussian_covariance",
+    "get",
+    "harmonic_oscillator",
+    "lennard_jones",
+    "parameters",
+    "phi4",
+    "quench",
+    "rosenbrock",
+    "u1_gauge",
+]

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hmc.potential import Potential
+from physics_models import exact as _exact
 
 
 def gaussian_covariance(dim: int, condition_number: float = 1.0, correlation: float = 0.0) -> np.ndarray:
@@ -65,4 +66,70 @@ def gaussian(dim: int = 10, condition_number: float = 1.0, correlation: float = 
         observables={"x": lambda q: q["x"], "x2": lambda q: q["x"] ** 2},
         exact={"x": np.zeros(dim), "x2": np.diag(cov).copy()},
         name="gaussian",
+    )
+
+
+def funnel(dim: int = 10) -> Potential:
+    """Neal's funnel (Ann. Statist. 31 (2003) 705): ``v ~ N(0, 9)``, ``x_i | v ~ N(0, e^v)``.
+
+    ``U = v^2 / 18 + sum_i [ x_i^2 e^{-v} / 2 + v / 2 ]`` over ``dim - 1`` coordinates
+    ``x`` (``dim`` in all). The neck (``v << 0``) needs step sizes that the
+    mouth does not: a classic source of divergences. Terms ``scale`` (the
+    ``v`` prior) and ``conditional``; observables ``v``, ``v2`` and ``x2``
+    with exact means 0, 9 and ``e^{9/2} = 90.017``.
+    """
+    dim = int(dim)
+    if dim < 2:
+        raise ValueError(f"funnel: dim must be >= 2, got {dim}")
+    ref = _exact.funnel_moments(dim)
+
+    def scale(q):
+        return q["v"] ** 2 / 18.0
+
+    def conditional(q):
+        v, x = q["v"], q["x"]
+        return jnp.sum(0.5 * x**2 * jnp.exp(-v)) + 0.5 * (dim - 1) * v
+
+    def init(key):
+        k1, k2 = jax.random.split(key)
+        return {"v": jax.random.normal(k1, ()), "x": jax.random.normal(k2, (dim - 1,))}
+
+    return Potential(
+        terms={"scale": scale, "conditional": conditional},
+        init=init,
+        observables={"v": lambda q: q["v"], "v2": lambda q: q["v"] ** 2, "x2": lambda q: q["x"] ** 2},
+        exact={"v": ref["v"], "v2": ref["v2"], "x2": np.full(dim - 1, ref["x2"])},
+        name="funnel",
+    )
+
+
+def rosenbrock(a: float = 1.0, b: float = 100.0, mu: float = 1.0) -> Potential:
+    """Rosenbrock's banana: ``pi(x, y) ~ exp{-[a (x - mu)^2 + b (y - x^2)^2]}``.
+
+    ``x ~ N(mu, 1/2a)`` and ``y | x ~ N(x^2, 1/2b)``, so ``E[y] = mu^2 + 1/2a`` and
+    ``Var y = 4 mu^2 s^2 + 2 s^4 + 1/2b`` with ``s^2 = 1/2a`` ((a, b) = (1, 100):
+    ``E[y] = 1.5``, ``Var y = 2.505``). Terms ``marginal`` and ``conditional``;
+    observables ``x``, ``y`` and ``y2``.
+    """
+    if not (a > 0 and b > 0):
+        raise ValueError(f"rosenbrock: a and b must be > 0, got a={a!r}, b={b!r}")
+    ref = _exact.rosenbrock_moments(a, b, mu)
+
+    def marginal(q):
+        return a * (q["x"] - mu) ** 2
+
+    def conditional(q):
+        return b * (q["y"] - q["x"] ** 2) ** 2
+
+    def init(key):
+        k1, k2 = jax.random.split(key)
+        x = mu + jax.random.normal(k1, ()) / np.sqrt(2 * a)
+        return {"x": x, "y": x**2 + jax.random.normal(k2, ()) / np.sqrt(2 * b)}
+
+    return Potential(
+        terms={"marginal": marginal, "conditional": conditional},
+        init=init,
+        observables={"x": lambda q: q["x"], "y": lambda q: q["y"], "y2": lambda q: q["y"] ** 2},
+        exact={"x": ref["x"], "y": ref["y"], "y2": ref["y_var"] + ref["y"] ** 2},
+        name="rosenbrock",
     )

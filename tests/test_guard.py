@@ -230,3 +230,75 @@ def test_trajectory_and_step_checks_agree():
     assert int(a.stats["guard_tripped"].sum()) > 0
     where = lambda r: [(e.kind, e.chain, e.draw, e.leapfrog_step, e.primitive) for e in r.guard_events]  # noqa: E731
     assert where(a) == where(b)
+
+
+def _report_for(term):
+    pot = hmc.Potential(terms={"spring": lambda q: 0.5 * jnp.sum(q["x"] ** 2), "t": term},
+                        init=lambda key: {"x": jnp.linspace(-1.0, 1.0, 3)})
+    return guard.preflight(pot, pot.init(jax.random.key(0)))
+
+
+def _marked_line(function) -> str:
+    """``test_guard.py:N`` of the line marked ``# cut`` inside ``function``."""
+    lines, start = inspect.getsourcelines(function)
+    return next(f"test_guard.py:{start + i}" for i, line in enumerate(lines) if "# cut" in line)
+
+
+def test_cut_inside_scan_is_located():
+    def term(q):
+        def body(c, x):
+            return c + jnp.round(x) ** 2, None  # cut
+
+        return jax.lax.scan(body, 0.0, q["x"])[0]
+
+    line = _marked_line(test_cut_inside_scan_is_located)
+    (event,) = _report_for(term).events
+    assert (event.kind, event.primitive, event.source) == ("disconnected", "round", line)
+
+
+def test_cut_inside_nested_jit_is_located():
+    @jax.jit
+    def inner(x):
+        return jnp.floor(x) * 2.0  # cut
+
+    line = _marked_line(test_cut_inside_nested_jit_is_located)
+
+    @jax.jit
+    def outer(x):
+        return jnp.sum(inner(x) ** 2)
+
+    (event,) = _report_for(lambda q: outer(q["x"])).events
+    assert (event.kind, event.primitive, event.source) == ("disconnected", "floor", line)
+
+
+def test_cut_in_one_branch_of_cond():
+    def term(q):
+        x = q["x"]
+        return jax.lax.cond(jnp.sum(x) > 100.0, lambda v: jnp.sum(jax.lax.stop_gradient(v)), jnp.sum, x)
+
+    report = _report_for(term)
+    # a cond is read as "some branch connects": connected, with the cut branch named
+    assert report.status[("t", "x")] == "partially_detached"
+    assert [e.primitive for e in report.events] == ["stop_gradient"]
+
+
+def test_term_that_cannot_be_reverse_differentiated():
+    def term(q):
+        return jax.lax.while_loop(lambda c: c[1] < 3, lambda c: (c[0] * 1.1, c[1] + 1), (jnp.sum(q["x"] ** 2), 0))[0]
+
+    report = _report_for(term)
+    assert not report.ok
+    assert any(e.term == "t" and "reverse-differentiated" in e.message for e in report.events)
+
+
+def test_guard_events_are_json_lines(tmp_path):
+    pot = broken.round_term()
+    report = guard.preflight(pot, pot.init(jax.random.key(0)))
+    path = tmp_path / "guard.jsonl"
+    guard.write_jsonl(report.events, path)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == 1
+    keys = {"kind", "phase", "term", "leaf", "indices", "primitive", "source", "chain", "draw", "leapfrog_step",
+            "action", "message"}
+    assert keys <= set(rows[0])
+    assert rows[0]["kind"] == "disconnected" and rows[0]["primitive"] == "round"
