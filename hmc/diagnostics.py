@@ -38,6 +38,11 @@ def ess(x: np.ndarray) -> np.ndarray:
         return np.full(x.shape[2:], np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.asarray(effective_sample_size(_split_chains(x)), np.float64)
+    # Antithetic draws (common for HMC on near-Gaussian targets) can make the estimated
+    # integrated autocorrelation time tiny or negative; cap as Stan does at S log10 S.
+    total = x.shape[0] * x.shape[1]
+    cap = total * np.log10(total)
+    out = np.where((out < 0) | (out > cap), cap, out)
     return np.where(_constant(x), np.nan, out)
 
 

@@ -188,7 +188,9 @@ def build_kernel(
         new_potential = potential_fn(probe)
         energy_end = new_potential + kinetic_end
         delta = energy_end - energy_start
-        delta = jnp.where(jnp.isnan(delta), jnp.inf, delta)
+        # A non-finite proposal energy is a rejection, -inf included: in float32 a blown-up
+        # trajectory can end where U overflows to -inf, which a bare Metropolis test accepts.
+        delta = jnp.where(jnp.isfinite(energy_end), delta, jnp.inf)
         # A gradient that overflowed because the integrator had already blown up (the
         # energy at the trip point far above the start) is a divergence, not a broken
         # gradient: the guard only reports gradients that break at a sane state.

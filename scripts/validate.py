@@ -182,10 +182,11 @@ def write(path: str, rows: list[dict[str, Any]], chains: int, warmup: int, sampl
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        z = "" if np.isnan(r["z"]) else f"{r['z']:+.2f}"
+        verdict = "yes" if r["passed"] else "**no**"
         lines.append(
             f"| {r['case']} | {r['observable']} | {fmt(r['estimate'])} | {fmt(r['mcse'], 2)} | {fmt(r['exact'], 10)} "
-            f"| {'' if np.isnan(r['z']) else f'{r['z']:+.2f}'} | {'yes' if r['passed'] else '**no**'} "
-            f"| {r['divergences']} | {r['trips']} |"
+            f"| {z} | {verdict} | {r['divergences']} | {r['trips']} |"
         )
     failed = sum(not r["passed"] for r in rows)
     lines += ["", f"{len(rows) - failed} of {len(rows)} rows pass."]

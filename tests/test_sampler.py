@@ -207,3 +207,17 @@ def test_summary_table_and_dict():
     assert set(d["observables"]) == {"x2", "x4", "correlator", "action"}
     assert d["sampler"]["num_chains"] == 2 and d["sampler"]["num_draws"] == 100
     assert isinstance(diagnostics.ebfmi(r.stats["energy"]), np.ndarray)
+
+
+def test_minus_infinite_proposal_energy_is_rejected():
+    """An energy that overflows to -inf at an absurd proposal must not be accepted."""
+
+    def quadratic_that_overflows(q):
+        x = q["x"]
+        return jnp.where(jnp.abs(x[0]) > 50.0, -jnp.inf, 0.5 * jnp.sum(x**2))
+
+    pot = hmc.Potential(terms={"u": quadratic_that_overflows}, init=lambda key: {"x": 0.1 * jax.random.normal(key, (2,))})
+    r = hmc.sample(pot, seed=0, num_chains=4, num_warmup=0, num_samples=50, step_size=30.0, num_steps=1,
+                   integrator="leapfrog", guard="off", progress=False)
+    assert np.all(np.abs(r.draws["x"][..., 0]) <= 50.0)
+    assert np.all(np.isfinite(r.stats["lp"]))
