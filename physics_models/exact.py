@@ -164,8 +164,8 @@ def u1_topological_susceptibility(beta: float, volume: int, n_max: int = 40, k_m
 # -- statistical targets -------------------------------------------------------------------
 def funnel_moments(dim: int = 10) -> dict[str, float]:
     """Neal's funnel: ``v ~ N(0, 9)``, ``x_i | v ~ N(0, e^v)``: ``E[v] = 0``, ``E[v^2] = 9``,
-    ``E[x_i^2] = e^{9/2}``."""
-    return {"v": 0.0, "v2": 9.0, "x2": float(np.exp(4.5))}
+    ``E[x_i^2] = e^{9/2}``, ``E|x_i| = sqrt(2/pi) e^{9/8}``."""
+    return {"v": 0.0, "v2": 9.0, "x2": float(np.exp(4.5)), "abs_x": float(np.sqrt(2.0 / np.pi) * np.exp(9.0 / 8.0))}
 
 
 def rosenbrock_moments(a: float = 1.0, b: float = 100.0, mu: float = 1.0) -> dict[str, float]:

@@ -36,7 +36,10 @@ def u1_gauge(L: int = 8, beta: float = 2.0) -> Potential:
     Bessel sums (Rusakov 1990; Bonati & Rossi, PRD 99 (2019) 054503): 8x8 at
     beta = 2: ``<cos> = 0.69777465801084``, ``chi_t = 0.019364045480``. HMC's
     topological autocorrelation grows roughly exponentially with beta; keep
-    beta <= 4 at L <= 16 for well-sampled charge.
+    beta <= 4 at L <= 16 for well-sampled charge. Sample with a unit mass
+    matrix (``mass_matrix="identity"``, the lattice convention): link angles
+    drift freely along gauge orbits, so an adapted diagonal mass matrix learns
+    that drift instead of the physical scales and shrinks the step size.
     """
     L = int(L)
     if L < 2:

@@ -59,6 +59,7 @@ def test_free_field_and_u1_references():
 
 def test_statistical_references():
     assert exact.funnel_moments(10)["x2"] == pytest.approx(90.0171313005, abs=1e-9)
+    assert exact.funnel_moments(10)["abs_x"] == pytest.approx(2.4576574677, abs=1e-9)
     r = exact.rosenbrock_moments(1.0, 100.0)
     assert (r["y"], r["y_var"]) == pytest.approx((1.5, 2.505))
     r = exact.rosenbrock_moments(1 / 20, 5.0)
@@ -145,7 +146,7 @@ def _check(result, names):
 def test_u1_strong_finite_volume_case():
     pot = physics_models.u1_gauge(L=4, beta=4.0)
     r = hmc.sample(pot, seed=0, num_chains=8, num_warmup=300, num_samples=1500, trajectory_length=1.0,
-                   jitter=0.2, progress=False)
+                   jitter=0.2, mass_matrix="identity", progress=False)
     _check(r, ["plaquette", "topological_susceptibility"])
 
 
