@@ -73,26 +73,24 @@ def _closed(j: Any) -> tuple[Any, list]:
     return j, []
 
 
-def source_of(eqn: Any) -> str | None:
-    """``"file.py:line"`` of the user frame that created ``eqn``, if known."""
+def _user_frame(eqn: Any) -> Any:
     if _siu is None:
         return None
     try:
-        frame = _siu.user_frame(eqn.source_info.traceback)
+        return _siu.user_frame(eqn.source_info.traceback)
     except Exception:
         return None
-    if frame is None:
-        return None
-    return f"{os.path.basename(frame.file_name)}:{frame.start_line}"
+
+
+def source_of(eqn: Any) -> str | None:
+    """``"file.py:line"`` of the user frame that created ``eqn``, if known."""
+    frame = _user_frame(eqn)
+    return None if frame is None else f"{os.path.basename(frame.file_name)}:{frame.start_line}"
 
 
 def function_of(eqn: Any) -> str | None:
-    if _siu is None:
-        return None
-    try:
-        frame = _siu.user_frame(eqn.source_info.traceback)
-    except Exception:
-        return None
+    """Name of the user function that created ``eqn``, if known."""
+    frame = _user_frame(eqn)
     return None if frame is None else frame.function_name
 
 

@@ -468,22 +468,26 @@ def _element_probe(
         any_term = np.logical_or.reduce(masks) if masks else None
         if any_term is None or np.all(any_term):
             continue
-        missing = np.argwhere(~any_term)
         reaching = [t for t in reach if np.any(reach[t][i])]
-        events.append(
-            GuardEvent(
-                kind="disconnected",
-                phase=phase,
-                leaf=leaf,
-                indices=[list(map(int, idx)) for idx in missing[:MAX_INDICES]],
-                chain=chain,
-                draw=draw,
-                action=action,
-                message=f"{len(missing)} element(s) of leaf {leaf!r} get no gradient from any term at this state "
-                f"(terms {reaching} reach the rest); they would drift without a force",
-            )
-        )
+        events.append(_unreached_elements(leaf, any_term, chain, draw, phase, action, f" (terms {reaching} reach the rest)"))
     return events
+
+
+def _unreached_elements(
+    leaf: str, reached: np.ndarray, chain: int | None, draw: int | None, phase: str, action: str, detail: str = ""
+) -> GuardEvent:
+    missing = np.argwhere(~reached)
+    return GuardEvent(
+        kind="disconnected",
+        phase=phase,
+        leaf=leaf,
+        indices=[list(map(int, idx)) for idx in missing[:MAX_INDICES]],
+        chain=chain,
+        draw=draw,
+        action=action,
+        message=f"{len(missing)} element(s) of leaf {leaf!r} get no gradient from any term at this state{detail}; "
+        "they would drift without a force",
+    )
 
 
 def batched_element_reach(potential: Potential) -> Any:
@@ -520,20 +524,7 @@ def check_element_reach(
             reached = mask[c_index]
             if reached.all() or not reached.any():
                 continue  # all reached, or an orphan leaf (reported structurally)
-            missing = np.argwhere(~reached)
-            events.append(
-                GuardEvent(
-                    kind="disconnected",
-                    phase=phase,
-                    leaf=leaf,
-                    indices=[list(map(int, i)) for i in missing[:MAX_INDICES]],
-                    chain=int(chain),
-                    draw=draw,
-                    action=action,
-                    message=f"{len(missing)} element(s) of leaf {leaf!r} get no gradient from any term at this "
-                    "state; they would drift without a force",
-                )
-            )
+            events.append(_unreached_elements(leaf, reached, int(chain), draw, phase, action))
     return events
 
 

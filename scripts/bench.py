@@ -250,9 +250,10 @@ def main(argv: list[str] | None = None) -> int:
 def guard_section(repeats: int) -> list[str]:
     """In-loop guard cost on phi4 64x64 x 128 chains, preflight time per model, probe cost."""
     U, shape, eps = targets()["phi4 64x64"]
-    chains, n_traj = 128, 100
+    chains, n_traj = 128, 1000
     variants = {"off": ("off", "trajectory"), "trajectory": ("reject", "trajectory"), "step": ("reject", "step")}
-    runs = {name: ours_runner(U, shape, eps, chains, n_traj, g, check) for name, (g, check) in variants.items()}
+    runs = {name: ours_runner(U, shape, eps, chains, n_traj, g, check, chunk=100)
+            for name, (g, check) in variants.items()}
     times: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(repeats):
         for k, run in runs.items():
@@ -264,7 +265,7 @@ def guard_section(repeats: int) -> list[str]:
         f"Command: `python scripts/bench.py --guard` ({time.strftime('%Y-%m-%d')}). {versions()}.",
         "",
         f"In-loop guard on phi4 64x64, {chains} chains, leapfrog L = {L}: one `hmc.sample` call of {n_traj} "
-        f"trajectories ({np.median(t['off']):.1f} s unguarded), {repeats} interleaved repeats, "
+        f"trajectories in chunks of 100 ({np.median(t['off']):.1f} s unguarded), {repeats} interleaved repeats, "
         "guarded / unguarded (the guarded call also runs preflight on the 128 initial states):",
         "",
         f"- `guard_check=\"trajectory\"` (default: end-of-trajectory check, replay of tripped trajectories): "
