@@ -1,0 +1,259 @@
+"""Run configuration: a pydantic schema for the YAML files, dotted overrides, sweeps.
+
+Every key mirrors an argument of :func:`hmc.sample`; unknown keys are errors.
+All problems in a file are reported at once, each with its dotted key and the
+offending value (:class:`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.util
+import itertools
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+
+from hmc.potential import Potential
+
+
+class ConfigError(ValueError):
+    """A configuration problem; ``problems`` lists ``"dotted.key: message"`` lines."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = problems
+        where = f" in {source}" if source else ""
+        super().__init__(f"invalid configuration{where}:\n  " + "\n  ".join(problems))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Section):
+    name: str | None = None
+    factory: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if (self.name is None) == (self.factory is None):
+            raise ValueError("give exactly one of model.name (a registered model) and model.factory")
+        return self
+
+
+class SamplerConfig(_Section):
+    integrator: Literal["leapfrog", "minimum_norm", "yoshida4"] = "minimum_norm"
+    step_size: PositiveFloat | None = None
+    num_steps: PositiveInt | None = 10
+    trajectory_length: PositiveFloat | None = None
+    jitter: float = Field(0.0, ge=0.0, lt=1.0)
+    mass_matrix: Literal["identity", "diagonal", "dense"] = "diagonal"
+    adaptation: Literal["pooled", "per_chain"] = "pooled"
+    target_accept: float = Field(0.8, gt=0.0, lt=1.0)
+    num_chains: PositiveInt = 4
+    num_warmup: int = Field(500, ge=0)
+    num_samples: PositiveInt = 1000
+    thin: PositiveInt = 1
+    record: list[str] | None = None
+
+
+class GuardConfig(_Section):
+    policy: Literal["reject", "halt", "off"] = "reject"
+    max_trip_fraction: float = Field(0.01, ge=0.0, le=1.0)
+    allow: list[str] = Field(default_factory=list)
+    check: Literal["trajectory", "step"] = "trajectory"
+
+
+class RunSection(_Section):
+    seed: int = Field(0, ge=0)
+    precision: Literal["float32", "float64"] = "float32"
+    chunk_size: PositiveInt = 100
+    checkpoint_every: PositiveInt = 1
+    devices: Literal["auto"] | PositiveInt = "auto"
+
+
+class OutputConfig(_Section):
+    dir: str = "runs/run"
+
+
+class RunConfig(_Section):
+    """The whole file: every section optional but ``model``."""
+
+    model: ModelConfig
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    guard: GuardConfig = Field(default_factory=GuardConfig)
+    run: RunSection = Field(default_factory=RunSection)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    sweep: dict[str, list[Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _warmup_or_step(self) -> RunConfig:
+        if self.sampler.step_size is None and self.sampler.num_warmup == 0:
+            raise ValueError("sampler.step_size: null needs sampler.num_warmup > 0 to adapt it")
+        return self
+
+
+def _problems(err: ValidationError) -> list[str]:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        value = e.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"{key}: {e['msg']}{shown}")
+    return lines
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError([f"{key}: {'.'.join(parts[:-1])} is not a section"])
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: Iterable[str]) -> list[tuple[str, Any]]:
+    """``["sampler.step_size=0.05", ...]`` -> ``[("sampler.step_size", 0.05), ...]`` (values parsed as YAML)."""
+    out = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError([f"{item}: an override is dotted.key=value"])
+        key, raw = item.split("=", 1)
+        out.append((key.strip(), yaml.safe_load(raw) if raw.strip() else None))
+    return out
+
+
+def build(data: Mapping[str, Any], overrides: Iterable[tuple[str, Any]] = (), source: str | None = None) -> RunConfig:
+    """Validate a config mapping with dotted ``overrides`` applied."""
+    tree = copy.deepcopy(dict(data))
+    for key, value in overrides:
+        _set_dotted(tree, key, value)
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_problems(err), source) from None
+
+
+def load(path: str, overrides: Iterable[str] = ()) -> RunConfig:
+    """Read and validate a YAML config; ``overrides`` are ``dotted.key=value`` strings."""
+    if not os.path.isfile(path):
+        raise ConfigError([f"{path}: no such config file"])
+    with open(path) as fh:
+        try:
+            data = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError([f"{path}: not valid YAML: {err}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping of sections"])
+    return build(data, parse_overrides(overrides), source=path)
+
+
+def sweep_points(config: RunConfig) -> list[dict[str, Any]]:
+    """The grid of ``sweep`` as a list of ``{dotted.key: value}`` (row-major, keys in file order)."""
+    if not config.sweep:
+        return [{}]
+    keys = list(config.sweep)
+    return [dict(zip(keys, values)) for values in itertools.product(*(config.sweep[k] for k in keys))]
+
+
+def sweep_config(config: RunConfig, index: int) -> RunConfig:
+    """Sweep point ``index`` as a config of its own: its overrides applied, the seed
+    offset by the index (tasks never share random streams) and its own output folder."""
+    points = sweep_points(config)
+    if not 0 <= index < len(points):
+        raise ConfigError([f"sweep index {index}: the sweep has {len(points)} point(s) (0..{len(points) - 1})"])
+    data = config.model_dump()
+    data["sweep"] = {}
+    overrides = list(points[index].items())
+    if "run.seed" not in points[index]:
+        overrides.append(("run.seed", config.run.seed + index))
+    overrides.append(("output.dir", os.path.join(config.output.dir, f"sweep-{index:04d}")))
+    return build(data, overrides)
+
+
+def make_potential(model: ModelConfig, config_dir: str | None = None) -> Potential:
+    """The model's ``Potential``: a registered name, ``"module.path:function"`` or
+    ``"path/to/file.py:function"`` (relative to the config's folder, then the working directory)."""
+    import physics_models
+
+    if model.name is not None:
+        try:
+            factory = physics_models.get(model.name)
+        except KeyError as err:
+            raise ConfigError([f"model.name: {err.args[0]}"]) from None
+    else:
+        factory = _import_factory(model.factory, config_dir)
+    try:
+        potential = factory(**model.params)
+    except TypeError as err:
+        raise ConfigError([f"model.params: {err}"]) from None
+    except ValueError as err:
+        raise ConfigError([f"model.params: {err}"]) from None
+    if not isinstance(potential, Potential):
+        raise ConfigError([f"model.factory: {model.factory or model.name} returned {type(potential).__name__}, "
+                           "not an hmc.Potential"])
+    return potential
+
+
+def _import_factory(spec: str, config_dir: str | None) -> Any:
+    if ":" not in spec:
+        raise ConfigError([f"model.factory: {spec!r} is not 'module.path:function' or 'file.py:function'"])
+    target, attr = spec.rsplit(":", 1)
+    if target.endswith(".py"):
+        candidates = [target] if os.path.isabs(target) else [
+            os.path.join(d, target) for d in (config_dir, os.getcwd()) if d is not None
+        ]
+        path = next((p for p in candidates if os.path.isfile(p)), None)
+        if path is None:
+            raise ConfigError([f"model.factory: file {target!r} not found (looked in {candidates})"])
+        name = f"_hmc_user_model_{abs(hash(os.path.abspath(path)))}"
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as err:
+            raise ConfigError([f"model.factory: importing {path} failed: {err}"]) from None
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as err:
+            raise ConfigError([f"model.factory: cannot import module {target!r}: {err}"]) from None
+    if not hasattr(module, attr):
+        raise ConfigError([f"model.factory: {target!r} has no attribute {attr!r}"])
+    return getattr(module, attr)
+
+
+def sample_kwargs(config: RunConfig) -> dict[str, Any]:
+    """The keyword arguments of :func:`hmc.sample` this config asks for."""
+    s, g, r = config.sampler, config.guard, config.run
+    return dict(
+        seed=r.seed,
+        num_chains=s.num_chains,
+        num_warmup=s.num_warmup,
+        num_samples=s.num_samples,
+        integrator=s.integrator,
+        step_size=s.step_size,
+        num_steps=s.num_steps,
+        trajectory_length=s.trajectory_length,
+        jitter=s.jitter,
+        mass_matrix=s.mass_matrix,
+        adaptation=s.adaptation,
+        target_accept=s.target_accept,
+        thin=s.thin,
+        record=s.record,
+        guard=g.policy,
+        max_trip_fraction=g.max_trip_fraction,
+        allow=list(g.allow),
+        guard_check=g.check,
+        chunk_size=r.chunk_size,
+        precision=r.precision,
+    )
