@@ -544,30 +544,23 @@ def _chunk_functions(potential: Potential, static: _Static) -> tuple:
 
 
 def _build_chunk_functions(potential: Potential, st: _Static) -> tuple:
-    kernel = _kernel.build_kernel(
-        potential.energy,
-        st.integrator,
-        num_steps=st.num_steps,
-        trajectory_length=st.trajectory_length,
-        jitter=st.jitter,
-        divergence_threshold=st.divergence_threshold,
-        guard=st.guard,
-    )
-    axis = None if st.pooled else 0
-    schedule = _adaptation.build_schedule(st.num_warmup)
-    thin, chunk_size, num_warmup = st.thin, st.chunk_size, st.num_warmup
-
-    replay_kernel = None
-    if st.guard == "trajectory":
-        replay_kernel = _kernel.build_kernel(
+    def build(guard: str) -> Any:
+        return _kernel.build_kernel(
             potential.energy,
             st.integrator,
             num_steps=st.num_steps,
             trajectory_length=st.trajectory_length,
             jitter=st.jitter,
             divergence_threshold=st.divergence_threshold,
-            guard="step",
+            guard=guard,
         )
+
+    kernel = build(st.guard)
+    # tripped trajectories are re-run with the per-step check to locate the failure
+    replay_kernel = build("step") if st.guard == "trajectory" else None
+    axis = None if st.pooled else 0
+    schedule = _adaptation.build_schedule(st.num_warmup)
+    thin, chunk_size, num_warmup = st.thin, st.chunk_size, st.num_warmup
 
     def run_kernel(keys: jax.Array, states: _kernel.HMCState, eps: jax.Array, minv: jax.Array):
         """All chains one trajectory; also the first located guard trip of this iteration
