@@ -14,7 +14,7 @@ import logging
 import sys
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -68,6 +68,7 @@ class SampleResult:
     halt_reason: str | None = None
     timing: dict[str, float] = dataclasses.field(default_factory=dict)
     derived: dict[str, Any] = dataclasses.field(default_factory=dict)
+    stopped: bool = False
 
     def halted_reason_text(self) -> str:
         return self.halt_reason if self.halted else "no"
@@ -80,6 +81,38 @@ class SampleResult:
             "num_guard_events": len(self.guard_events),
         }
         return _diagnostics.summarize(observables, self.stats, self.exact, info, self.derived)
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """Everything a :func:`sample` call needs to continue bit-exactly where it stopped.
+
+    ``meta`` holds JSON-able counters (iterations done, guard counters, events),
+    ``arrays`` the chain states and the adaptation state as flat leaves
+    (``"state/<i>"``, ``"adapt/<i>"``), and ``warmup_chunks``/``sample_chunks``
+    the per-chunk outputs so far (scan layout ``(iteration, chain, ...)``).
+    Random numbers are a function of ``(seed, chain, iteration)``, so no key
+    state is needed beyond the seed.
+    """
+
+    meta: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+    warmup_chunks: list[dict[str, np.ndarray]]
+    sample_chunks: list[dict[str, np.ndarray]]
+
+    FORMAT = 1
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.meta.get("complete"))
+
+
+@dataclasses.dataclass
+class ChunkEnd:
+    """What :func:`sample` tells its ``on_chunk`` callback after every chunk."""
+
+    record: dict[str, Any]
+    snapshot: Callable[[], Checkpoint]
 
 
 def _validate(name: str, value: Any, allowed: Sequence[Any]) -> None:
@@ -126,6 +159,8 @@ def sample(
     init_positions: PyTree | None = None,
     divergence_threshold: float = 1000.0,
     progress: bool = True,
+    resume: Checkpoint | None = None,
+    on_chunk: Callable[[ChunkEnd], bool | None] | None = None,
 ) -> SampleResult:
     """Sample ``exp(-U)`` with HMC on ``num_chains`` chains at once.
 
@@ -183,6 +218,14 @@ def sample(
         (the dtype of the initial states).
     init_positions
         A batch of initial states with a leading chain axis instead of ``potential.init``.
+    resume
+        A :class:`Checkpoint` from an earlier call with the same arguments: the
+        run continues where it stopped and gives draws bit-identical to an
+        uninterrupted run (preflight and the step-size heuristic are not repeated).
+    on_chunk
+        Called after every chunk with a :class:`ChunkEnd` (a log record and a
+        ``snapshot()`` that returns a :class:`Checkpoint`); returning ``True``
+        stops the run there (the result then has ``stopped=True``).
     """
     _integrators.coefficients(integrator)
     _validate("guard", guard, _guard.POLICIES)
@@ -238,7 +281,9 @@ def sample(
     guard_on = guard != "off"
     events: list[_guard.GuardEvent] = []
     preflight_report = None
-    if guard_on:
+    if resume is not None:
+        events.extend(_guard.GuardEvent(**e) for e in resume.meta["events"])
+    elif guard_on:
         allow = list(allow)
         preflight_report = _preflight_all_chains(potential, positions, chains, allow)
         for event in preflight_report.events:
@@ -263,7 +308,9 @@ def sample(
         mass_matrix = "dense"
 
     # -- initial step size ------------------------------------------------------
-    if step_size is None:
+    if resume is not None:
+        eps0 = jnp.zeros((), dtype) if pooled else jnp.zeros((num_chains,), dtype)  # restored below
+    elif step_size is None:
         eps0 = _initial_step_size(potential, integrator, states, chain_keys, minv0, mass_matrix, dimension, dtype, pooled)
     else:
         eps0 = jnp.full((), step_size, dtype) if pooled else jnp.full((num_chains,), step_size, dtype)
@@ -272,6 +319,9 @@ def sample(
         return _adaptation.init(eps, dimension, mass_matrix, dtype, minv0)
 
     adapt_state = make_adapt_state(eps0) if pooled else jax.vmap(make_adapt_state)(eps0)
+    if resume is not None:
+        states = _restore_leaves(states, resume.arrays, "state")
+        adapt_state = _restore_leaves(adapt_state, resume.arrays, "adapt")
     static = _Static(
         integrator=integrator,
         num_steps=num_steps,
@@ -302,13 +352,18 @@ def sample(
         file=sys.stderr,
     )
     log_progress = progress and bar.disable
+    meta = resume.meta if resume is not None else {}
+    elapsed_before = float(meta.get("elapsed", 0.0))
     started = last_log = time.perf_counter()
-    warmup_out: list[dict] = []
-    sample_out: list[dict] = []
-    trajectories = 0
-    tripped_total = 0
-    halted, halt_reason = False, None
-    done = 0
+    warmup_out: list[dict] = list(resume.warmup_chunks) if resume is not None else []
+    sample_out: list[dict] = list(resume.sample_chunks) if resume is not None else []
+    trajectories = int(meta.get("trajectories", 0))
+    tripped_total = int(meta.get("tripped_total", 0))
+    halted, halt_reason = bool(meta.get("halted", False)), meta.get("halt_reason")
+    warmup_done = int(meta.get("warmup_done", 0))
+    drawn = int(meta.get("drawn", 0))
+    done = warmup_done + drawn
+    stopped = False
 
     def handle_trips(trips: tuple, phase: str) -> None:
         """Attribute the located trips of a chunk (a few, deduplicated by term and primitive)."""
@@ -359,10 +414,10 @@ def sample(
                 potential.name, done, total, phase, done / max(now - started, 1e-9), tripped_total,
             )
 
-    guard_seconds = 0.0
-    probe_seen: set[tuple] = set()
+    guard_seconds = float(meta.get("guard_seconds", 0.0))
+    probe_seen: set[tuple] = {(leaf, tuple(map(tuple, idx))) for leaf, idx in meta.get("probe_seen", [])}
     probe_fn = _cached(potential, "element_reach", lambda: _guard.batched_element_reach(potential)) if guard_on else None
-    chunk_index = 0
+    chunk_index = int(meta.get("chunk_index", 0))
 
     def probe(phase: str, draw: int) -> None:
         """Element-level reach of the current states of a few chains, in rotation."""
@@ -382,12 +437,38 @@ def sample(
                 events.append(event)
                 _guard.log_event(event)
 
-    def after_chunk(phase: str, trips: tuple, out: dict, n_traj: int, draw: int) -> tuple[bool, str | None]:
-        nonlocal trajectories, tripped_total, done, guard_seconds
+    def snapshot() -> Checkpoint:
+        """The whole sampler state now (at a chunk boundary)."""
+        arrays = {f"state/{i}": np.asarray(x) for i, x in enumerate(jax.tree_util.tree_leaves(states))}
+        arrays.update({f"adapt/{i}": np.asarray(x) for i, x in enumerate(jax.tree_util.tree_leaves(adapt_state))})
+        return Checkpoint(
+            meta=dict(
+                format=Checkpoint.FORMAT,
+                complete=bool(halted or drawn >= num_samples),
+                warmup_done=warmup_done,
+                drawn=drawn,
+                trajectories=trajectories,
+                tripped_total=tripped_total,
+                halted=halted,
+                halt_reason=halt_reason,
+                guard_seconds=guard_seconds,
+                elapsed=elapsed_before + time.perf_counter() - started,
+                chunk_index=chunk_index,
+                probe_seen=[[leaf, [list(i) for i in idx]] for leaf, idx in sorted(probe_seen)],
+                events=[e.to_dict() for e in events],
+            ),
+            arrays=arrays,
+            warmup_chunks=list(warmup_out),
+            sample_chunks=list(sample_out),
+        )
+
+    def after_chunk(phase: str, trips: tuple, out: dict, n_traj: int, draw: int, seconds: float) -> tuple[bool, str | None]:
+        nonlocal trajectories, tripped_total, done, guard_seconds, stopped
         trajectories += n_traj
         tripped_now = out["guard_tripped"] if "guard_tripped" in out else out[STAT_PREFIX + "guard_tripped"]
         new = int(tripped_now.sum())
         tripped_total += new
+        events_before = len(events)
         if guard_on:
             t0 = time.perf_counter()
             if new:
@@ -396,33 +477,59 @@ def sample(
             guard_seconds += time.perf_counter() - t0
         done += len(tripped_now)
         report(phase)
-        return policy_check(new)
+        result = policy_check(new)
+        if on_chunk is not None:
+            get = lambda k: out[k] if k in out else out[STAT_PREFIX + k]  # noqa: E731
+            record = dict(
+                phase=phase,
+                iterations_done=done,
+                iterations_total=total,
+                warmup_done=warmup_done,
+                draws_done=drawn,
+                trajectories=n_traj,
+                acceptance_rate=float(np.mean(get("acceptance_rate"))),
+                divergences=int(np.sum(get("diverging"))),
+                guard_trips=new,
+                guard_trips_total=tripped_total,
+                guard_events=len(events) - events_before,
+                step_size=float(np.mean(get("step_size"))),
+                seconds=seconds,
+                trajectories_per_second=n_traj / max(seconds, 1e-12),
+                gradients_per_second=_gradients(integrator, get("n_steps"), n_traj) / max(seconds, 1e-12),
+                elapsed=elapsed_before + time.perf_counter() - started,
+                halted=result[0],
+            )
+            if on_chunk(ChunkEnd(record=record, snapshot=snapshot)):
+                stopped = True
+        return result
 
     try:
-        for start in range(0, num_warmup, chunk_size):
+        while not (halted or stopped) and warmup_done < num_warmup:
+            start = warmup_done
             n = min(chunk_size, num_warmup - start)
+            t0 = time.perf_counter()
             states, adapt_state, trips, out = warmup_chunk(chain_keys, states, adapt_state, start, n)
             out = {k: np.asarray(v[:n]) for k, v in out.items()}
+            seconds = time.perf_counter() - t0
             warmup_out.append(out)
-            halted, halt_reason = after_chunk("warmup", trips, out, n * num_chains, start + n - 1)
-            if halted:
-                break
+            warmup_done += n
+            halted, halt_reason = after_chunk("warmup", trips, out, n * num_chains, start + n - 1, seconds)
 
         eps = adapt_state.step_size
         minv = adapt_state.inverse_mass_matrix
-        start = num_warmup
-        drawn = 0
-        while not halted and drawn < num_samples:
+        while not (halted or stopped) and drawn < num_samples:
+            start = num_warmup + drawn * thin
             n = min(chunk_size, num_samples - drawn)
+            t0 = time.perf_counter()
             states, trips, out = sample_chunk(chain_keys, states, eps, minv, start, n)
             out = {k: np.asarray(v[:n]) for k, v in out.items()}
+            seconds = time.perf_counter() - t0
             sample_out.append(out)
-            start += n * thin
             drawn += n
-            halted, halt_reason = after_chunk("sampling", trips, out, n * thin * num_chains, drawn - 1)
+            halted, halt_reason = after_chunk("sampling", trips, out, n * thin * num_chains, drawn - 1, seconds)
     finally:
         bar.close()
-    elapsed = time.perf_counter() - started
+    elapsed = elapsed_before + time.perf_counter() - started
 
     if halted:
         logger.error("sampling halted: %s", halt_reason)
@@ -478,7 +585,33 @@ def sample(
         halt_reason=halt_reason,
         timing={"total_seconds": elapsed, "guard_host_seconds": guard_seconds},
         derived=dict(potential.derived),
+        stopped=stopped,
     )
+
+
+def _restore_leaves(template: PyTree, arrays: dict[str, np.ndarray], prefix: str) -> PyTree:
+    """``template``'s tree with its leaves replaced by ``arrays[f"{prefix}/{i}"]`` (shapes and dtypes checked)."""
+    leaves, treedef = jax.tree_util.tree_flatten(template)
+    restored = []
+    for i, leaf in enumerate(leaves):
+        key = f"{prefix}/{i}"
+        if key not in arrays:
+            raise ValueError(f"checkpoint lacks {key}: it was written for a different model or settings")
+        saved = np.asarray(arrays[key])
+        if saved.shape != leaf.shape or saved.dtype != leaf.dtype:
+            raise ValueError(f"checkpoint {key} has {saved.dtype}{list(saved.shape)}, this run needs "
+                             f"{leaf.dtype}{list(leaf.shape)}: it was written for a different model or settings")
+        restored.append(jnp.asarray(saved))
+    if sum(k.startswith(prefix + "/") for k in arrays) != len(leaves):
+        raise ValueError(f"checkpoint has a different number of {prefix} arrays: written for other settings")
+    return jax.tree_util.tree_unflatten(treedef, restored)
+
+
+def _gradients(integrator: str, n_steps: np.ndarray, n_traj: int) -> float:
+    """Gradient evaluations of a chunk's ``n_traj`` trajectories (``n_steps`` holds the
+    step counts of the recorded ones: all in warmup, one in ``thin`` when sampling)."""
+    per_step = _integrators.gradient_evaluations_per_step(integrator)
+    return float(np.sum(n_steps)) * per_step * (n_traj / max(np.size(n_steps), 1))
 
 
 MAX_ATTRIBUTIONS_PER_CHUNK = 8
@@ -698,6 +831,7 @@ def _build_chunk_functions(potential: Potential, st: _Static) -> tuple:
                 "step_size": info.step_size,
                 "diverging": info.is_divergent,
                 "guard_tripped": info.guard_tripped,
+                "n_steps": info.num_steps,
             }
             return (states, adapt_state, record_trip(trips, trip, t)), out
 
@@ -797,4 +931,4 @@ def num_gradient_evaluations(settings: dict[str, Any], n_steps: np.ndarray) -> i
     return int(np.sum(n_steps)) * _integrators.gradient_evaluations_per_step(settings["integrator"])
 
 
-__all__ = ["GuardRefused", "SampleResult", "sample", "num_gradient_evaluations"]
+__all__ = ["Checkpoint", "ChunkEnd", "GuardRefused", "SampleResult", "sample", "num_gradient_evaluations"]
