@@ -1,14 +1,131 @@
-"""The ``hmc`` command line (a thin layer over the library).
+"""The ``hmc`` command line: a thin layer over :mod:`hmc.config` and :mod:`hmc.runner`.
 
-This release has ``hmc models``; ``run``, ``check``, ``summary`` and ``plot``
-arrive with the config layer.
+Exit codes: 0 ok; 2 invalid config or usage (the message names the dotted key);
+3 the guard refused to start or halted the run; 4 the run directory's
+checkpoint belongs to a different config, version, precision or device layout;
+75 stopped by SIGTERM/SIGUSR1 after checkpointing (run the same command again).
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import logging
+import os
 import sys
+from typing import Any
+
+EPILOG = """\
+examples:
+  hmc run configs/phi4.yaml                       run (or resume) the job in output.dir
+  hmc run configs/phi4.yaml sampler.num_samples=5000 run.seed=7 --out runs/long
+  hmc run configs/sweep.yaml --list-sweep         show the sweep grid with indices
+  hmc run configs/sweep.yaml --index 3            run point 3 (default: $SLURM_ARRAY_TASK_ID)
+  hmc check configs/phi4.yaml                     preflight: which term reaches which leaf
+  hmc summary runs/phi4                           summary table (also of a run in progress)
+  hmc plot runs/phi4                              (re)draw runs/phi4/plots/*.png
+  hmc models                                      registered models and their parameters
+
+exit codes: 0 ok, 2 invalid config or usage, 3 guard refused or halted,
+4 checkpoint incompatible with this config/version, 75 checkpointed after SIGTERM/SIGUSR1
+(run the same command again to resume).
+"""
+
+RUN_HELP = """\
+Run the config, or resume it: when the output directory holds a checkpoint of
+the same config, sampling continues where it stopped and gives the same draws
+as an uninterrupted run. SIGTERM and SIGUSR1 checkpoint at the next chunk
+boundary and exit 75. Overrides are dotted keys, values in YAML:
+sampler.step_size=0.05 'guard.allow=[disconnected:prior]' model.params.shape=[16,16].
+"""
+
+
+def _config_error(err: Exception) -> int:
+    print(f"hmc: {err}", file=sys.stderr)
+    return 2
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from hmc import config
+
+    cfg = config.load(args.config, args.overrides)
+    if getattr(args, "sweep", None):
+        cfg = config.with_sweep_file(cfg, args.sweep)
+    return cfg
+
+
+def _run(args: argparse.Namespace) -> int:
+    from hmc import config, runner
+
+    cfg = _load(args)
+    config_dir = os.path.dirname(os.path.abspath(args.config))
+    points = config.sweep_points(cfg)
+    if args.list_sweep:
+        if not cfg.sweep:
+            print("this config has no sweep (one run)")
+            return 0
+        for i, point in enumerate(points):
+            one = config.sweep_config(cfg, i)
+            shown = " ".join(f"{k}={v!r}" for k, v in point.items())
+            print(f"{i:4d}  {shown}  seed={one.run.seed}  -> {one.output.dir}")
+        print(f"{len(points)} points: sbatch --array=0-{len(points) - 1} ...")
+        return 0
+    if args.out is not None:
+        cfg = config.build(cfg.model_dump(), [("output.dir", args.out)])
+    if not cfg.sweep:
+        return runner.execute(cfg, config_dir, progress=not args.no_progress)
+    index = args.index if args.index is not None else os.environ.get("SLURM_ARRAY_TASK_ID")
+    if index is None:
+        raise config.ConfigError([
+            f"sweep: this config has a sweep of {len(points)} points; choose one with --index N "
+            f"(0..{len(points) - 1}, default $SLURM_ARRAY_TASK_ID), or --index all to run them one after another"
+        ])
+    indices = range(len(points)) if str(index) == "all" else [_index(index, len(points))]
+    codes = [runner.execute(config.sweep_config(cfg, i), config_dir, progress=not args.no_progress)
+             for i in indices]
+    return max(codes)
+
+
+def _index(value: Any, count: int) -> int:
+    from hmc.config import ConfigError
+
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError([f"--index: {value!r} is not a sweep index (0..{count - 1}) or 'all'"]) from None
+
+
+def _check(args: argparse.Namespace) -> int:
+    from hmc import runner
+
+    cfg = _load(args)
+    return runner.check(cfg, os.path.dirname(os.path.abspath(args.config)))
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from hmc import runner
+
+    _require_run_dir(args.run_dir)
+    print(runner.summarize_run(args.run_dir, runner.potential_for(args.run_dir))["text"])
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from hmc import plots
+
+    _require_run_dir(args.run_dir)
+    for path in plots.plot_run(args.run_dir):
+        print(path)
+    return 0
+
+
+def _require_run_dir(path: str) -> None:
+    from hmc.config import ConfigError
+
+    if not os.path.isdir(path):
+        raise ConfigError([f"{path}: no such run directory"])
+    if not any(os.path.exists(os.path.join(path, f)) for f in ("draws.nc", os.path.join("checkpoint", "state.npz"))):
+        raise ConfigError([f"{path}: not a run directory (no draws.nc and no checkpoint/)"])
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -22,12 +139,72 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hmc", description="Hamiltonian Monte Carlo with a gradient guard.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="hmc",
+        description="Hamiltonian Monte Carlo for physics in JAX, with a gradient guard that names the "
+        "term, primitive and source line behind every broken gradient.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = top.add_subparsers(dest="command", required=True, metavar="{run,check,summary,plot,models}")
+
+    run = sub.add_parser("run", help="run or resume a config", description=RUN_HELP,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("config", help="YAML config (see configs/)")
+    run.add_argument("overrides", nargs="*", metavar="dotted.key=value", help="settings that replace the file's")
+    run.add_argument("--out", metavar="DIR", help="run directory (default: output.dir of the config)")
+    run.add_argument("--index", metavar="N", help="sweep point to run (default $SLURM_ARRAY_TASK_ID); 'all' runs "
+                     "every point in turn")
+    run.add_argument("--sweep", metavar="FILE", help="YAML file with a sweep grid (dotted.key: [values]) replacing "
+                     "the config's")
+    run.add_argument("--list-sweep", action="store_true", help="print the sweep points with their indices and exit")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar or progress log lines")
+    run.set_defaults(func=_run)
+
+    check = sub.add_parser("check", help="preflight only: the term x leaf table; exit 3 if broken",
+                           description="Check that every term's gradient reaches the leaves it depends on and "
+                           "that energies and gradients are finite at every chain's initial state.")
+    check.add_argument("config")
+    check.add_argument("overrides", nargs="*", metavar="dotted.key=value")
+    check.add_argument("--sweep", metavar="FILE", help=argparse.SUPPRESS)
+    check.set_defaults(func=_check)
+
+    summary = sub.add_parser("summary", help="summary of a run directory (finished or in progress)")
+    summary.add_argument("run_dir")
+    summary.set_defaults(func=_summary)
+
+    plot = sub.add_parser("plot", help="write the run directory's plots/*.png")
+    plot.add_argument("run_dir")
+    plot.set_defaults(func=_plot)
+
     sub.add_parser("models", help="list the registered physics models and their parameters").set_defaults(func=_models)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    return top
+
+
+def _setup_logging() -> None:
+    log = logging.getLogger("hmc")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s hmc %(levelname)s: %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    _setup_logging()
+    from hmc.config import ConfigError
+    from hmc.rundir import CheckpointMismatch
+
+    try:
+        return int(args.func(args))
+    except ConfigError as err:
+        return _config_error(err)
+    except CheckpointMismatch as err:
+        print(f"hmc: {err}", file=sys.stderr)
+        return 4
 
 
 if __name__ == "__main__":

@@ -153,7 +153,43 @@ def load(path: str, overrides: Iterable[str] = ()) -> RunConfig:
             raise ConfigError([f"{path}: not valid YAML: {err}"]) from None
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: the top level must be a mapping of sections"])
-    return build(data, parse_overrides(overrides), source=path)
+    config = build(data, parse_overrides(overrides), source=path)
+    check_sweep(config, source=path)
+    return config
+
+
+def with_sweep_file(config: RunConfig, path: str) -> RunConfig:
+    """``config`` with its sweep grid replaced by the one in the YAML file ``path``
+    (a mapping of dotted keys to lists of values, optionally under a ``sweep:`` key)."""
+    if not os.path.isfile(path):
+        raise ConfigError([f"{path}: no such sweep file"])
+    with open(path) as fh:
+        try:
+            grid = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError([f"{path}: not valid YAML: {err}"]) from None
+    if isinstance(grid, dict) and set(grid) == {"sweep"}:
+        grid = grid["sweep"]
+    data = config.model_dump()
+    data["sweep"] = grid
+    new = build(data, source=path)
+    check_sweep(new, source=path)
+    return new
+
+
+def check_sweep(config: RunConfig, source: str | None = None) -> None:
+    """Every sweep point must be a valid config: errors name the sweep key and value."""
+    problems = [f"sweep.{key}: give a non-empty list of values" for key, values in config.sweep.items() if not values]
+    if problems:
+        raise ConfigError(problems, source)
+    for index, point in enumerate(sweep_points(config)):
+        try:
+            sweep_config(config, index)
+        except ConfigError as err:
+            where = ", ".join(f"{k}={v!r}" for k, v in point.items())
+            problems += [f"sweep point {index} ({where}): {p}" for p in err.problems]
+    if problems:
+        raise ConfigError(sorted(set(problems), key=problems.index), source)
 
 
 def sweep_points(config: RunConfig) -> list[dict[str, Any]]:
@@ -203,17 +239,33 @@ def make_potential(model: ModelConfig, config_dir: str | None = None) -> Potenti
     return potential
 
 
+def _factory_file(target: str, config_dir: str | None) -> str:
+    candidates = [target] if os.path.isabs(target) else [
+        os.path.join(d, target) for d in (config_dir, os.getcwd()) if d is not None
+    ]
+    path = next((p for p in candidates if os.path.isfile(p)), None)
+    if path is None:
+        raise ConfigError([f"model.factory: file {target!r} not found (looked in {candidates})"])
+    return os.path.abspath(path)
+
+
+def resolved(config: RunConfig, config_dir: str | None = None) -> dict[str, Any]:
+    """The config as plain data with every default filled in and a factory file made
+    absolute, so that the copy saved in a run directory works from anywhere."""
+    data = config.model_dump(mode="json")
+    factory = data["model"].get("factory")
+    if factory and ":" in factory and factory.rsplit(":", 1)[0].endswith(".py"):
+        target, attr = factory.rsplit(":", 1)
+        data["model"]["factory"] = f"{_factory_file(target, config_dir)}:{attr}"
+    return data
+
+
 def _import_factory(spec: str, config_dir: str | None) -> Any:
     if ":" not in spec:
         raise ConfigError([f"model.factory: {spec!r} is not 'module.path:function' or 'file.py:function'"])
     target, attr = spec.rsplit(":", 1)
     if target.endswith(".py"):
-        candidates = [target] if os.path.isabs(target) else [
-            os.path.join(d, target) for d in (config_dir, os.getcwd()) if d is not None
-        ]
-        path = next((p for p in candidates if os.path.isfile(p)), None)
-        if path is None:
-            raise ConfigError([f"model.factory: file {target!r} not found (looked in {candidates})"])
+        path = _factory_file(target, config_dir)
         name = f"_hmc_user_model_{abs(hash(os.path.abspath(path)))}"
         module_spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(module_spec)

@@ -113,6 +113,7 @@ class ChunkEnd:
 
     record: dict[str, Any]
     snapshot: Callable[[], Checkpoint]
+    events: list[_guard.GuardEvent]
 
 
 def _validate(name: str, value: Any, allowed: Sequence[Any]) -> None:
@@ -252,11 +253,10 @@ def sample(
     if not 0.0 <= max_trip_fraction <= 1.0:
         raise ValueError(f"max_trip_fraction must be in [0, 1], got {max_trip_fraction!r}")
 
-    root = jax.random.key(seed)
-    init_key, chain_root = jax.random.split(root)
+    chain_root = _root_keys(seed)[1]
     chains = np.arange(num_chains)
     if init_positions is None:
-        positions = jax.vmap(potential.init)(jax.random.split(init_key, num_chains))
+        positions = initial_positions(potential, seed, num_chains)
     else:
         positions = jax.tree_util.tree_map(jnp.asarray, init_positions)
         sizes = {np.shape(x)[0] if np.ndim(x) else None for x in jax.tree_util.tree_leaves(positions)}
@@ -499,7 +499,7 @@ def sample(
                 elapsed=elapsed_before + time.perf_counter() - started,
                 halted=result[0],
             )
-            if on_chunk(ChunkEnd(record=record, snapshot=snapshot)):
+            if on_chunk(ChunkEnd(record=record, snapshot=snapshot, events=events)):
                 stopped = True
         return result
 
@@ -587,6 +587,25 @@ def sample(
         derived=dict(potential.derived),
         stopped=stopped,
     )
+
+
+def _root_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+    """(key of the initial states, root of the per-chain keys)."""
+    init_key, chain_root = jax.random.split(jax.random.key(seed))
+    return init_key, chain_root
+
+
+def initial_positions(potential: Potential, seed: int, num_chains: int) -> PyTree:
+    """The initial states :func:`sample` starts from (``potential.init`` per chain), leading chain axis."""
+    return jax.vmap(potential.init)(jax.random.split(_root_keys(seed)[0], num_chains))
+
+
+def preflight_chains(potential: Potential, positions: PyTree, allow: Sequence[str] = (),
+                     precision: str | None = None) -> _guard.PreflightReport:
+    """The preflight :func:`sample` runs on a batch of initial states (leading chain axis)."""
+    positions = cast_tree(positions, _resolve_dtype(precision, positions))
+    n = jax.tree_util.tree_leaves(positions)[0].shape[0]
+    return _preflight_all_chains(potential, positions, np.arange(n), list(allow))
 
 
 def _restore_leaves(template: PyTree, arrays: dict[str, np.ndarray], prefix: str) -> PyTree:
@@ -931,4 +950,5 @@ def num_gradient_evaluations(settings: dict[str, Any], n_steps: np.ndarray) -> i
     return int(np.sum(n_steps)) * _integrators.gradient_evaluations_per_step(settings["integrator"])
 
 
-__all__ = ["Checkpoint", "ChunkEnd", "GuardRefused", "SampleResult", "sample", "num_gradient_evaluations"]
+__all__ = ["Checkpoint", "ChunkEnd", "GuardRefused", "SampleResult", "initial_positions", "num_gradient_evaluations",
+           "preflight_chains", "sample"]

@@ -1,0 +1,434 @@
+"""The run directory: resolved config, NetCDF draws, JSON-lines logs, summary, checkpoint.
+
+Layout (``../shared/DESIGN.md``, "Running")::
+
+    RUN_DIR/
+      config.yaml        the resolved configuration (every default filled in)
+      draws.nc           ArviZ layout: groups posterior, sample_stats, warmup_sample_stats
+      guard.jsonl        one guard event per line
+      log.jsonl          one record per chunk (and one per start, resume, stop, end)
+      summary.json       the summary table as data
+      checkpoint/        state.npz (sampler state + counters) and one npz per chunk of output
+      plots/             PNG figures (:mod:`hmc.plots`)
+
+Every file is written atomically: a temporary file in the same folder, flushed
+and fsync'ed, then ``os.replace`` (and the folder fsync'ed), so a ``kill -9`` at
+any moment leaves either the old or the new version of each file, never half
+of one. The checkpoint's ``state.npz`` names how many chunk files belong to it;
+chunk files are written before it, so a kill between the two leaves a chunk
+file that the next run rewrites with identical content.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import yaml
+
+from hmc.sampler import STAT_NAMES, STAT_PREFIX, Checkpoint
+
+CHECKPOINT_DIR = "checkpoint"
+STATE_FILE = "state.npz"
+WARMUP_STATS = ("acceptance_rate", "step_size", "diverging", "guard_tripped", "n_steps")
+
+
+class CheckpointMismatch(RuntimeError):
+    """The run directory's checkpoint was written by a different config, version,
+    precision or device layout; ``reasons`` says what differs."""
+
+    def __init__(self, path: str, reasons: list[str]):
+        self.reasons = reasons
+        super().__init__(
+            f"the checkpoint in {path} cannot be resumed by this run:\n  " + "\n  ".join(reasons)
+            + "\nUse a new output directory (--out DIR), or restore the settings above."
+        )
+
+
+# -- atomic files ---------------------------------------------------------------
+
+
+def _fsync_dir(folder: str) -> None:
+    with contextlib.suppress(OSError):  # not every file system allows it
+        fd = os.open(folder, os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str, write: Callable[[Any], None], binary: bool = True) -> None:
+    """Create or replace ``path`` atomically with what ``write(file)`` writes."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a run's files are as readable as any other
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(folder)
+
+
+def write_text(path: str, text: str) -> None:
+    atomic_write(path, lambda fh: fh.write(text), binary=False)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    if isinstance(value, float) and not np.isfinite(value):
+        return None if np.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+def write_json(path: str, obj: Any) -> None:
+    write_text(path, json.dumps(_jsonable(obj), indent=2) + "\n")
+
+
+def write_jsonl(path: str, records: Iterable[Mapping[str, Any]]) -> None:
+    write_text(path, "".join(json.dumps(_jsonable(dict(r))) + "\n" for r in records))
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _savez(path: str, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None) -> None:
+    """npz with arbitrary names (leaf names may contain '/'): arrays as a0, a1, ...
+    plus their names and an optional JSON ``meta`` as string arrays."""
+    names = list(arrays)
+    payload = {f"a{i}": np.asarray(arrays[n]) for i, n in enumerate(names)}
+    payload["names"] = np.array(json.dumps(names))
+    if meta is not None:
+        payload["meta"] = np.array(json.dumps(_jsonable(dict(meta))))
+    atomic_write(path, lambda fh: np.savez(fh, **payload))
+
+
+def _loadz(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any] | None]:
+    with np.load(path, allow_pickle=False) as z:
+        names = json.loads(str(z["names"]))
+        arrays = {n: z[f"a{i}"] for i, n in enumerate(names)}
+        meta = json.loads(str(z["meta"])) if "meta" in z.files else None
+    return arrays, meta
+
+
+# -- provenance ------------------------------------------------------------------
+
+
+def git_commit() -> str | None:
+    """The commit of the package's source tree when it is a git checkout (``+dirty`` if modified)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5)
+        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict[str, str]:
+    import jax
+    import jaxlib
+    import numpyro
+
+    import hmc
+
+    return {"guarded_hmc": hmc.__version__, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+            "numpyro": numpyro.__version__}
+
+
+def device_layout() -> dict[str, Any]:
+    """The devices this process samples on (the chain axis is not sharded yet: one device)."""
+    import jax
+
+    device = jax.devices()[0]
+    return {"platform": device.platform, "device_kind": device.device_kind, "num_devices": 1,
+            "process_count": jax.process_count()}
+
+
+# Keys that may change between a run and its resumption without changing a single draw.
+_RESUMABLE_CHANGES = ("output.dir", "run.checkpoint_every")
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value and key != "params":
+            out.update(_flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def config_hash(config_dict: Mapping[str, Any]) -> str:
+    """A hash of everything in the config that changes the draws."""
+    flat = {k: v for k, v in _flatten(config_dict).items() if k not in _RESUMABLE_CHANGES}
+    return hashlib.sha256(json.dumps(_jsonable(flat), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def identity(config_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """What a checkpoint must share with the run that resumes it for bit-identical draws."""
+    import jax
+
+    return {
+        "config": _jsonable(dict(config_dict)),
+        "config_hash": config_hash(config_dict),
+        "versions": versions(),
+        "precision": config_dict.get("run", {}).get("precision"),
+        "x64": bool(jax.config.read("jax_enable_x64")),
+        "devices": device_layout(),
+    }
+
+
+def mismatches(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """Human-readable differences between two :func:`identity` records."""
+    reasons = []
+    a = {k: v for k, v in _flatten(saved["config"]).items() if k not in _RESUMABLE_CHANGES}
+    b = {k: v for k, v in _flatten(current["config"]).items() if k not in _RESUMABLE_CHANGES}
+    for key in sorted(set(a) | set(b)):
+        if a.get(key, "<absent>") != b.get(key, "<absent>"):
+            reasons.append(f"config {key}: checkpoint has {a.get(key, '<absent>')!r}, this run {b.get(key, '<absent>')!r}")
+    for package, version in saved["versions"].items():
+        if current["versions"].get(package) != version:
+            reasons.append(f"{package} version: checkpoint written by {version}, this is {current['versions'].get(package)}")
+    if saved.get("x64") != current.get("x64"):
+        reasons.append(f"jax_enable_x64: checkpoint {saved.get('x64')}, this run {current.get('x64')}")
+    for key in ("platform", "device_kind", "num_devices", "process_count"):
+        if saved["devices"].get(key) != current["devices"].get(key):
+            reasons.append(f"device layout {key}: checkpoint {saved['devices'].get(key)!r}, "
+                           f"this run {current['devices'].get(key)!r}")
+    return reasons
+
+
+# -- the directory -----------------------------------------------------------------
+
+
+class RunDirectory:
+    """Reads and writes the files of one run directory."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._written_chunks: dict[str, int] = {"warmup": 0, "sample": 0}
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return self.file(CHECKPOINT_DIR)
+
+    def has_checkpoint(self) -> bool:
+        return os.path.exists(os.path.join(self.checkpoint_dir, STATE_FILE))
+
+    def has_draws(self) -> bool:
+        return os.path.exists(self.file("draws.nc"))
+
+    # checkpoint ---------------------------------------------------------------
+    def save_checkpoint(self, checkpoint: Checkpoint, ident: Mapping[str, Any], log: list[dict]) -> None:
+        """Chunk files not yet on disk, then the state file that makes them part of the checkpoint."""
+        folder = self.checkpoint_dir
+        os.makedirs(folder, exist_ok=True)
+        for phase, chunks in (("warmup", checkpoint.warmup_chunks), ("sample", checkpoint.sample_chunks)):
+            for i in range(self._written_chunks[phase], len(chunks)):
+                _savez(os.path.join(folder, f"{phase}-{i:05d}.npz"), chunks[i])
+            self._written_chunks[phase] = len(chunks)
+        meta = dict(checkpoint.meta, identity=dict(ident), log=log,
+                    num_warmup_chunks=len(checkpoint.warmup_chunks), num_sample_chunks=len(checkpoint.sample_chunks))
+        _savez(os.path.join(folder, STATE_FILE), checkpoint.arrays, meta)
+
+    def prune_checkpoint(self) -> None:
+        """Once ``draws.nc`` holds the draws, drop the chunk files (the state file stays,
+        marked complete, so that rerunning the command reports the finished run)."""
+        folder = self.checkpoint_dir
+        arrays, meta = _loadz(os.path.join(folder, STATE_FILE))
+        if not meta.get("complete"):
+            return
+        meta.update(num_warmup_chunks=0, num_sample_chunks=0, draws_in="draws.nc")
+        _savez(os.path.join(folder, STATE_FILE), arrays, meta)
+        for name in os.listdir(folder):
+            if name.endswith(".npz") and name.split("-")[0] in ("warmup", "sample"):
+                os.unlink(os.path.join(folder, name))
+        _fsync_dir(folder)
+
+    def load_checkpoint(self) -> tuple[Checkpoint, dict[str, Any], list[dict]]:
+        """The checkpoint, the identity it was written under, and the log records up to it."""
+        folder = self.checkpoint_dir
+        state = os.path.join(folder, STATE_FILE)
+        try:
+            arrays, meta = _loadz(state)
+            chunks = {}
+            for phase, count in (("warmup", meta["num_warmup_chunks"]), ("sample", meta["num_sample_chunks"])):
+                chunks[phase] = [_loadz(os.path.join(folder, f"{phase}-{i:05d}.npz"))[0] for i in range(count)]
+                self._written_chunks[phase] = count
+        except (OSError, ValueError, KeyError) as err:
+            raise CheckpointMismatch(self.path, [f"the checkpoint cannot be read: {err}"]) from None
+        ident = meta.pop("identity")
+        log = meta.pop("log")
+        meta.pop("num_warmup_chunks")
+        meta.pop("num_sample_chunks")
+        if meta.get("draws_in") and not self.has_draws():
+            raise CheckpointMismatch(self.path, [
+                "the run finished and its draws were moved into draws.nc, which is missing now; "
+                "sample again into a new directory"])
+        return Checkpoint(meta=meta, arrays=arrays, warmup_chunks=chunks["warmup"],
+                          sample_chunks=chunks["sample"]), ident, log
+
+    def checkpoint_draws(self) -> dict[str, Any]:
+        """Draws and statistics stored in the checkpoint so far (a run in progress)."""
+        checkpoint, ident, _ = self.load_checkpoint()
+
+        def stack(chunks: list[dict]) -> dict[str, np.ndarray]:
+            if not chunks:
+                return {}
+            return {k: np.swapaxes(np.concatenate([c[k] for c in chunks]), 0, 1) for k in chunks[0]}
+
+        sampled = stack(checkpoint.sample_chunks)
+        return dict(
+            draws={k: v for k, v in sampled.items() if not k.startswith(STAT_PREFIX)},
+            stats={k[len(STAT_PREFIX):]: v for k, v in sampled.items() if k.startswith(STAT_PREFIX)},
+            warmup_stats=stack(checkpoint.warmup_chunks),
+            meta=checkpoint.meta,
+            identity=ident,
+        )
+
+
+# -- NetCDF (ArviZ layout) --------------------------------------------------------------
+
+
+def _var_name(name: str) -> str:
+    """NetCDF names cannot hold '/', which separates pytree leaf names."""
+    return name.replace("/", ".")
+
+
+def _dataset(values: Mapping[str, np.ndarray], attrs: Mapping[str, Any], var_attrs: Mapping[str, dict] | None = None):
+    import xarray as xr
+
+    data_vars = {}
+    for name, x in values.items():
+        x = np.asarray(x)
+        var = _var_name(name)
+        dims = ["chain", "draw"] + [f"{var}_dim_{i}" for i in range(x.ndim - 2)]
+        coords = {d: np.arange(n) for d, n in zip(dims[2:], x.shape[2:])}
+        extra = dict((var_attrs or {}).get(name, {}))
+        if var != name:
+            extra["hmc_name"] = name
+        data_vars[var] = xr.DataArray(x, dims=dims, coords=coords, attrs=extra)
+    any_value = next(iter(values.values()), None)
+    chains, draws = (np.shape(any_value)[:2] if any_value is not None else (0, 0))
+    return xr.Dataset(data_vars, coords={"chain": np.arange(chains), "draw": np.arange(draws)}, attrs=dict(attrs))
+
+
+def _netcdf_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """NetCDF attributes are strings, numbers or 1-d arrays of them."""
+    out = {}
+    for key, value in attrs.items():
+        if value is None:
+            continue
+        if isinstance(value, (bool, np.bool_)):
+            value = int(value)
+        elif isinstance(value, (dict, list, tuple)):
+            value = json.dumps(_jsonable(value))
+        out[key] = value
+    return out
+
+
+def write_draws(
+    path: str,
+    draws: Mapping[str, np.ndarray],
+    stats: Mapping[str, np.ndarray],
+    warmup_stats: Mapping[str, np.ndarray],
+    exact: Mapping[str, Any],
+    attrs: Mapping[str, Any],
+) -> None:
+    """``draws.nc``: ``posterior`` (observables and recorded leaves; an observable's
+    exact value, when known, is its ``exact`` attribute), ``sample_stats`` and
+    ``warmup_sample_stats``, each with the provenance ``attrs``."""
+    import xarray as xr
+
+    group_attrs = _netcdf_attrs(dict(attrs, created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                                     inference_library="guarded-hmc"))
+    var_attrs = {k: {"exact": np.asarray(v, np.float64)} for k, v in exact.items() if k in draws}
+    groups = {
+        "posterior": _dataset(draws, group_attrs, var_attrs),
+        "sample_stats": _dataset({k: stats[k] for k in STAT_NAMES if k in stats}, group_attrs),
+    }
+    if warmup_stats:
+        groups["warmup_sample_stats"] = _dataset({k: warmup_stats[k] for k in WARMUP_STATS if k in warmup_stats},
+                                                 group_attrs)
+    tree = xr.DataTree.from_dict(groups)
+    tree.attrs = group_attrs
+    # to_netcdf needs a path (h5netcdf writes through h5py): write a temporary file, then replace
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".nc")
+    os.close(fd)
+    try:
+        tree.to_netcdf(tmp, engine="h5netcdf")
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(folder)
+
+
+def read_draws(path: str) -> dict[str, Any]:
+    """``draws.nc`` back as numpy: ``draws``, ``stats``, ``warmup_stats``, ``exact`` and ``attrs``."""
+    import xarray as xr
+
+    with xr.open_datatree(path, engine="h5netcdf") as tree:
+
+        def group(name: str) -> dict[str, np.ndarray]:
+            if name not in tree.children:
+                return {}
+            ds = tree[name].to_dataset()
+            return {str(ds[v].attrs.get("hmc_name", v)): ds[v].values for v in ds.data_vars}
+
+        posterior = tree["posterior"].to_dataset()
+        exact = {str(posterior[v].attrs.get("hmc_name", v)): np.asarray(posterior[v].attrs["exact"])
+                 for v in posterior.data_vars if "exact" in posterior[v].attrs}
+        exact = {k: (v.item() if v.ndim == 0 else v) for k, v in exact.items()}
+        return dict(draws=group("posterior"), stats=group("sample_stats"), warmup_stats=group("warmup_sample_stats"),
+                    exact=exact, attrs=dict(tree.attrs))
+
+
+def dump_config(config_dict: Mapping[str, Any]) -> str:
+    return yaml.safe_dump(_jsonable(dict(config_dict)), sort_keys=False, default_flow_style=None)
+

@@ -1,0 +1,274 @@
+"""``hmc run``: one config -> one run directory, resumable after any interruption.
+
+The loop of :func:`hmc.sample` calls back after every chunk; this module turns
+those calls into the run directory's ``log.jsonl`` and ``guard.jsonl``, saves a
+checkpoint every ``run.checkpoint_every`` chunks (and at the last chunk), and
+stops at the next chunk boundary after SIGTERM or SIGUSR1 (the signals SLURM
+sends before pre-emption or the time limit). Rerunning the same command on the
+same directory resumes; the draws are bit-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+import numpy as np
+
+from hmc import config as _config
+from hmc import rundir as _rundir
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_GUARD = 3
+EXIT_CHECKPOINT = 4
+EXIT_STOPPED = 75  # EX_TEMPFAIL: checkpointed after a signal; run the same command again to resume
+
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
+
+logger = logging.getLogger("hmc")
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def set_precision(precision: str) -> None:
+    """x64 on exactly for float64 runs, before the model creates any array."""
+    import jax
+
+    want = precision == "float64"
+    if bool(jax.config.read("jax_enable_x64")) != want:
+        jax.config.update("jax_enable_x64", want)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[dict[str, Any]]:
+    """While active, SIGTERM/SIGUSR1 set ``flag["signal"]`` instead of killing the process."""
+    flag: dict[str, Any] = {"signal": None}
+    previous = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        flag["signal"] = signal.Signals(signum).name
+        logger.warning("received %s: checkpointing at the end of this chunk", flag["signal"])
+
+    for name in STOP_SIGNALS:
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            try:
+                previous[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread: signals stay with their owner
+                pass
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def execute(cfg: _config.RunConfig, config_dir: str | None, out: TextIO = sys.stdout, progress: bool = True) -> int:
+    """Run (or resume) ``cfg`` in its ``output.dir``; returns the exit code."""
+    from hmc import sampler as _sampler
+
+    data = _config.resolved(cfg, config_dir)
+    run_dir = _rundir.RunDirectory(cfg.output.dir)
+    set_precision(cfg.run.precision)
+    ident = _rundir.identity(data)
+
+    resume, log = None, []
+    if run_dir.has_checkpoint():
+        resume, saved, log = run_dir.load_checkpoint()
+        reasons = _rundir.mismatches(saved, ident)
+        if reasons:
+            raise _rundir.CheckpointMismatch(run_dir.path, reasons)
+    potential = _config.make_potential(cfg.model, config_dir)
+    if resume is not None and resume.complete and run_dir.has_draws():
+        print(f"{run_dir.path}: this run is complete; its summary:", file=out)
+        summary = summarize_run(run_dir.path, potential)
+        print(summary["text"], file=out)
+        return EXIT_GUARD if resume.meta.get("halted") else EXIT_OK
+
+    os.makedirs(run_dir.path, exist_ok=True)
+    _rundir.write_text(run_dir.file("config.yaml"), _rundir.dump_config(data))
+    log.append(dict(event="resume" if resume is not None else "start", time=_now(),
+                    iterations_done=(resume.meta["warmup_done"] + resume.meta["drawn"]) if resume else 0,
+                    config_hash=ident["config_hash"], pid=os.getpid(),
+                    slurm_job_id=os.environ.get("SLURM_JOB_ID"),
+                    slurm_array_task_id=os.environ.get("SLURM_ARRAY_TASK_ID")))
+    _rundir.write_jsonl(run_dir.file("log.jsonl"), log)
+    if resume is not None:
+        logger.info("resuming %s at %d warmup iterations and %d draws", run_dir.path,
+                    resume.meta["warmup_done"], resume.meta["drawn"])
+
+    every = cfg.run.checkpoint_every
+    since = [0]
+    with stop_on_signals() as flag:
+
+        def on_chunk(end: Any) -> bool:
+            log.append(dict(end.record, event="chunk", time=_now()))
+            since[0] += 1
+            final = end.record["halted"] or end.record["iterations_done"] >= end.record["iterations_total"]
+            stop = flag["signal"] is not None
+            if since[0] >= every or final or stop:
+                run_dir.save_checkpoint(end.snapshot(), ident, log)
+                since[0] = 0
+            _rundir.write_jsonl(run_dir.file("log.jsonl"), log)
+            _rundir.write_jsonl(run_dir.file("guard.jsonl"), [e.to_dict() for e in end.events])
+            return stop
+
+        try:
+            result = _sampler.sample(potential, **_config.sample_kwargs(cfg), progress=progress,
+                                     resume=resume, on_chunk=on_chunk)
+        except _sampler.GuardRefused as refused:
+            _rundir.write_jsonl(run_dir.file("guard.jsonl"), [e.to_dict() for e in refused.events])
+            log.append(dict(event="refused", time=_now(), guard_events=len(refused.events)))
+            _rundir.write_jsonl(run_dir.file("log.jsonl"), log)
+            print(f"{run_dir.path}: the gradient guard refused to start sampling {potential.name}:", file=out)
+            print(str(refused.report) if refused.report is not None else str(refused), file=out)
+            print(f"(findings in {run_dir.file('guard.jsonl')}; accept one with guard.allow=[KIND:TERM])", file=out)
+            return EXIT_GUARD
+
+    if result.stopped:
+        log.append(dict(event="stopped", time=_now(), signal=flag["signal"]))
+        _rundir.write_jsonl(run_dir.file("log.jsonl"), log)
+        print(f"{run_dir.path}: stopped by {flag['signal']} and checkpointed; run the same command again to resume",
+              file=out)
+        return EXIT_STOPPED
+
+    attrs = provenance(cfg, data, ident, potential.name)
+    _rundir.write_draws(run_dir.file("draws.nc"), result.draws, result.stats, result.warmup_stats,
+                        result.exact, attrs)
+    _rundir.write_jsonl(run_dir.file("guard.jsonl"), [e.to_dict() for e in result.guard_events])
+    run_dir.prune_checkpoint()
+    summary = summarize_run(run_dir.path, potential, result=result)
+    log.append(dict(event="end", time=_now(), halted=result.halted, halt_reason=result.halt_reason,
+                    seconds=result.timing.get("total_seconds")))
+    _rundir.write_jsonl(run_dir.file("log.jsonl"), log)
+    try:
+        from hmc import plots
+
+        plots.plot_run(run_dir.path)
+    except Exception as err:  # a figure must never cost the draws
+        logger.warning("plots were not written: %s", err)
+    print(summary["text"], file=out)
+    print(f"\nrun directory: {run_dir.path}", file=out)
+    if result.halted:
+        print(f"sampling halted: {result.halt_reason}", file=out)
+        return EXIT_GUARD
+    return EXIT_OK
+
+
+def provenance(cfg: _config.RunConfig, data: dict[str, Any], ident: dict[str, Any], model: str) -> dict[str, Any]:
+    """Attributes of ``draws.nc``: who made it, with what, from which config."""
+    return dict(
+        model=model,
+        seed=cfg.run.seed,
+        precision=cfg.run.precision,
+        config_hash=ident["config_hash"],
+        config_yaml=_rundir.dump_config(data),
+        devices=ident["devices"],
+        git_commit=_rundir.git_commit(),
+        **{f"{k}_version": v for k, v in ident["versions"].items()},
+    )
+
+
+def summarize_run(path: str, potential: Any = None, result: Any = None) -> dict[str, Any]:
+    """Summary of a run directory (from ``draws.nc``, or from the checkpoint of a run
+    in progress); writes ``summary.json`` when the run is finished. Returns
+    ``{"summary": Summary, "text": str, "status": str}``."""
+    from hmc import diagnostics
+
+    run_dir = _rundir.RunDirectory(path)
+    events = _rundir.read_jsonl(run_dir.file("guard.jsonl"))
+    if result is not None:
+        draws, stats, warmup, exact = result.draws, result.stats, result.warmup_stats, result.exact
+        observables = result.settings["observables"]
+        integrator = result.settings["integrator"]
+        status = "halted" if result.halted else "complete"
+    elif run_dir.has_draws():
+        data = _rundir.read_draws(run_dir.file("draws.nc"))
+        draws, stats, warmup, exact = data["draws"], data["stats"], data["warmup_stats"], data["exact"]
+        observables = list(potential.observables) if potential is not None else list(draws)
+        config = _config.build(_load_yaml(run_dir.file("config.yaml")))
+        integrator = config.sampler.integrator
+        log = _rundir.read_jsonl(run_dir.file("log.jsonl"))
+        status = "halted" if any(r.get("event") == "end" and r.get("halted") for r in log) else "complete"
+    elif run_dir.has_checkpoint():
+        data = run_dir.checkpoint_draws()
+        draws, stats, warmup = data["draws"], data["stats"], data["warmup_stats"]
+        exact = dict(potential.exact) if potential is not None else {}
+        observables = list(potential.observables) if potential is not None else list(draws)
+        config = _config.RunConfig.model_validate(data["identity"]["config"])
+        integrator = config.sampler.integrator
+        meta = data["meta"]
+        status = (f"in progress: {meta['warmup_done']}/{config.sampler.num_warmup} warmup iterations, "
+                  f"{meta['drawn']}/{config.sampler.num_samples} draws")
+        events = meta["events"]
+    else:
+        raise FileNotFoundError(f"{path}: no draws.nc and no checkpoint: not a run directory, or nothing ran yet")
+    derived = dict(potential.derived) if potential is not None else {}
+    shown = {k: np.asarray(v) for k, v in draws.items() if k in observables}
+    summary = diagnostics.summarize(shown, stats, exact, {"integrator": integrator, "num_guard_events": len(events)},
+                                    derived)
+    kinds: dict[str, int] = {}
+    for e in events:
+        key = e["kind"] + (f":{e['term']}" if e.get("term") else "")
+        kinds[key] = kinds.get(key, 0) + 1
+    text = summary.table()
+    if kinds:
+        text += "\nguard events: " + ", ".join(f"{k} x{n}" for k, n in sorted(kinds.items()))
+    if warmup and np.size(warmup.get("acceptance_rate", [])):
+        acc = np.asarray(warmup["acceptance_rate"])
+        tail = acc[:, -max(1, acc.shape[1] // 10):]
+        text += f"\nwarmup: {acc.shape[1]} iterations, mean acceptance over its last tenth {float(tail.mean()):.3f}"
+    text = f"status: {status}\n" + text
+    if not status.startswith("in progress"):
+        payload = dict(summary.to_dict(), status=status, guard_events_by_kind=kinds)
+        if result is not None:
+            payload["timing"] = result.timing
+            payload["halt_reason"] = result.halt_reason
+        _rundir.write_json(run_dir.file("summary.json"), payload)
+    return {"summary": summary, "text": text, "status": status}
+
+
+def _load_yaml(path: str) -> dict[str, Any]:
+    import yaml
+
+    with open(path) as fh:
+        return yaml.safe_load(fh)
+
+
+def potential_for(path: str) -> Any:
+    """The model of a run directory, rebuilt from its ``config.yaml`` (``None`` if that fails)."""
+    try:
+        cfg = _config.build(_load_yaml(os.path.join(path, "config.yaml")))
+        set_precision(cfg.run.precision)
+        return _config.make_potential(cfg.model, path)
+    except Exception as err:  # the summary still works without derived quantities
+        logger.warning("could not rebuild the model of %s (%s); derived quantities are left out", path, err)
+        return None
+
+
+
+def check(cfg: _config.RunConfig, config_dir: str | None, out: TextIO = sys.stdout) -> int:
+    """``hmc check``: the preflight of every chain's initial state, without sampling."""
+    from hmc import sampler as _sampler
+
+    set_precision(cfg.run.precision)
+    potential = _config.make_potential(cfg.model, config_dir)
+    positions = _sampler.initial_positions(potential, cfg.run.seed, cfg.sampler.num_chains)
+    report = _sampler.preflight_chains(potential, positions, cfg.guard.allow, cfg.run.precision)
+    print(f"model {potential.name}: {len(report.terms)} term(s) x {len(report.leaves)} leaf/leaves, "
+          f"{cfg.sampler.num_chains} initial state(s) checked", file=out)
+    print(str(report), file=out)
+    if not report.ok:
+        print("\nThe run would be refused (exit 3). Fix the terms above, or accept a finding with "
+              "guard.allow=[KIND:TERM:LEAF].", file=out)
+        return EXIT_GUARD
+    return EXIT_OK
