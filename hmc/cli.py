@@ -196,12 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     _setup_logging()
     from hmc.config import ConfigError
-    from hmc.rundir import CheckpointMismatch
+    from hmc.rundir import CheckpointMismatch, RunDirectoryBusy
 
     try:
         return int(args.func(args))
     except ConfigError as err:
         return _config_error(err)
+    except RunDirectoryBusy as err:
+        print(f"hmc: {err}", file=sys.stderr)
+        return 2
     except CheckpointMismatch as err:
         print(f"hmc: {err}", file=sys.stderr)
         return 4

@@ -237,6 +237,32 @@ def mismatches(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str
 # -- the directory -----------------------------------------------------------------
 
 
+class RunDirectoryBusy(RuntimeError):
+    """Another process is running in this run directory."""
+
+
+@contextlib.contextmanager
+def exclusive(path: str) -> Any:
+    """Hold ``path/.lock`` (an flock, released by the kernel even after ``kill -9``)."""
+    import fcntl
+
+    fh = open(os.path.join(path, ".lock"), "a+")
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            owner = fh.read().strip() or "unknown"
+            raise RunDirectoryBusy(f"{path}: another hmc run (pid {owner}) is using this run directory") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield
+    finally:
+        fh.close()
+
+
 class RunDirectory:
     """Reads and writes the files of one run directory."""
 
@@ -250,6 +276,19 @@ class RunDirectory:
     @property
     def checkpoint_dir(self) -> str:
         return self.file(CHECKPOINT_DIR)
+
+    def remove_stale_temporaries(self) -> list[str]:
+        """Delete the temporary files a killed process left behind (never a finished file)."""
+        removed = []
+        for folder in (self.path, self.checkpoint_dir, os.path.join(self.path, "plots")):
+            if not os.path.isdir(folder):
+                continue
+            for name in os.listdir(folder):
+                if name.startswith(".tmp-"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(folder, name))
+                        removed.append(name)
+        return removed
 
     def has_checkpoint(self) -> bool:
         return os.path.exists(os.path.join(self.checkpoint_dir, STATE_FILE))

@@ -72,18 +72,30 @@ def stop_on_signals() -> Iterator[dict[str, Any]]:
             signal.signal(sig, old)
 
 
-def execute(cfg: _config.RunConfig, config_dir: str | None, out: TextIO = sys.stdout, progress: bool = True) -> int:
+def execute(cfg: _config.RunConfig, config_dir: str | None, out: TextIO | None = None, progress: bool = True) -> int:
     """Run (or resume) ``cfg`` in its ``output.dir``; returns the exit code."""
-    from hmc import sampler as _sampler
-
+    out = out or sys.stdout
     data = _config.resolved(cfg, config_dir)
     run_dir = _rundir.RunDirectory(cfg.output.dir)
     set_precision(cfg.run.precision)
     ident = _rundir.identity(data)
+    os.makedirs(run_dir.path, exist_ok=True)
+    with _rundir.exclusive(run_dir.path):
+        return _execute_locked(cfg, config_dir, data, run_dir, ident, out, progress)
+
+
+def _execute_locked(cfg: _config.RunConfig, config_dir: str | None, data: dict[str, Any],
+                    run_dir: _rundir.RunDirectory, ident: dict[str, Any], out: TextIO, progress: bool) -> int:
+    from hmc import sampler as _sampler
 
     resume, log = None, []
+    run_dir.remove_stale_temporaries()
     if run_dir.has_checkpoint():
         resume, saved, log = run_dir.load_checkpoint()
+        # chunks after the checkpoint are sampled again; keep what was said after it (a stop, a refusal)
+        on_disk = _rundir.read_jsonl(run_dir.file("log.jsonl"))
+        if on_disk[: len(log)] == log:
+            log = log + [r for r in on_disk[len(log):] if r.get("event") != "chunk"]
         reasons = _rundir.mismatches(saved, ident)
         if reasons:
             raise _rundir.CheckpointMismatch(run_dir.path, reasons)
@@ -256,8 +268,9 @@ def potential_for(path: str) -> Any:
 
 
 
-def check(cfg: _config.RunConfig, config_dir: str | None, out: TextIO = sys.stdout) -> int:
+def check(cfg: _config.RunConfig, config_dir: str | None, out: TextIO | None = None) -> int:
     """``hmc check``: the preflight of every chain's initial state, without sampling."""
+    out = out or sys.stdout
     from hmc import sampler as _sampler
 
     set_precision(cfg.run.precision)
