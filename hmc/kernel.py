@@ -197,7 +197,10 @@ def build_kernel(
         if per_step:
             kinetic_at_trip = metric.kinetic_energy(flags.momentum)
             energy_at_trip = new_potential + kinetic_at_trip
-            blew_up = (kinetic_at_trip - energy_start > divergence_threshold) | (
+            # a non-finite position with finite gradients at every earlier step: the
+            # integration itself overflowed (momentum inf, then inf - inf)
+            state_broken = ~jnp.isfinite(_integrators.tree_sum(flags.position))
+            blew_up = (kinetic_at_trip - energy_start > divergence_threshold) | state_broken | (
                 jnp.isfinite(new_potential) & (energy_at_trip - energy_start > divergence_threshold)
             )
         else:

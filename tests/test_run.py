@@ -409,3 +409,47 @@ def test_factory_file_relative_to_config_and_resolved_absolute(tmp_path):
     resolved = config.load(str(tmp_path / "out" / "config.yaml"))
     assert resolved.model.factory == f"{models}:make"
     assert nc(str(tmp_path / "out"))["exact"] == {"x0": 0.0}
+
+
+# -- the SLURM template ------------------------------------------------------------------------
+
+
+def test_array_template_forwards_usr1_and_requeues(reference, tmp_path):
+    """scripts/slurm/array.sbatch under bash with SLURM's variables and a stand-in scontrol:
+    USR1 to the batch shell reaches hmc, which checkpoints and exits 75; the script requeues."""
+    tmp, cfg_path, _ = reference
+    sweep_cfg = tmp_path / "sweep.yaml"
+    sweep_cfg.write_text(open(cfg_path).read() + "sweep: {sampler.num_steps: [4, 5]}\n")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'scontrol.args'}\n")
+    (fake / "scontrol").chmod(0o755)
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "slurm", "array.sbatch")
+    env = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}", SLURM_ARRAY_JOB_ID="77", SLURM_ARRAY_TASK_ID="1",
+               SLURM_JOB_ID="78", HMC=f"{sys.executable} -m hmc.cli", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.Popen(["bash", script, str(sweep_cfg), f"output.dir={tmp_path / 'out'}"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    point = str(tmp_path / "out" / "sweep-0001")
+    _wait_for_chunks(point, 3, proc)
+    proc.send_signal(signal.SIGUSR1)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 75, stderr
+    assert (tmp_path / "scontrol.args").read_text().split() == ["requeue", "77_1"]
+    assert rundir.RunDirectory(point).has_checkpoint()
+    assert config.load(os.path.join(point, "config.yaml")).sampler.num_steps == 5
+
+
+def test_shipped_configs_are_valid_cover_every_model_and_pass_preflight(capsys):
+    import glob
+
+    import physics_models
+
+    paths = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.yaml")))
+    models = set()
+    for path in paths:
+        cfg = config.load(path)
+        models.add(cfg.model.name)
+        if not cfg.sweep:
+            assert runner.check(cfg, os.path.dirname(path)) == 0, path
+    assert set(physics_models.REGISTRY) <= models
+    assert "preflight: ok" in capsys.readouterr().out
