@@ -437,6 +437,7 @@ def test_array_template_forwards_usr1_and_requeues(reference, tmp_path):
     assert (tmp_path / "scontrol.args").read_text().split() == ["requeue", "77_1"]
     assert rundir.RunDirectory(point).has_checkpoint()
     assert config.load(os.path.join(point, "config.yaml")).sampler.num_steps == 5
+    assert os.listdir(tmp_path / "cache"), "the template's compilation cache was not used"
 
 
 def test_shipped_configs_are_valid_cover_every_model_and_pass_preflight(capsys):
