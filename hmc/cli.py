@@ -193,7 +193,14 @@ def _setup_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    top = parser()
+    # overrides may follow options too (hmc run c.yaml --out d key=value): argparse leaves those over
+    args, extra = top.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        top.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     _setup_logging()
     from hmc.config import ConfigError
     from hmc.rundir import CheckpointMismatch, RunDirectoryBusy

@@ -308,4 +308,5 @@ def sample_kwargs(config: RunConfig) -> dict[str, Any]:
         guard_check=g.check,
         chunk_size=r.chunk_size,
         precision=r.precision,
+        devices=r.devices,
     )

@@ -170,12 +170,14 @@ def versions() -> dict[str, str]:
             "numpyro": numpyro.__version__}
 
 
-def device_layout() -> dict[str, Any]:
-    """The devices this process samples on (the chain axis is not sharded yet: one device)."""
+def device_layout(devices: Any = "auto", num_chains: int = 1) -> dict[str, Any]:
+    """The devices this process samples on (``run.devices`` resolved for ``num_chains``)."""
     import jax
 
-    device = jax.devices()[0]
-    return {"platform": device.platform, "device_kind": device.device_kind, "num_devices": 1,
+    from hmc.sampler import resolve_devices
+
+    used = resolve_devices(devices, num_chains)
+    return {"platform": used[0].platform, "device_kind": used[0].device_kind, "num_devices": len(used),
             "process_count": jax.process_count()}
 
 
@@ -210,7 +212,8 @@ def identity(config_dict: Mapping[str, Any]) -> dict[str, Any]:
         "versions": versions(),
         "precision": config_dict.get("run", {}).get("precision"),
         "x64": bool(jax.config.read("jax_enable_x64")),
-        "devices": device_layout(),
+        "devices": device_layout(config_dict.get("run", {}).get("devices", "auto"),
+                                 config_dict.get("sampler", {}).get("num_chains", 1)),
     }
 
 

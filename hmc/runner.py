@@ -78,7 +78,10 @@ def execute(cfg: _config.RunConfig, config_dir: str | None, out: TextIO | None =
     data = _config.resolved(cfg, config_dir)
     run_dir = _rundir.RunDirectory(cfg.output.dir)
     set_precision(cfg.run.precision)
-    ident = _rundir.identity(data)
+    try:
+        ident = _rundir.identity(data)
+    except ValueError as err:  # the device count does not fit
+        raise _config.ConfigError([f"run.devices: {err}"]) from None
     os.makedirs(run_dir.path, exist_ok=True)
     with _rundir.exclusive(run_dir.path):
         return _execute_locked(cfg, config_dir, data, run_dir, ident, out, progress)

@@ -162,6 +162,7 @@ def sample(
     progress: bool = True,
     resume: Checkpoint | None = None,
     on_chunk: Callable[[ChunkEnd], bool | None] | None = None,
+    devices: int | str | None = None,
 ) -> SampleResult:
     """Sample ``exp(-U)`` with HMC on ``num_chains`` chains at once.
 
@@ -223,6 +224,11 @@ def sample(
         A :class:`Checkpoint` from an earlier call with the same arguments: the
         run continues where it stopped and gives draws bit-identical to an
         uninterrupted run (preflight and the step-size heuristic are not repeated).
+    devices
+        ``None`` or ``1``: one device. ``"auto"``: shard the chain axis over the
+        local devices (as many as divide ``num_chains``); an integer ``n``: over
+        the first ``n`` local devices (``num_chains`` must be a multiple of ``n``).
+        Pooled adaptation then averages over all chains across devices.
     on_chunk
         Called after every chunk with a :class:`ChunkEnd` (a log record and a
         ``snapshot()`` that returns a :class:`Checkpoint`); returning ``True``
@@ -255,6 +261,7 @@ def sample(
 
     chain_root = _root_keys(seed)[1]
     chains = np.arange(num_chains)
+    mesh_devices = resolve_devices(devices, num_chains)
     if init_positions is None:
         positions = initial_positions(potential, seed, num_chains)
     else:
@@ -322,6 +329,8 @@ def sample(
     if resume is not None:
         states = _restore_leaves(states, resume.arrays, "state")
         adapt_state = _restore_leaves(adapt_state, resume.arrays, "adapt")
+    if len(mesh_devices) > 1:
+        states, chain_keys, adapt_state = _shard(mesh_devices, states, chain_keys, adapt_state, pooled)
     static = _Static(
         integrator=integrator,
         num_steps=num_steps,
@@ -575,6 +584,7 @@ def sample(
             target_accept=target_accept,
             thin=thin,
             guard=guard,
+            devices=len(mesh_devices),
             dtype=jnp.dtype(dtype).name,
             observables=list(potential.observables),
             record=list(record),
@@ -587,6 +597,49 @@ def sample(
         derived=dict(potential.derived),
         stopped=stopped,
     )
+
+
+def _ordered_mean(x: jax.Array) -> jax.Array:
+    """Mean over the chain axis summed in chain order: the same rounding whether the
+    chains live on one device or are sharded over several (a tree reduction across
+    devices would round differently, and adaptation would amplify it)."""
+    total = jax.lax.scan(lambda acc, v: (acc + v, None), jnp.zeros((), x.dtype), x)[0]
+    return total / x.shape[0]
+
+
+def resolve_devices(devices: int | str | None, num_chains: int) -> list[Any]:
+    """The local devices the chain axis is sharded over (see ``sample(devices=...)``)."""
+    local = jax.local_devices()
+    if devices is None:
+        return local[:1]
+    if devices == "auto":
+        n = max(k for k in range(1, len(local) + 1) if num_chains % k == 0)
+        if n < len(local):
+            logger.warning("num_chains=%d is not a multiple of the %d local devices: sampling on %d of them "
+                           "(choose a multiple of %d to use all)", num_chains, len(local), n, len(local))
+        return local[:n]
+    if isinstance(devices, str) or int(devices) != devices or devices < 1:
+        raise ValueError(f"devices must be 'auto' or a positive integer, got {devices!r}")
+    if devices > len(local):
+        raise ValueError(f"devices={devices}, but this process sees {len(local)} device(s): {local}")
+    if num_chains % devices:
+        raise ValueError(f"num_chains={num_chains} is not a multiple of devices={devices}: the chain axis "
+                         f"is split evenly (use num_chains={devices * -(-num_chains // devices)})")
+    return local[:devices]
+
+
+def _shard(devices: list[Any], states: Any, chain_keys: Any, adapt_state: Any, pooled: bool) -> tuple:
+    """Chain-axis arrays split over ``devices``; a pooled adaptation state replicated."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.array(devices), ("chain",))
+    by_chain = NamedSharding(mesh, PartitionSpec("chain"))
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def put(tree: Any, sharding: Any) -> Any:
+        return jax.tree_util.tree_map(lambda x: jax.device_put(x, sharding), tree)
+
+    return put(states, by_chain), put(chain_keys, by_chain), put(adapt_state, replicated if pooled else by_chain)
 
 
 def _root_keys(seed: int) -> tuple[jax.Array, jax.Array]:
@@ -834,7 +887,7 @@ def _build_chunk_functions(potential: Potential, st: _Static) -> tuple:
             )
 
         if st.pooled:
-            return update(adapt_state, info.acceptance_rate.mean(), flat)
+            return update(adapt_state, _ordered_mean(info.acceptance_rate), flat)
         return jax.vmap(update)(adapt_state, info.acceptance_rate, flat[:, None, :])
 
     @jax.jit
@@ -931,7 +984,8 @@ def _build_step_size_finder(potential: Potential, integrator: str, pooled: bool)
         if pooled:
 
             def acc(eps):
-                return jax.vmap(one_chain_acceptance, in_axes=(0, 0, None, None))(chain_keys, states, eps, minv).mean()
+                return _ordered_mean(jax.vmap(one_chain_acceptance, in_axes=(0, 0, None, None))(
+                    chain_keys, states, eps, minv))
 
             return _adaptation.find_reasonable_step_size(acc, initial)
 

@@ -1,0 +1,115 @@
+"""Chains sharded over several devices give the same draws as one device.
+
+JAX fixes the device count when its backend starts, so each check runs in a fresh
+process with ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` (4 CPU devices).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent('''
+    import json, os, sys
+    import jax, numpy as np, hmc, physics_models as pm
+    import physics_models.broken
+
+    out = {"devices": len(jax.devices())}
+    pot = pm.get("phi4")(shape=(6, 6))
+    base = dict(seed=1, num_chains=8, num_warmup=60, num_samples=30, chunk_size=20, progress=False)
+    cases = {
+        "pooled_diagonal": {},
+        "per_chain_dense": dict(adaptation="per_chain", mass_matrix="dense"),
+        "step_guard_jitter": dict(guard_check="step", trajectory_length=1.0, jitter=0.3),
+    }
+    for name, extra in cases.items():
+        one = hmc.sample(pot, **base, **extra)
+        four = hmc.sample(pot, **base, **extra, devices=4)
+        out[name] = max(float(np.max(np.abs(one.draws[k] - four.draws[k]))) for k in one.draws)
+        out[name + "_stats"] = all(np.array_equal(one.stats[k], four.stats[k]) for k in one.stats)
+        out[name + "_devices"] = four.settings["devices"]
+    # a model whose gradient breaks mid-run: trips located and replayed on sharded chains
+    broken = pm.broken.log_zero()
+    kw = dict(seed=2, num_chains=8, num_warmup=0, step_size=0.3, num_samples=200, chunk_size=50, progress=False)
+    one, four = hmc.sample(broken, **kw), hmc.sample(broken, **kw, devices=4)
+    out["broken_trips"] = int(one.stats["guard_tripped"].sum())
+    out["broken_same"] = bool(np.array_equal(one.stats["guard_tripped"], four.stats["guard_tripped"]))
+    out["broken_events"] = [(e.term, e.primitive) for e in four.guard_events] == [
+        (e.term, e.primitive) for e in one.guard_events]
+    auto = hmc.sample(pot, **dict(base, num_chains=6), devices="auto")
+    out["auto_devices_for_6_chains"] = auto.settings["devices"]
+    try:
+        hmc.sample(pot, **dict(base, num_chains=6), devices=4)
+    except ValueError as err:
+        out["indivisible"] = str(err)
+    print("RESULT", json.dumps(out))
+''')
+
+
+@pytest.fixture(scope="module")
+def four_devices():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(l for l in done.stdout.splitlines() if l.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+def test_four_cpu_devices_exist(four_devices):
+    assert four_devices["devices"] == 4
+
+
+@pytest.mark.parametrize("case", ["pooled_diagonal", "per_chain_dense", "step_guard_jitter"])
+def test_sharded_draws_are_bit_identical(four_devices, case):
+    # the pooled mean over chains is summed in chain order, so even adaptation agrees to the bit
+    assert four_devices[case] == 0.0
+    assert four_devices[case + "_stats"]
+    assert four_devices[case + "_devices"] == 4
+
+
+def test_guard_trips_located_on_sharded_chains(four_devices):
+    assert four_devices["broken_trips"] > 0
+    assert four_devices["broken_same"] and four_devices["broken_events"]
+
+
+def test_device_count_must_divide_chains(four_devices):
+    assert four_devices["auto_devices_for_6_chains"] == 3  # the largest count that divides 6
+    assert "num_chains=6 is not a multiple of devices=4" in four_devices["indivisible"]
+
+
+def test_cli_run_on_four_devices_and_refusal_to_resume_on_another_layout(tmp_path):
+    """A run checkpointed on one device (run.devices: auto) is not resumed on four."""
+    import signal
+    import time
+
+    cfg = tmp_path / "phi4.yaml"
+    cfg.write_text("model: {name: phi4, params: {shape: [4, 4]}}\n"
+                   "sampler: {num_chains: 8, num_warmup: 20, num_samples: 400, num_steps: 5}\n"
+                   "run: {chunk_size: 5, devices: auto}\noutput: {dir: out}\n")
+    command = [sys.executable, "-m", "hmc.cli", "run", str(cfg), "--no-progress"]
+    one = dict(os.environ, JAX_PLATFORMS="cpu")
+    one.pop("XLA_FLAGS", None)
+    proc = subprocess.Popen(command, cwd=tmp_path, env=one, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "out" / "log.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and log.read_text().count('"chunk"') >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err[-2000:]
+    four = dict(one, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    again = subprocess.run(command, cwd=tmp_path, env=four, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 4, again.stderr[-2000:]
+    assert "device layout num_devices: checkpoint 1, this run 4" in again.stderr
+    fresh = subprocess.run(command + ["--out", "out4", "sampler.num_samples=20"], cwd=tmp_path, env=four,
+                           capture_output=True, text=True, timeout=300)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    import xarray as xr
+
+    with xr.open_datatree(tmp_path / "out4" / "draws.nc", engine="h5netcdf") as tree:
+        assert '"num_devices": 4' in tree.attrs["devices"]
