@@ -48,6 +48,7 @@ def load(run_dir: str) -> dict[str, Any]:
     d = rundir.RunDirectory(run_dir)
     if d.has_draws():
         data = rundir.read_draws(d.file("draws.nc"))
+        data["observables"] = [k for k, kind in data["kinds"].items() if kind == "observable"]
         data["events"] = rundir.read_jsonl(d.file("guard.jsonl"))
         data["status"] = "complete"
     else:
@@ -64,7 +65,9 @@ def plot_run(run_dir: str, observables: list[str] | None = None) -> list[str]:
     folder = os.path.join(run_dir, "plots")
     os.makedirs(folder, exist_ok=True)
     draws = data["draws"]
-    names = observables if observables is not None else list(draws)
+    if observables is None:  # the model's observables, not the recorded state leaves
+        observables = data.get("observables") or list(draws)
+    names = observables
     written = []
     settings = _settings(run_dir)
     for name in names:
@@ -133,21 +136,28 @@ def trace_figure(name: str, x: np.ndarray, exact: Any = None) -> Any:
 
 def vector_figure(name: str, x: np.ndarray, exact: Any = None) -> Any:
     """A vector observable: mean over all draws with 2-MCSE bars against its index."""
-    fig = _figure(8, 3.6)
-    ax = fig.subplots()
+    known = exact is not None and np.shape(exact) == x.shape[2:]
+    fig = _figure(8, 5.5 if known else 3.6)
+    ax, z_ax = fig.subplots(2, 1, sharex=True, height_ratios=[2, 1]) if known else (fig.subplots(), None)
     mean = x.mean(axis=(0, 1))
     err = diagnostics.mcse(x)
     index = np.arange(x.shape[2])
     ax.errorbar(index, mean, yerr=2 * err, fmt="o", ms=3, capsize=2, label="estimate ± 2 MCSE")
-    if exact is not None and np.shape(exact) == mean.shape:
+    if known:
         ax.plot(index, np.asarray(exact), "k--", lw=1, label="exact")
         z = (mean - np.asarray(exact)) / np.where(err > 0, err, np.nan)
         ax.set_title(f"{name}: max |z| = {np.nanmax(np.abs(z)):.2f} over {mean.size} components", fontsize=9, loc="left")
+        z_ax.axhspan(-2, 2, color="gray", alpha=0.2, label="|z| < 2")
+        z_ax.plot(index, z, "o", ms=3, color=COLORS[0])
+        z_ax.axhline(0, color="black", lw=0.6)
+        z_ax.set_ylabel("z = (estimate - exact) / MCSE", fontsize=8)
+        z_ax.set_xlabel("index")
+        z_ax.legend(fontsize=8, loc="upper right")
     else:
         ax.set_title(name, fontsize=9, loc="left")
-    ax.set_xlabel("index")
+        ax.set_xlabel("index")
     ax.set_ylabel(name)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper right")
     return fig
 
 
@@ -169,7 +179,7 @@ def energy_figure(energy: np.ndarray) -> Any:
                  f"({int(np.sum(e < 0.3))} chain(s) below 0.3)", fontsize=9, loc="left")
     ax.set_xlabel("energy (centred)")
     ax.set_ylabel("density")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper right")
     return fig
 
 
@@ -273,5 +283,5 @@ def autocorrelation_figure(scalars: Mapping[str, np.ndarray]) -> Any:
     ax.set_xlabel("lag (draws)")
     ax.set_ylabel("autocorrelation")
     ax.set_title("autocorrelation, averaged over chains; tau_int = draws / ESS", fontsize=9, loc="left")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper right")
     return fig

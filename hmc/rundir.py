@@ -415,6 +415,7 @@ def write_draws(
     warmup_stats: Mapping[str, np.ndarray],
     exact: Mapping[str, Any],
     attrs: Mapping[str, Any],
+    observables: Iterable[str] = (),
 ) -> None:
     """``draws.nc``: ``posterior`` (observables and recorded leaves; an observable's
     exact value, when known, is its ``exact`` attribute), ``sample_stats`` and
@@ -423,7 +424,10 @@ def write_draws(
 
     group_attrs = _netcdf_attrs(dict(attrs, created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(),
                                      inference_library="guarded-hmc"))
-    var_attrs = {k: {"exact": np.asarray(v, np.float64)} for k, v in exact.items() if k in draws}
+    var_attrs: dict[str, dict] = {k: {"hmc_kind": "observable" if k in observables else "state"} for k in draws}
+    for k, v in exact.items():
+        if k in draws:
+            var_attrs[k]["exact"] = np.asarray(v, np.float64)
     groups = {
         "posterior": _dataset(draws, group_attrs, var_attrs),
         "sample_stats": _dataset({k: stats[k] for k in STAT_NAMES if k in stats}, group_attrs),
@@ -467,8 +471,10 @@ def read_draws(path: str) -> dict[str, Any]:
         exact = {str(posterior[v].attrs.get("hmc_name", v)): np.asarray(posterior[v].attrs["exact"])
                  for v in posterior.data_vars if "exact" in posterior[v].attrs}
         exact = {k: (v.item() if v.ndim == 0 else v) for k, v in exact.items()}
+        kinds = {str(posterior[v].attrs.get("hmc_name", v)): str(posterior[v].attrs.get("hmc_kind", "observable"))
+                 for v in posterior.data_vars}
         return dict(draws=group("posterior"), stats=group("sample_stats"), warmup_stats=group("warmup_sample_stats"),
-                    exact=exact, attrs=dict(tree.attrs))
+                    exact=exact, attrs=dict(tree.attrs), kinds=kinds)
 
 
 def dump_config(config_dict: Mapping[str, Any]) -> str:

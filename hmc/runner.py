@@ -158,7 +158,7 @@ def _execute_locked(cfg: _config.RunConfig, config_dir: str | None, data: dict[s
 
     attrs = provenance(cfg, data, ident, potential.name)
     _rundir.write_draws(run_dir.file("draws.nc"), result.draws, result.stats, result.warmup_stats,
-                        result.exact, attrs)
+                        result.exact, attrs, observables=result.settings["observables"])
     _rundir.write_jsonl(run_dir.file("guard.jsonl"), [e.to_dict() for e in result.guard_events])
     run_dir.prune_checkpoint()
     summary = summarize_run(run_dir.path, potential, result=result)
@@ -209,7 +209,7 @@ def summarize_run(path: str, potential: Any = None, result: Any = None) -> dict[
     elif run_dir.has_draws():
         data = _rundir.read_draws(run_dir.file("draws.nc"))
         draws, stats, warmup, exact = data["draws"], data["stats"], data["warmup_stats"], data["exact"]
-        observables = list(potential.observables) if potential is not None else list(draws)
+        observables = [k for k, kind in data["kinds"].items() if kind == "observable"]
         config = _config.build(_load_yaml(run_dir.file("config.yaml")))
         integrator = config.sampler.integrator
         log = _rundir.read_jsonl(run_dir.file("log.jsonl"))
