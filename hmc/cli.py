@@ -72,6 +72,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.out is not None:
         cfg = config.build(cfg.model_dump(), [("output.dir", args.out)])
+    runner.start_distributed(cfg)
     if not cfg.sweep:
         return runner.execute(cfg, config_dir, progress=not args.no_progress)
     index = args.index if args.index is not None else os.environ.get("SLURM_ARRAY_TASK_ID")

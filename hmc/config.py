@@ -76,6 +76,7 @@ class RunSection(_Section):
     chunk_size: PositiveInt = 100
     checkpoint_every: PositiveInt = 1
     devices: Literal["auto"] | PositiveInt = "auto"
+    distributed: Literal["auto"] | bool = "auto"
 
 
 class OutputConfig(_Section):

@@ -55,6 +55,19 @@ class CheckpointMismatch(RuntimeError):
 
 # -- atomic files ---------------------------------------------------------------
 
+# With several processes (jax.distributed) only process 0 writes the run directory;
+# the others compute the same host-side results and write nothing.
+_WRITER = True
+
+
+def set_writer(writes: bool) -> None:
+    global _WRITER
+    _WRITER = bool(writes)
+
+
+def is_writer() -> bool:
+    return _WRITER
+
 
 def _fsync_dir(folder: str) -> None:
     with contextlib.suppress(OSError):  # not every file system allows it
@@ -73,6 +86,8 @@ def _umask() -> int:
 
 def atomic_write(path: str, write: Callable[[Any], None], binary: bool = True) -> None:
     """Create or replace ``path`` atomically with what ``write(file)`` writes."""
+    if not _WRITER:
+        return
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
@@ -249,6 +264,10 @@ def exclusive(path: str) -> Any:
     """Hold ``path/.lock`` (an flock, released by the kernel even after ``kill -9``)."""
     import fcntl
 
+    if not _WRITER:
+        yield
+        return
+
     fh = open(os.path.join(path, ".lock"), "a+")
     try:
         try:
@@ -282,7 +301,9 @@ class RunDirectory:
 
     def remove_stale_temporaries(self) -> list[str]:
         """Delete the temporary files a killed process left behind (never a finished file)."""
-        removed = []
+        removed: list[str] = []
+        if not _WRITER:
+            return removed
         for folder in (self.path, self.checkpoint_dir, os.path.join(self.path, "plots")):
             if not os.path.isdir(folder):
                 continue
@@ -302,6 +323,8 @@ class RunDirectory:
     # checkpoint ---------------------------------------------------------------
     def save_checkpoint(self, checkpoint: Checkpoint, ident: Mapping[str, Any], log: list[dict]) -> None:
         """Chunk files not yet on disk, then the state file that makes them part of the checkpoint."""
+        if not _WRITER:
+            return
         folder = self.checkpoint_dir
         os.makedirs(folder, exist_ok=True)
         for phase, chunks in (("warmup", checkpoint.warmup_chunks), ("sample", checkpoint.sample_chunks)):
@@ -315,6 +338,8 @@ class RunDirectory:
     def prune_checkpoint(self) -> None:
         """Once ``draws.nc`` holds the draws, drop the chunk files (the state file stays,
         marked complete, so that rerunning the command reports the finished run)."""
+        if not _WRITER:
+            return
         folder = self.checkpoint_dir
         arrays, meta = _loadz(os.path.join(folder, STATE_FILE))
         if not meta.get("complete"):
@@ -422,6 +447,8 @@ def write_draws(
     ``warmup_sample_stats``, each with the provenance ``attrs``."""
     import xarray as xr
 
+    if not _WRITER:
+        return
     group_attrs = _netcdf_attrs(dict(attrs, created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(),
                                      inference_library="guarded-hmc"))
     var_attrs: dict[str, dict] = {k: {"hmc_kind": "observable" if k in observables else "state"} for k in draws}

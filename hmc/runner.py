@@ -75,6 +75,8 @@ def stop_on_signals() -> Iterator[dict[str, Any]]:
 def execute(cfg: _config.RunConfig, config_dir: str | None, out: TextIO | None = None, progress: bool = True) -> int:
     """Run (or resume) ``cfg`` in its ``output.dir``; returns the exit code."""
     out = out or sys.stdout
+    if not _rundir.is_writer():
+        out = open(os.devnull, "w")  # noqa: SIM115 - process 0 speaks for all
     data = _config.resolved(cfg, config_dir)
     run_dir = _rundir.RunDirectory(cfg.output.dir)
     set_precision(cfg.run.precision)
@@ -82,7 +84,8 @@ def execute(cfg: _config.RunConfig, config_dir: str | None, out: TextIO | None =
         ident = _rundir.identity(data)
     except ValueError as err:  # the device count does not fit
         raise _config.ConfigError([f"run.devices: {err}"]) from None
-    os.makedirs(run_dir.path, exist_ok=True)
+    if _rundir.is_writer():
+        os.makedirs(run_dir.path, exist_ok=True)
     with _rundir.exclusive(run_dir.path):
         return _execute_locked(cfg, config_dir, data, run_dir, ident, out, progress)
 
@@ -109,7 +112,8 @@ def _execute_locked(cfg: _config.RunConfig, config_dir: str | None, data: dict[s
         print(summary["text"], file=out)
         return EXIT_GUARD if resume.meta.get("halted") else EXIT_OK
 
-    os.makedirs(run_dir.path, exist_ok=True)
+    if _rundir.is_writer():
+        os.makedirs(run_dir.path, exist_ok=True)
     _rundir.write_text(run_dir.file("config.yaml"), _rundir.dump_config(data))
     log.append(dict(event="resume" if resume is not None else "start", time=_now(),
                     iterations_done=(resume.meta["warmup_done"] + resume.meta["drawn"]) if resume else 0,
@@ -129,7 +133,7 @@ def _execute_locked(cfg: _config.RunConfig, config_dir: str | None, data: dict[s
             log.append(dict(end.record, event="chunk", time=_now()))
             since[0] += 1
             final = end.record["halted"] or end.record["iterations_done"] >= end.record["iterations_total"]
-            stop = flag["signal"] is not None
+            stop = _any_process(flag["signal"] is not None)
             if since[0] >= every or final or stop:
                 run_dir.save_checkpoint(end.snapshot(), ident, log)
                 since[0] = 0
@@ -168,7 +172,8 @@ def _execute_locked(cfg: _config.RunConfig, config_dir: str | None, data: dict[s
     try:
         from hmc import plots
 
-        plots.plot_run(run_dir.path)
+        if _rundir.is_writer():
+            plots.plot_run(run_dir.path)
     except Exception as err:  # a figure must never cost the draws
         logger.warning("plots were not written: %s", err)
     print(summary["text"], file=out)
@@ -177,6 +182,46 @@ def _execute_locked(cfg: _config.RunConfig, config_dir: str | None, data: dict[s
         print(f"sampling halted: {result.halt_reason}", file=out)
         return EXIT_GUARD
     return EXIT_OK
+
+
+def _any_process(value: bool) -> bool:
+    """``value`` or-ed over all processes (a signal may reach only some of them)."""
+    import jax
+
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.array([value]))))
+
+
+def start_distributed(cfg: _config.RunConfig) -> bool:
+    """``jax.distributed.initialize()`` when the run spans several processes: ``run.distributed:
+    true``, or ``auto`` under ``srun`` with ``SLURM_NTASKS > 1``. The coordinator comes from
+    SLURM, or from ``HMC_COORDINATOR_ADDRESS``, ``HMC_NUM_PROCESSES`` and ``HMC_PROCESS_ID``.
+    Must run before JAX touches a device; returns whether it did."""
+    import jax
+
+    wanted = cfg.run.distributed
+    if wanted == "auto":
+        wanted = int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_NODELIST" in os.environ
+    if not wanted:
+        return False
+    kwargs: dict[str, Any] = {}
+    if "HMC_COORDINATOR_ADDRESS" in os.environ:
+        kwargs = dict(coordinator_address=os.environ["HMC_COORDINATOR_ADDRESS"],
+                      num_processes=int(os.environ["HMC_NUM_PROCESSES"]),
+                      process_id=int(os.environ["HMC_PROCESS_ID"]))
+    # CPU processes talk through gloo (GPUs use NCCL whatever this says)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(**kwargs)
+    except (ValueError, RuntimeError) as err:
+        raise _config.ConfigError([f"run.distributed: jax.distributed.initialize() failed: {err}"]) from None
+    _rundir.set_writer(jax.process_index() == 0)
+    logger.info("process %d of %d, %d device(s) in all", jax.process_index(), jax.process_count(),
+                jax.device_count())
+    return True
 
 
 def provenance(cfg: _config.RunConfig, data: dict[str, Any], ident: dict[str, Any], model: str) -> dict[str, Any]:

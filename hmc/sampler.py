@@ -376,6 +376,7 @@ def sample(
 
     def handle_trips(trips: tuple, phase: str) -> None:
         """Attribute the located trips of a chunk (a few, deduplicated by term and primitive)."""
+        trips = _host(trips)
         count = int(trips[0])
         chains_, iterations, steps = (np.asarray(x) for x in trips[1:4])
         seen: set[tuple] = set()
@@ -436,7 +437,10 @@ def sample(
             return
         picked = (np.arange(k) + chunk_index * k) % num_chains
         chunk_index += 1
-        current = jax.tree_util.tree_map(lambda x: x[picked], states.position)
+        if jax.process_count() > 1:  # chains live on other hosts too: gather them first
+            current = jax.tree_util.tree_map(lambda x: x[picked], _host(states.position))
+        else:
+            current = jax.tree_util.tree_map(lambda x: x[picked], states.position)
         for event in _guard.check_element_reach(
             potential, current, picked, probe_fn, phase=phase, action="reported", draw=draw
         ):
@@ -448,8 +452,8 @@ def sample(
 
     def snapshot() -> Checkpoint:
         """The whole sampler state now (at a chunk boundary)."""
-        arrays = {f"state/{i}": np.asarray(x) for i, x in enumerate(jax.tree_util.tree_leaves(states))}
-        arrays.update({f"adapt/{i}": np.asarray(x) for i, x in enumerate(jax.tree_util.tree_leaves(adapt_state))})
+        arrays = {f"state/{i}": x for i, x in enumerate(jax.tree_util.tree_leaves(_host(states)))}
+        arrays.update({f"adapt/{i}": x for i, x in enumerate(jax.tree_util.tree_leaves(_host(adapt_state)))})
         return Checkpoint(
             meta=dict(
                 format=Checkpoint.FORMAT,
@@ -518,7 +522,7 @@ def sample(
             n = min(chunk_size, num_warmup - start)
             t0 = time.perf_counter()
             states, adapt_state, trips, out = warmup_chunk(chain_keys, states, adapt_state, start, n)
-            out = {k: np.asarray(v[:n]) for k, v in out.items()}
+            out = {k: v[:n] for k, v in _host(out).items()}
             seconds = time.perf_counter() - t0
             warmup_out.append(out)
             warmup_done += n
@@ -531,7 +535,7 @@ def sample(
             n = min(chunk_size, num_samples - drawn)
             t0 = time.perf_counter()
             states, trips, out = sample_chunk(chain_keys, states, eps, minv, start, n)
-            out = {k: np.asarray(v[:n]) for k, v in out.items()}
+            out = {k: v[:n] for k, v in _host(out).items()}
             seconds = time.perf_counter() - t0
             sample_out.append(out)
             drawn += n
@@ -561,6 +565,7 @@ def sample(
                                   (np.int32 if k == "n_steps" else dtype))
     draws = {k: v for k, v in sampled.items() if not k.startswith(STAT_PREFIX)}
     stats = {k: sampled[STAT_PREFIX + k] for k in STAT_NAMES}
+    adapt_state = _host(adapt_state)
     step_out = np.asarray(adapt_state.step_size)
     return SampleResult(
         draws=draws,
@@ -569,7 +574,7 @@ def sample(
         guard_events=events,
         step_size=step_out,
         inverse_mass_matrix=None if mass_matrix == "identity" else np.asarray(adapt_state.inverse_mass_matrix),
-        final_positions=jax.tree_util.tree_map(np.asarray, states.position),
+        final_positions=_host(states.position),
         settings=dict(
             seed=seed,
             num_chains=num_chains,
@@ -607,8 +612,29 @@ def _ordered_mean(x: jax.Array) -> jax.Array:
     return total / x.shape[0]
 
 
+def _host(tree: Any) -> Any:
+    """Device arrays as numpy on this host; with several processes every process gets
+    every chain (an all-gather), so the host loop runs identically everywhere."""
+    if jax.process_count() == 1:
+        return jax.tree_util.tree_map(np.asarray, tree)
+    from jax.experimental import multihost_utils
+
+    return jax.tree_util.tree_map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+
+
 def resolve_devices(devices: int | str | None, num_chains: int) -> list[Any]:
-    """The local devices the chain axis is sharded over (see ``sample(devices=...)``)."""
+    """The devices the chain axis is sharded over (see ``sample(devices=...)``); with
+    several processes (``jax.distributed``), all devices of all processes."""
+    if jax.process_count() > 1:
+        everywhere = jax.devices()
+        if devices not in ("auto", None, len(everywhere)):
+            raise ValueError(f"with {jax.process_count()} processes the chains are sharded over all "
+                             f"{len(everywhere)} devices: use devices='auto', not {devices!r}")
+        if num_chains % len(everywhere):
+            raise ValueError(f"num_chains={num_chains} is not a multiple of the {len(everywhere)} devices of "
+                             f"{jax.process_count()} processes (use num_chains="
+                             f"{len(everywhere) * -(-num_chains // len(everywhere))})")
+        return everywhere
     local = jax.local_devices()
     if devices is None:
         return local[:1]
@@ -636,8 +662,19 @@ def _shard(devices: list[Any], states: Any, chain_keys: Any, adapt_state: Any, p
     by_chain = NamedSharding(mesh, PartitionSpec("chain"))
     replicated = NamedSharding(mesh, PartitionSpec())
 
+    def put_one(x: Any, sharding: Any) -> Any:
+        if jax.process_count() == 1:
+            return jax.device_put(x, sharding)
+        # every process holds the same full value; each places the shards its devices own
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = np.asarray(jax.random.key_data(x))
+            global_data = jax.make_array_from_callback(data.shape, sharding, lambda idx: data[idx])
+            return jax.jit(jax.random.wrap_key_data, out_shardings=sharding)(global_data)
+        value = np.asarray(x)
+        return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
+
     def put(tree: Any, sharding: Any) -> Any:
-        return jax.tree_util.tree_map(lambda x: jax.device_put(x, sharding), tree)
+        return jax.tree_util.tree_map(lambda x: put_one(x, sharding), tree)
 
     return put(states, by_chain), put(chain_keys, by_chain), put(adapt_state, replicated if pooled else by_chain)
 

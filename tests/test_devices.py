@@ -113,3 +113,47 @@ def test_cli_run_on_four_devices_and_refusal_to_resume_on_another_layout(tmp_pat
 
     with xr.open_datatree(tmp_path / "out4" / "draws.nc", engine="h5netcdf") as tree:
         assert '"num_devices": 4' in tree.attrs["devices"]
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_give_the_draws_of_one_process_with_two_devices(tmp_path):
+    """jax.distributed with two local CPU processes (coordinator on 127.0.0.1): process 0
+    writes the run directory, and the draws equal a one-process run on two devices."""
+    from hmc import rundir
+
+    cfg = tmp_path / "phi4.yaml"
+    cfg.write_text("model: {name: phi4, params: {shape: [4, 4]}}\n"
+                   "sampler: {num_chains: 4, num_warmup: 30, num_samples: 40, num_steps: 5}\n"
+                   "run: {chunk_size: 10}\noutput: {dir: out}\n")
+    base = dict(os.environ, JAX_PLATFORMS="cpu")
+    base.pop("XLA_FLAGS", None)
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = dict(base, HMC_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", HMC_NUM_PROCESSES="2", HMC_PROCESS_ID=str(rank))
+        procs.append(subprocess.Popen([sys.executable, "-m", "hmc.cli", "run", str(cfg), "--out", "dist",
+                                       "run.distributed=true", "--no-progress"], cwd=tmp_path, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    assert "status:" not in outputs[1][0]  # process 1 stays quiet (gloo prints a line of its own)
+    assert "status: complete" in outputs[0][0]
+    single = subprocess.run([sys.executable, "-m", "hmc.cli", "run", str(cfg), "--out", "single", "--no-progress"],
+                            cwd=tmp_path, env=dict(base, XLA_FLAGS="--xla_force_host_platform_device_count=2"),
+                            capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    a = rundir.read_draws(str(tmp_path / "dist" / "draws.nc"))
+    b = rundir.read_draws(str(tmp_path / "single" / "draws.nc"))
+    for group in ("draws", "stats", "warmup_stats"):
+        for name in b[group]:
+            assert (a[group][name] == b[group][name]).all(), f"{group}/{name}"
+    layout = json.loads(a["attrs"]["devices"])
+    assert layout["process_count"] == 2 and layout["num_devices"] == 2
