@@ -137,6 +137,8 @@ def _execute_locked(cfg: _config.RunConfig, config_dir: str | None, data: dict[s
             if since[0] >= every or final or stop:
                 run_dir.save_checkpoint(end.snapshot(), ident, log)
                 since[0] = 0
+                if stop:
+                    _any_process(False)  # a barrier: nobody exits before process 0 has written
             _rundir.write_jsonl(run_dir.file("log.jsonl"), log)
             _rundir.write_jsonl(run_dir.file("guard.jsonl"), [e.to_dict() for e in end.events])
             return stop
