@@ -202,9 +202,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--budget", type=float, default=0.3, help="seconds of limit time per configuration")
     parser.add_argument("--guard", action="store_true", help="only the guard section")
+    parser.add_argument("--scaling", action="store_true", help="only the scaling section (chains, lattice size, "
+                        "float64/float32, compile time, memory)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "BENCHMARKS.md"))
     args = parser.parse_args(argv)
 
+    if args.scaling:
+        lines = scaling_section(min(args.repeats, 3), args.budget)
+        write(args.out, lines, SCALING_BEGIN, SCALING_END, "Scaling (`scripts/bench.py --scaling`)")
+        return 0
     if args.guard:
         lines = guard_section(args.repeats)
         write(args.out, lines, GUARD_BEGIN, GUARD_END, "Guard costs (`scripts/bench.py --guard`)")
@@ -313,6 +319,89 @@ MARK_BEGIN = "<!-- bench.py:begin -->"
 MARK_END = "<!-- bench.py:end -->"
 GUARD_BEGIN = "<!-- bench.py --guard:begin -->"
 GUARD_END = "<!-- bench.py --guard:end -->"
+
+
+SCALING_BEGIN = "<!-- bench.py --scaling:begin -->"
+SCALING_END = "<!-- bench.py --scaling:end -->"
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _phi4(side: int) -> tuple[Callable, tuple[int, int]]:
+    pot = physics_models.phi4(shape=(side, side), m2=-1.0, lam=0.5)
+    return (lambda x: pot.energy({"phi": x})), (side, side)
+
+
+def _scaling_point(side: int, chains: int, repeats: int, budget: float) -> dict[str, float]:
+    """Steady-state time per trajectory of ``hmc.sample`` (guard on) against the limit,
+    paired within repeats; the first call's extra time (compilation, preflight)."""
+    U, shape = _phi4(side)
+    probe = limit_runner(U, shape, chains, 20)
+    per_grad = best_of(probe, 2) / 20
+    n_traj = int(np.clip(budget / (per_grad * L), 5, 1000))
+    limit = limit_runner(U, shape, chains, n_traj * L)
+    t0 = time.perf_counter()
+    one = ours_runner(U, shape, 0.05, chains, n_traj, "reject")  # includes the first (compiling) call
+    first_call = time.perf_counter() - t0
+    three = ours_runner(U, shape, 0.05, chains, 3 * n_traj, "reject", chunk=n_traj)
+    ratios, steady = [], []
+    for _ in range(repeats):
+        t_limit = best_of(limit, 1)
+        t1, t3 = best_of(one, 1), best_of(three, 1)
+        steady.append((t3 - t1) / 2)
+        ratios.append(steady[-1] / t_limit)
+    per_traj = float(np.median(steady)) / n_traj
+    return dict(ratio=float(np.median(ratios)), traj_per_s=chains / per_traj, compile=first_call - float(np.median(steady)),
+                rss=_peak_rss_mib(), state_kib=4 * side * side * 3 / 1024)
+
+
+def scaling_section(repeats: int, budget: float) -> list[str]:
+    lines = [f"Command: `python scripts/bench.py --scaling` ({time.strftime('%Y-%m-%d')}). {versions()}. "
+             f"One device, {jax.process_count()} process (the multi-device and multi-process paths are exercised "
+             "by tests/test_devices.py on 4 forced CPU devices and 2 local processes; no timing of them here).",
+             "",
+             "phi4 2D (m2 = -1, lam = 0.5), leapfrog L = 10, fixed step size, float32, guard on "
+             "(end-of-trajectory check); steady state = extra time of a 3x longer `hmc.sample` call; "
+             f"medians over {repeats} paired repeats. First call = the extra wall time of the first call "
+             "(tracing, XLA compilation, preflight). Peak RSS is the process high-water mark after the point "
+             "(cumulative, so read its growth).",
+             "",
+             "| lattice | chains | trajectories x chains / s | vs gradient limit | first call extra (s) | "
+             "state per chain (KiB) | peak RSS (MiB) |",
+             "|---|---|---|---|---|---|---|"]
+    points = [(32, 1), (32, 16), (32, 256), (32, 1024), (16, 16), (64, 16), (128, 16), (256, 16)]
+    for side, chains in points:
+        m = _scaling_point(side, chains, repeats, budget)
+        row = (f"| {side}x{side} | {chains} | {m['traj_per_s']:.0f} | {m['ratio']:.2f}x | {m['compile']:.2f} | "
+               f"{m['state_kib']:.0f} | {m['rss']:.0f} |")
+        print(row, flush=True)
+        lines.append(row)
+    # float64 / float32: the same run in both precisions, paired (x64 on for both)
+    jax.config.update("jax_enable_x64", True)
+    U, shape = _phi4(64)
+    pot = hmc.Potential(terms={"U": lambda q: U(q["q"])}, init=lambda key: {"q": jnp.zeros(shape)})
+
+    def runner(dtype: str) -> Callable[[], object]:
+        init = {"q": initial(shape, 16).astype(dtype)}
+
+        def run() -> object:
+            return hmc.sample(pot, seed=0, num_chains=16, num_warmup=0, num_samples=40, step_size=0.05,
+                              num_steps=L, integrator="leapfrog", mass_matrix="identity", record=[],
+                              chunk_size=40, init_positions=init, precision=dtype, progress=False).stats["lp"]
+
+        run()
+        return run
+
+    r32, r64 = runner("float32"), runner("float64")
+    ratio = float(np.median([best_of(r64, 1) / best_of(r32, 1) for _ in range(max(repeats, 3))]))
+    lines += ["", f"float64 / float32 time per call (phi4 64x64, 16 chains, 40 trajectories, x64 on for both): "
+                  f"**{ratio:.2f}x**."]
+    print(lines[-1])
+    return lines
 
 
 def write(path: str, lines: list[str], begin: str, end: str, title: str) -> None:
