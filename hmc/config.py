@@ -143,15 +143,19 @@ def build(data: Mapping[str, Any], overrides: Iterable[tuple[str, Any]] = (), so
         raise ConfigError(_problems(err), source) from None
 
 
-def load(path: str, overrides: Iterable[str] = ()) -> RunConfig:
-    """Read and validate a YAML config; ``overrides`` are ``dotted.key=value`` strings."""
+def _read_yaml(path: str, what: str) -> Any:
     if not os.path.isfile(path):
-        raise ConfigError([f"{path}: no such config file"])
+        raise ConfigError([f"{path}: no such {what}"])
     with open(path) as fh:
         try:
-            data = yaml.safe_load(fh) or {}
+            return yaml.safe_load(fh) or {}
         except yaml.YAMLError as err:
             raise ConfigError([f"{path}: not valid YAML: {err}"]) from None
+
+
+def load(path: str, overrides: Iterable[str] = ()) -> RunConfig:
+    """Read and validate a YAML config; ``overrides`` are ``dotted.key=value`` strings."""
+    data = _read_yaml(path, "config file")
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: the top level must be a mapping of sections"])
     config = build(data, parse_overrides(overrides), source=path)
@@ -162,13 +166,7 @@ def load(path: str, overrides: Iterable[str] = ()) -> RunConfig:
 def with_sweep_file(config: RunConfig, path: str) -> RunConfig:
     """``config`` with its sweep grid replaced by the one in the YAML file ``path``
     (a mapping of dotted keys to lists of values, optionally under a ``sweep:`` key)."""
-    if not os.path.isfile(path):
-        raise ConfigError([f"{path}: no such sweep file"])
-    with open(path) as fh:
-        try:
-            grid = yaml.safe_load(fh) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError([f"{path}: not valid YAML: {err}"]) from None
+    grid = _read_yaml(path, "sweep file")
     if isinstance(grid, dict) and set(grid) == {"sweep"}:
         grid = grid["sweep"]
     data = config.model_dump()

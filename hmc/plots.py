@@ -43,25 +43,9 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-def load(run_dir: str) -> dict[str, Any]:
-    """Draws, statistics, exact values and guard events of a finished or running run."""
-    d = rundir.RunDirectory(run_dir)
-    if d.has_draws():
-        data = rundir.read_draws(d.file("draws.nc"))
-        data["observables"] = [k for k, kind in data["kinds"].items() if kind == "observable"]
-        data["events"] = rundir.read_jsonl(d.file("guard.jsonl"))
-        data["status"] = "complete"
-    else:
-        data = d.checkpoint_draws()
-        data["exact"] = {}
-        data["events"] = data["meta"]["events"]
-        data["status"] = "in progress"
-    return data
-
-
 def plot_run(run_dir: str, observables: list[str] | None = None) -> list[str]:
     """Write every figure of ``run_dir``; returns their paths."""
-    data = load(run_dir)
+    data = rundir.RunDirectory(run_dir).load()
     folder = os.path.join(run_dir, "plots")
     os.makedirs(folder, exist_ok=True)
     draws = data["draws"]
@@ -69,7 +53,7 @@ def plot_run(run_dir: str, observables: list[str] | None = None) -> list[str]:
         observables = data.get("observables") or list(draws)
     names = observables
     written = []
-    settings = _settings(run_dir)
+    settings = data["config"].get("sampler", {})
     for name in names:
         if name not in draws or draws[name].shape[1] == 0:
             continue
@@ -90,17 +74,6 @@ def plot_run(run_dir: str, observables: list[str] | None = None) -> list[str]:
     if scalars and next(iter(scalars.values())).shape[1] > 4:
         written.append(_save(autocorrelation_figure(scalars), os.path.join(folder, "autocorrelation.png")))
     return written
-
-
-def _settings(run_dir: str) -> dict[str, Any]:
-    """The run's sampler settings from its config.yaml (empty if unreadable)."""
-    import yaml
-
-    try:
-        with open(os.path.join(run_dir, "config.yaml")) as fh:
-            return dict(yaml.safe_load(fh).get("sampler", {}))
-    except (OSError, AttributeError, yaml.YAMLError):
-        return {}
 
 
 def trace_figure(name: str, x: np.ndarray, exact: Any = None) -> Any:

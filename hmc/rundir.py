@@ -91,10 +91,21 @@ def atomic_write(path: str, write: Callable[[Any], None], binary: bool = True) -
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as fh:
+    os.close(fd)
+
+    def fill(tmp: str) -> None:
+        with open(tmp, "wb" if binary else "w") as fh:
             write(fh)
-            fh.flush()
+
+    _replace_atomically(path, tmp, fill)
+
+
+def _replace_atomically(path: str, tmp: str, fill: Callable[[str], None]) -> None:
+    """``fill(tmp)`` writes the temporary file; then fsync, ``os.replace`` onto ``path``
+    and fsync the folder. On any failure the temporary file is removed."""
+    try:
+        fill(tmp)
+        with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a run's files are as readable as any other
         os.replace(tmp, path)
@@ -102,7 +113,7 @@ def atomic_write(path: str, write: Callable[[Any], None], binary: bool = True) -
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(folder)
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 def write_text(path: str, text: str) -> None:
@@ -374,6 +385,29 @@ class RunDirectory:
         return Checkpoint(meta=meta, arrays=arrays, warmup_chunks=chunks["warmup"],
                           sample_chunks=chunks["sample"]), ident, log
 
+    def load(self) -> dict[str, Any]:
+        """What a run has produced, finished (``draws.nc``) or in progress (the checkpoint):
+        ``draws``, ``stats``, ``warmup_stats``, ``exact`` (``{}`` in progress: the model knows it),
+        ``observables`` (``None`` in progress), ``events``, ``status`` and ``config`` (a dict)."""
+        if self.has_draws():
+            data = read_draws(self.file("draws.nc"))
+            data["observables"] = [k for k, kind in data.pop("kinds").items() if kind == "observable"]
+            data["events"] = read_jsonl(self.file("guard.jsonl"))
+            log = read_jsonl(self.file("log.jsonl"))
+            data["status"] = "halted" if any(r.get("event") == "end" and r.get("halted") for r in log) else "complete"
+            with open(self.file("config.yaml")) as fh:
+                data["config"] = yaml.safe_load(fh)
+            return data
+        if not self.has_checkpoint():
+            raise FileNotFoundError(f"{self.path}: no draws.nc and no checkpoint: not a run directory, "
+                                    "or nothing ran yet")
+        data = self.checkpoint_draws()
+        meta, config = data.pop("meta"), data.pop("identity")["config"]
+        data.update(exact={}, observables=None, events=meta["events"], config=config,
+                    status=f"in progress: {meta['warmup_done']}/{config['sampler']['num_warmup']} warmup iterations, "
+                           f"{meta['drawn']}/{config['sampler']['num_samples']} draws")
+        return data
+
     def checkpoint_draws(self) -> dict[str, Any]:
         """Draws and statistics stored in the checkpoint so far (a run in progress)."""
         checkpoint, ident, _ = self.load_checkpoint()
@@ -469,17 +503,7 @@ def write_draws(
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".nc")
     os.close(fd)
-    try:
-        tree.to_netcdf(tmp, engine="h5netcdf")
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(folder)
+    _replace_atomically(path, tmp, lambda tmp: tree.to_netcdf(tmp, engine="h5netcdf"))
 
 
 def read_draws(path: str) -> dict[str, Any]:

@@ -247,33 +247,20 @@ def summarize_run(path: str, potential: Any = None, result: Any = None) -> dict[
     from hmc import diagnostics
 
     run_dir = _rundir.RunDirectory(path)
-    events = _rundir.read_jsonl(run_dir.file("guard.jsonl"))
     if result is not None:
         draws, stats, warmup, exact = result.draws, result.stats, result.warmup_stats, result.exact
         observables = result.settings["observables"]
         integrator = result.settings["integrator"]
         status = "halted" if result.halted else "complete"
-    elif run_dir.has_draws():
-        data = _rundir.read_draws(run_dir.file("draws.nc"))
-        draws, stats, warmup, exact = data["draws"], data["stats"], data["warmup_stats"], data["exact"]
-        observables = [k for k, kind in data["kinds"].items() if kind == "observable"]
-        config = _config.build(_load_yaml(run_dir.file("config.yaml")))
-        integrator = config.sampler.integrator
-        log = _rundir.read_jsonl(run_dir.file("log.jsonl"))
-        status = "halted" if any(r.get("event") == "end" and r.get("halted") for r in log) else "complete"
-    elif run_dir.has_checkpoint():
-        data = run_dir.checkpoint_draws()
-        draws, stats, warmup = data["draws"], data["stats"], data["warmup_stats"]
-        exact = dict(potential.exact) if potential is not None else {}
-        observables = list(potential.observables) if potential is not None else list(draws)
-        config = _config.RunConfig.model_validate(data["identity"]["config"])
-        integrator = config.sampler.integrator
-        meta = data["meta"]
-        status = (f"in progress: {meta['warmup_done']}/{config.sampler.num_warmup} warmup iterations, "
-                  f"{meta['drawn']}/{config.sampler.num_samples} draws")
-        events = meta["events"]
+        events = [e.to_dict() for e in result.guard_events]
     else:
-        raise FileNotFoundError(f"{path}: no draws.nc and no checkpoint: not a run directory, or nothing ran yet")
+        data = run_dir.load()
+        draws, stats, warmup, events, status = (data[k] for k in ("draws", "stats", "warmup_stats", "events", "status"))
+        exact = data["exact"] or (dict(potential.exact) if potential is not None else {})
+        observables = data["observables"]
+        if observables is None:  # in progress: the model says which are observables
+            observables = list(potential.observables) if potential is not None else list(draws)
+        integrator = data["config"]["sampler"]["integrator"]
     derived = dict(potential.derived) if potential is not None else {}
     shown = {k: np.asarray(v) for k, v in draws.items() if k in observables}
     summary = diagnostics.summarize(shown, stats, exact, {"integrator": integrator, "num_guard_events": len(events)},
@@ -299,17 +286,10 @@ def summarize_run(path: str, potential: Any = None, result: Any = None) -> dict[
     return {"summary": summary, "text": text, "status": status}
 
 
-def _load_yaml(path: str) -> dict[str, Any]:
-    import yaml
-
-    with open(path) as fh:
-        return yaml.safe_load(fh)
-
-
 def potential_for(path: str) -> Any:
     """The model of a run directory, rebuilt from its ``config.yaml`` (``None`` if that fails)."""
     try:
-        cfg = _config.build(_load_yaml(os.path.join(path, "config.yaml")))
+        cfg = _config.load(os.path.join(path, "config.yaml"))
         set_precision(cfg.run.precision)
         return _config.make_potential(cfg.model, path)
     except Exception as err:  # the summary still works without derived quantities
