@@ -605,11 +605,16 @@ def sample(
 
 
 def _ordered_mean(x: jax.Array) -> jax.Array:
-    """Mean over the chain axis summed in chain order: the same rounding whether the
-    chains live on one device or are sharded over several (a tree reduction across
-    devices would round differently, and adaptation would amplify it)."""
-    total = jax.lax.scan(lambda acc, v: (acc + v, None), jnp.zeros((), x.dtype), x)[0]
-    return total / x.shape[0]
+    """Mean over the chain axis with a fixed pairwise order of additions (halves added
+    elementwise, log2(n) vectorised steps): the same rounding whether the chains live on
+    one device or are sharded over several. XLA's own reduction rounds differently
+    across devices, and adaptation would amplify the difference."""
+    n = x.shape[0]
+    x = jnp.pad(x, (0, (1 << max(n - 1, 0).bit_length()) - n))  # zeros add exactly
+    while x.shape[0] > 1:
+        half = x.shape[0] // 2
+        x = x[:half] + x[half:]
+    return x[0] / n
 
 
 def _host(tree: Any) -> Any:
