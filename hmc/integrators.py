@@ -21,11 +21,14 @@ References
 from __future__ import annotations
 
 from collections.abc import Callable
+import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
+from jax.extend.random import threefry_2x32
 from jax.flatten_util import ravel_pytree
 
 PyTree = Any
@@ -85,11 +88,43 @@ def _tree_scale(tree: PyTree, scale: Array | float) -> PyTree:
     return jax.tree_util.tree_map(lambda x: x * scale, tree)
 
 
+def standard_normal(rng_key: Array, shape: tuple[int, ...], dtype: Any) -> Array:
+    """Standard normal draws, ``sqrt(2) erfinv(u)`` with ``u`` uniform on (-1, 1).
+
+    The same transformation as ``jax.random.normal``, fed with threefry-2x32 output
+    used in full: ``jax.random.normal`` (with the partitionable threefry that JAX
+    uses by default) computes one 64-bit threefry block per 32-bit draw and keeps
+    their XOR, while here every block yields two 32-bit words, half the hashing
+    (the momentum draw was 4-8 gradient evaluations of a phi^4 trajectory on a
+    CPU). The stream is a function of the key and the element index only, so it is
+    the same under ``vmap`` and on any device layout. Keys of another PRNG
+    implementation, and dtypes other than float32/float64, use ``jax.random.normal``.
+    """
+    dtype = jnp.dtype(dtype)
+    size = math.prod(shape)
+    data = jax.random.key_data(rng_key) if jnp.issubdtype(rng_key.dtype, jax.dtypes.prng_key) else rng_key
+    if data.shape != (2,) or dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)) or size == 0:
+        return jax.random.normal(rng_key, shape, dtype)
+    words = 1 if dtype == jnp.float32 else 2
+    if words * size >= 2**32:
+        raise ValueError(f"a momentum leaf of {size} elements is too large for one key")
+    bits = threefry_2x32(data, jnp.arange(words * size, dtype=jnp.uint32))
+    if words == 1:
+        # 23 random mantissa bits under the exponent of 1.0: a float in [1, 2)
+        one_two = jax.lax.bitcast_convert_type((bits >> 9) | jnp.uint32(0x3F800000), jnp.float32)
+    else:
+        wide = (bits[:size].astype(jnp.uint64) << 32) | bits[size:].astype(jnp.uint64)
+        one_two = jax.lax.bitcast_convert_type((wide >> 12) | jnp.uint64(0x3FF0000000000000), jnp.float64)
+    # [1, 2) -> [-1, 1), then off the pole at -1
+    u = jnp.maximum(2.0 * one_two - 3.0, jnp.nextafter(jnp.asarray(-1.0, dtype), jnp.asarray(0.0, dtype)))
+    return (np.sqrt(2.0).astype(dtype) * jax.lax.erf_inv(u)).reshape(shape)
+
+
 def _normal_like(rng_key: Array, tree: PyTree) -> PyTree:
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     keys = jax.random.split(rng_key, len(leaves))
     return jax.tree_util.tree_unflatten(
-        treedef, [jax.random.normal(k, jnp.shape(x), jnp.asarray(x).dtype) for k, x in zip(keys, leaves)]
+        treedef, [standard_normal(k, jnp.shape(x), jnp.asarray(x).dtype) for k, x in zip(keys, leaves)]
     )
 
 
@@ -143,7 +178,7 @@ def euclidean_metric(inverse_mass_matrix: Array | None, position: PyTree) -> Met
 
     def sample_momentum(rng_key: Array, like: PyTree) -> PyTree:
         flat, _ = ravel_pytree(like)
-        z = jax.random.normal(rng_key, flat.shape, flat.dtype)
+        z = standard_normal(rng_key, flat.shape, flat.dtype)
         p = jax.scipy.linalg.solve_triangular(chol.T, z, lower=False)
         return unravel(p)
 
@@ -200,46 +235,69 @@ def tree_sum(tree: PyTree) -> Array:
     return total
 
 
-def build_step(
+def _check(flags: GuardFlags, g: PyTree, q: PyTree, p: PyTree, index: Array) -> GuardFlags:
+    """Record the first non-finite gradient: ``isfinite(sum(g))`` is one reduction, and
+    NaN and Inf both propagate through a sum."""
+    finite = jnp.isfinite(tree_sum(g))
+    first = flags.ok & ~finite
+    keep = lambda new, old: jnp.where(first, new, old)  # noqa: E731
+    return GuardFlags(
+        flags.ok & finite,
+        jnp.where(first, index, flags.first_step).astype(jnp.int32),
+        jax.tree_util.tree_map(keep, q, flags.position),
+        jax.tree_util.tree_map(keep, p, flags.momentum),
+    )
+
+
+def _trajectory(
     integrator: str,
     grad_fn: Callable[[PyTree], PyTree],
+    value_and_grad_fn: Callable[[PyTree], tuple[Array | None, PyTree]],
     velocity_fn: Callable[[PyTree], PyTree],
-    guard: bool = True,
-) -> Callable[[IntegratorState, GuardFlags, Array, Array], tuple[IntegratorState, GuardFlags]]:
-    """One step of ``integrator`` as ``step(state, flags, step_size, step_index)``.
+    state: IntegratorState,
+    step_size: Array,
+    num_steps: Array | int,
+    guard: bool,
+) -> tuple[IntegratorState, GuardFlags, Array | None]:
+    """``num_steps`` steps with the kicks between steps merged.
 
+    The last kick of a step and the first kick of the next act at the same position,
+    so they are applied as one update (``b_k + b_0``): a leapfrog step is then one
+    drift, one gradient and one kick. The last step is peeled off the loop: it ends
+    with its own kick only, and its gradient comes from ``value_and_grad_fn``, which
+    also returns the potential energy at the end point at no extra pass.
     ``step_index`` numbers gradient evaluations across the trajectory so that a
-    failing one can be located. With ``guard=True`` each fresh gradient is
-    checked with ``isfinite(sum(g))`` (cheap: one reduction; NaN and Inf both
-    propagate through a sum) and the first failing position is kept.
+    failing one can be located.
     """
     coeffs = coefficients(integrator)
     kicks = coeffs[0::2]
     drifts = coeffs[1::2]
     n_grads = len(drifts)
 
-    def step(
-        state: IntegratorState, flags: GuardFlags, step_size: Array, step_index: Array
-    ) -> tuple[IntegratorState, GuardFlags]:
-        q, p, g = state
-        p = _tree_axpy(-kicks[0] * step_size, g, p)
+    def one_step(q, p, g, flags, step, last):
+        value = None
         for i in range(n_grads):
             q = _tree_axpy(drifts[i] * step_size, velocity_fn(p), q)
-            g = grad_fn(q)
+            if last and i == n_grads - 1:
+                value, g = value_and_grad_fn(q)
+            else:
+                g = grad_fn(q)
             if guard:
-                finite = jnp.isfinite(tree_sum(g))
-                first = flags.ok & ~finite
-                keep = lambda new, old: jnp.where(first, new, old)  # noqa: E731
-                flags = GuardFlags(
-                    flags.ok & finite,
-                    jnp.where(first, step_index * n_grads + i, flags.first_step).astype(jnp.int32),
-                    jax.tree_util.tree_map(keep, q, flags.position),
-                    jax.tree_util.tree_map(keep, p, flags.momentum),
-                )
-            p = _tree_axpy(-kicks[i + 1] * step_size, g, p)
-        return IntegratorState(q, p, g), flags
+                flags = _check(flags, g, q, p, step * n_grads + i)
+            kick = kicks[i + 1] + (kicks[0] if (i == n_grads - 1 and not last) else 0.0)
+            p = _tree_axpy(-kick * step_size, g, p)
+        return q, p, g, flags, value
 
-    return step
+    def body(step: Array, carry: tuple) -> tuple:
+        q, p, g, flags = carry
+        return one_step(q, p, g, flags, step, last=False)[:4]
+
+    q, p, g = state
+    p = _tree_axpy(-kicks[0] * step_size, g, p)
+    carry = (q, p, g, init_guard_flags(q, state.momentum))
+    carry = jax.lax.fori_loop(0, num_steps - 1, body, carry)
+    q, p, g, flags, value = one_step(*carry, num_steps - 1, last=True)
+    return IntegratorState(q, p, g), flags, value
 
 
 def integrate(
@@ -251,10 +309,29 @@ def integrate(
     num_steps: Array | int,
     guard: bool = True,
 ) -> tuple[IntegratorState, GuardFlags]:
-    """Run ``num_steps`` steps (static int or traced) from ``state``."""
-    step = build_step(integrator, grad_fn, velocity_fn, guard)
+    """Run ``num_steps >= 1`` steps (static int or traced) from ``state``.
 
-    def body(i: Array, carry: tuple[IntegratorState, GuardFlags]) -> tuple[IntegratorState, GuardFlags]:
-        return step(carry[0], carry[1], step_size, i)
+    With ``guard=True`` each fresh gradient is checked and the first failing position
+    (and the momentum there, before the failing kick) is kept in the flags.
+    """
+    end, flags, _ = _trajectory(
+        integrator, grad_fn, lambda q: (None, grad_fn(q)), velocity_fn, state, step_size, num_steps, guard
+    )
+    return end, flags
 
-    return jax.lax.fori_loop(0, num_steps, body, (state, init_guard_flags(state.position, state.momentum)))
+
+def integrate_to_energy(
+    integrator: str,
+    potential_fn: Callable[[PyTree], Array],
+    velocity_fn: Callable[[PyTree], PyTree],
+    state: IntegratorState,
+    step_size: Array,
+    num_steps: Array | int,
+    guard: bool = True,
+) -> tuple[IntegratorState, GuardFlags, Array]:
+    """:func:`integrate`, plus the potential energy at the end point, computed with the
+    last gradient (one ``value_and_grad`` in place of a ``grad``)."""
+    return _trajectory(
+        integrator, jax.grad(potential_fn), jax.value_and_grad(potential_fn), velocity_fn,
+        state, step_size, num_steps, guard,
+    )

@@ -145,8 +145,6 @@ def build_kernel(
         raise ValueError(f"guard must be one of {GUARD_MODES}, got {guard!r}")
     per_step = guard == "step"
 
-    grad_fn = jax.grad(potential_fn)
-
     def kernel(
         rng_key: Array,
         state: HMCState,
@@ -167,8 +165,8 @@ def build_kernel(
         metric = _integrators.euclidean_metric(inverse_mass_matrix, state.position)
         momentum = metric.sample_momentum(key_momentum, state.position)
         start = _integrators.IntegratorState(state.position, momentum, state.potential_energy_grad)
-        end, flags = _integrators.integrate(
-            integrator, grad_fn, metric.velocity, start, eps, n_steps, guard=per_step
+        end, flags, potential_end = _integrators.integrate_to_energy(
+            integrator, potential_fn, metric.velocity, start, eps, n_steps, guard=per_step
         )
 
         energy_start = state.potential_energy + metric.kinetic_energy(momentum)
@@ -183,9 +181,9 @@ def build_kernel(
         # A tripped trajectory ends in NaN; evaluate U at the trip position instead (same cost).
         if per_step:
             probe = jax.tree_util.tree_map(lambda b, e: jnp.where(tripped, b, e), flags.position, end.position)
+            new_potential = potential_fn(probe)
         else:
-            probe = end.position
-        new_potential = potential_fn(probe)
+            new_potential = potential_end
         energy_end = new_potential + kinetic_end
         delta = energy_end - energy_start
         # A non-finite proposal energy is a rejection, -inf included: in float32 a blown-up

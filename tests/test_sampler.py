@@ -22,7 +22,7 @@ def test_correlated_gaussian_dense_mass():
     cov = gaussian_covariance(10, condition_number=100.0, correlation=0.7)
     pot = gaussian(dim=10, condition_number=100.0, correlation=0.7)
     r = hmc.sample(
-        pot, seed=3, num_chains=8, num_warmup=600, num_samples=600, integrator="leapfrog",
+        pot, seed=3, num_chains=16, num_warmup=600, num_samples=600, integrator="leapfrog",
         num_steps=8, mass_matrix="dense", progress=False,
     )
     assert_z(r, "x")
