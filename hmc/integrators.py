@@ -21,15 +21,14 @@ References
 from __future__ import annotations
 
 from collections.abc import Callable
-import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import Array
-from jax.extend.random import threefry_2x32
 from jax.flatten_util import ravel_pytree
+
+from hmc import rng as _rng
 
 PyTree = Any
 
@@ -88,43 +87,11 @@ def _tree_scale(tree: PyTree, scale: Array | float) -> PyTree:
     return jax.tree_util.tree_map(lambda x: x * scale, tree)
 
 
-def standard_normal(rng_key: Array, shape: tuple[int, ...], dtype: Any) -> Array:
-    """Standard normal draws, ``sqrt(2) erfinv(u)`` with ``u`` uniform on (-1, 1).
-
-    The same transformation as ``jax.random.normal``, fed with threefry-2x32 output
-    used in full: ``jax.random.normal`` (with the partitionable threefry that JAX
-    uses by default) computes one 64-bit threefry block per 32-bit draw and keeps
-    their XOR, while here every block yields two 32-bit words, half the hashing
-    (the momentum draw was 4-8 gradient evaluations of a phi^4 trajectory on a
-    CPU). The stream is a function of the key and the element index only, so it is
-    the same under ``vmap`` and on any device layout. Keys of another PRNG
-    implementation, and dtypes other than float32/float64, use ``jax.random.normal``.
-    """
-    dtype = jnp.dtype(dtype)
-    size = math.prod(shape)
-    data = jax.random.key_data(rng_key) if jnp.issubdtype(rng_key.dtype, jax.dtypes.prng_key) else rng_key
-    if data.shape != (2,) or dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)) or size == 0:
-        return jax.random.normal(rng_key, shape, dtype)
-    words = 1 if dtype == jnp.float32 else 2
-    if words * size >= 2**32:
-        raise ValueError(f"a momentum leaf of {size} elements is too large for one key")
-    bits = threefry_2x32(data, jnp.arange(words * size, dtype=jnp.uint32))
-    if words == 1:
-        # 23 random mantissa bits under the exponent of 1.0: a float in [1, 2)
-        one_two = jax.lax.bitcast_convert_type((bits >> 9) | jnp.uint32(0x3F800000), jnp.float32)
-    else:
-        wide = (bits[:size].astype(jnp.uint64) << 32) | bits[size:].astype(jnp.uint64)
-        one_two = jax.lax.bitcast_convert_type((wide >> 12) | jnp.uint64(0x3FF0000000000000), jnp.float64)
-    # [1, 2) -> [-1, 1), then off the pole at -1
-    u = jnp.maximum(2.0 * one_two - 3.0, jnp.nextafter(jnp.asarray(-1.0, dtype), jnp.asarray(0.0, dtype)))
-    return (np.sqrt(2.0).astype(dtype) * jax.lax.erf_inv(u)).reshape(shape)
-
-
 def _normal_like(rng_key: Array, tree: PyTree) -> PyTree:
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    keys = jax.random.split(rng_key, len(leaves))
+    keys = _rng.split(rng_key, len(leaves))
     return jax.tree_util.tree_unflatten(
-        treedef, [standard_normal(k, jnp.shape(x), jnp.asarray(x).dtype) for k, x in zip(keys, leaves)]
+        treedef, [_rng.normal(k, jnp.shape(x), jnp.asarray(x).dtype) for k, x in zip(keys, leaves)]
     )
 
 
@@ -178,7 +145,7 @@ def euclidean_metric(inverse_mass_matrix: Array | None, position: PyTree) -> Met
 
     def sample_momentum(rng_key: Array, like: PyTree) -> PyTree:
         flat, _ = ravel_pytree(like)
-        z = standard_normal(rng_key, flat.shape, flat.dtype)
+        z = _rng.normal(rng_key, flat.shape, flat.dtype)
         p = jax.scipy.linalg.solve_triangular(chol.T, z, lower=False)
         return unravel(p)
 

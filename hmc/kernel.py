@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from hmc import integrators as _integrators
+from hmc import rng as _rng
 
 PyTree = Any
 
@@ -151,10 +152,10 @@ def build_kernel(
         step_size: Array | float,
         inverse_mass_matrix: Array | None = None,
     ) -> tuple[HMCState, HMCInfo]:
-        key_momentum, key_jitter, key_accept = jax.random.split(rng_key, 3)
+        key_momentum, key_jitter, key_accept = _rng.split(rng_key, 3)
         dtype = state.potential_energy.dtype
         step_size = jnp.asarray(step_size, dtype)
-        u = jax.random.uniform(key_jitter, (), dtype, -1.0, 1.0) if jitter > 0 else jnp.zeros((), dtype)
+        u = _rng.uniform(key_jitter, dtype, -1.0, 1.0) if jitter > 0 else jnp.zeros((), dtype)
         if num_steps is not None:
             n_steps: Array | int = int(num_steps)
             eps = step_size * (1.0 + jitter * u)
@@ -206,7 +207,7 @@ def build_kernel(
         diverged_trip = tripped & blew_up
         guard_tripped = tripped & ~blew_up
         acceptance_rate = jnp.where(tripped, 0.0, jnp.minimum(1.0, jnp.exp(-delta))).astype(dtype)
-        log_u = jnp.log(jax.random.uniform(key_accept, (), dtype))
+        log_u = jnp.log(_rng.uniform(key_accept, dtype))
         is_accepted = (log_u < -delta) & ~tripped
         is_divergent = (((delta > divergence_threshold) | ~jnp.isfinite(delta)) & ~tripped) | diverged_trip
 

@@ -28,6 +28,7 @@ from hmc import diagnostics as _diagnostics
 from hmc import guard as _guard
 from hmc import integrators as _integrators
 from hmc import kernel as _kernel
+from hmc import rng as _rng
 from hmc.potential import Potential, cast_tree, leaf_names
 
 logger = logging.getLogger("hmc")
@@ -873,7 +874,7 @@ def _build_chunk_functions(potential: Potential, st: _Static) -> tuple:
         return new_states, info, trip
 
     def keys_at(chain_keys: jax.Array, t: jax.Array) -> jax.Array:
-        return jax.vmap(jax.random.fold_in, in_axes=(0, None))(chain_keys, t)
+        return jax.vmap(_rng.fold_in, in_axes=(0, None))(chain_keys, t)
 
     slots = MAX_ATTRIBUTIONS_PER_CHUNK
 

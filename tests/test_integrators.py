@@ -174,38 +174,3 @@ def test_merged_kicks_match_the_textbook_scheme(name, n):
         np.testing.assert_allclose(end.momentum["x"], p_ref["x"], rtol=1e-13, atol=1e-13)
         np.testing.assert_allclose(end.potential_energy_grad["x"], jax.grad(anharmonic)(q_ref)["x"], rtol=1e-13)
         np.testing.assert_allclose(value, anharmonic(q_ref), rtol=1e-13)
-
-
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
-def test_standard_normal_distribution(dtype):
-    from scipy import stats
-
-    with jax.enable_x64(dtype == jnp.float64):
-        z = integrators.standard_normal(jax.random.key(11), (400, 501), dtype)
-        assert z.dtype == dtype and z.shape == (400, 501)
-        x = np.asarray(z, np.float64).ravel()
-    n = x.size
-    assert abs(x.mean()) < 5 / np.sqrt(n)
-    assert abs(x.var() - 1) < 5 * np.sqrt(2 / n)
-    assert abs(stats.skew(x)) < 5 * np.sqrt(6 / n)
-    assert abs(stats.kurtosis(x)) < 5 * np.sqrt(24 / n)
-    assert stats.kstest(x, "norm").pvalue > 1e-4
-    # neighbouring elements (the two words of one threefry block sit half an array apart)
-    # and the two halves are uncorrelated
-    assert abs(np.corrcoef(x[:-1], x[1:])[0, 1]) < 5 / np.sqrt(n)
-    assert abs(np.corrcoef(x[: n // 2], x[n // 2: 2 * (n // 2)])[0, 1]) < 5 / np.sqrt(n / 2)
-
-
-def test_standard_normal_is_layout_invariant_and_key_dependent():
-    keys = jax.random.split(jax.random.key(5), 4)
-    batched = jax.vmap(lambda k: integrators.standard_normal(k, (3, 5), jnp.float32))(keys)
-    for k, row in zip(keys, batched):
-        np.testing.assert_array_equal(row, integrators.standard_normal(k, (3, 5), jnp.float32))
-    assert len({np.asarray(r).tobytes() for r in batched}) == 4
-    # an odd size (threefry pads its last block)
-    odd = integrators.standard_normal(keys[0], (7,), jnp.float32)
-    assert np.all(np.isfinite(odd)) and odd.shape == (7,)
-    # keys of another PRNG implementation fall back to jax.random.normal
-    rbg = jax.random.key(0, impl="rbg")
-    np.testing.assert_array_equal(integrators.standard_normal(rbg, (6,), jnp.float32),
-                                  jax.random.normal(rbg, (6,), jnp.float32))

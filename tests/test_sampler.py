@@ -67,7 +67,11 @@ def test_warmup_reaches_target_acceptance(target):
 
 def test_per_chain_adaptation():
     pot = gaussian(dim=5, condition_number=4.0)
-    r = hmc.sample(pot, seed=2, num_chains=4, num_warmup=300, num_samples=400, adaptation="per_chain", progress=False)
+    # jittered steps: with a fixed L = 10 on a Gaussian the chains come out near-periodic and the
+    # MCSE of x2 is unreliable (over 40 seeds: z std 1.22 and mean -0.56 without jitter, 1.02 and
+    # -0.12 with 0.2)
+    r = hmc.sample(pot, seed=2, num_chains=4, num_warmup=300, num_samples=400, adaptation="per_chain",
+                   jitter=0.2, progress=False)
     assert r.step_size.shape == (4,)
     assert r.inverse_mass_matrix.shape == (4, 5)
     assert len(set(np.round(r.step_size, 6))) == 4  # each chain found its own step size
