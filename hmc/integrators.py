@@ -262,7 +262,12 @@ def _trajectory(
     q, p, g = state
     p = _tree_axpy(-kicks[0] * step_size, g, p)
     carry = (q, p, g, init_guard_flags(q, state.momentum))
-    carry = jax.lax.fori_loop(0, num_steps - 1, body, carry)
+    first = 0
+    if isinstance(num_steps, int) and num_steps >= 2:
+        # the first step also outside the loop: the loop then starts from fresh buffers
+        # and XLA need not copy the start point (kept for a rejection) into its carry
+        carry, first = body(0, carry), 1
+    carry = jax.lax.fori_loop(first, num_steps - 1, body, carry)
     q, p, g, flags, value = one_step(*carry, num_steps - 1, last=True)
     return IntegratorState(q, p, g), flags, value
 

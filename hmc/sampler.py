@@ -835,9 +835,12 @@ def _build_chunk_functions(potential: Potential, st: _Static) -> tuple:
             idx = jnp.nonzero(tripped, size=capacity, fill_value=0)[0]
             valid = jnp.arange(capacity) < jnp.sum(tripped)
             take = lambda x: x[idx]  # noqa: E731
+            # a tripped trajectory is never accepted, so its start is also the chain's new
+            # state; reading that (not the loop-carried old state) spares XLA a copy of
+            # every chain state per iteration
             _, again = jax.vmap(replay_kernel, in_axes=(0, 0, axis, m_axis))(
                 keys[idx],
-                jax.tree_util.tree_map(take, states),
+                jax.tree_util.tree_map(take, new_states),
                 eps if axis is None else eps[idx],
                 minv if m_axis is None else minv[idx],
             )
@@ -900,19 +903,19 @@ def _build_chunk_functions(potential: Potential, st: _Static) -> tuple:
         return jax.lax.cond(found & (trips[0] < slots), store, lambda t: t, trips)
 
     def masked_scan(one: Any, carry: Any, n_valid: jax.Array) -> tuple:
-        """Scan ``one`` over a fixed-length chunk; iterations ``>= n_valid`` do nothing
-        (so a short final chunk reuses the compiled function)."""
+        """Run ``one`` for ``n_valid <= chunk_size`` iterations into fixed-size outputs
+        (rows ``>= n_valid`` stay zero), so a short final chunk reuses the compiled
+        function. A loop with a traced trip count rather than a scan with a ``cond`` per
+        iteration: the ``cond`` made XLA copy the chain states at every iteration."""
+        shapes = jax.eval_shape(lambda c: one(c, jnp.asarray(0, jnp.int32))[1], carry)
+        outs = jax.tree_util.tree_map(lambda s: jnp.zeros((chunk_size,) + s.shape, s.dtype), shapes)
 
-        def body(carry, i):
-            shapes = jax.eval_shape(lambda c: one(c, i)[1], carry)
-            return jax.lax.cond(
-                i < n_valid,
-                lambda c: one(c, i),
-                lambda c: (c, jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)),
-                carry,
-            )
+        def body(i, state):
+            carry, outs = state
+            carry, out = one(carry, i)
+            return carry, jax.tree_util.tree_map(lambda o, x: o.at[i].set(x), outs, out)
 
-        return jax.lax.scan(body, carry, jnp.arange(chunk_size))
+        return jax.lax.fori_loop(0, jnp.minimum(n_valid, chunk_size), body, (carry, outs))
 
     def adapt(adapt_state, t, info, states):
         flat = jax.vmap(lambda q: ravel_pytree(q)[0])(states.position)
