@@ -227,13 +227,24 @@ def batched_term_values_and_grads(potential: Potential) -> Any:
     return jax.jit(jax.vmap(lambda q: {n: jax.value_and_grad(f)(q) for n, f in potential.terms.items()}))
 
 
+def batched_initial_checks(potential: Potential) -> Any:
+    """``positions -> ({term: (values, grads)}, reach masks)`` over a chain axis (not
+    jitted: the caller compiles it into its own program): everything
+    :func:`check_initial_states` and :func:`check_element_reach` need."""
+    per_term = jax.vmap(lambda q: {n: jax.value_and_grad(f)(q) for n, f in potential.terms.items()})
+    reach = jax.vmap(_reach_masks(potential))
+    return lambda positions: (per_term(positions), reach(positions))
+
+
 def check_initial_states(
-    potential: Potential, positions: PyTree, chains: Sequence[int], per_term: Any = None
+    potential: Potential, positions: PyTree, chains: Sequence[int], per_term: Any = None, batched: Any = None
 ) -> list[GuardEvent]:
-    """Energy and gradient finite, per term, at each chain's initial state."""
+    """Energy and gradient finite, per term, at each chain's initial state (``batched``:
+    the first output of :func:`batched_initial_checks`, if already computed)."""
     events = []
-    per_term = per_term or batched_term_values_and_grads(potential)
-    batched = per_term(positions)
+    if batched is None:
+        per_term = per_term or batched_term_values_and_grads(potential)
+        batched = per_term(positions)
     for term, (values, grads) in batched.items():
         values = np.asarray(values)
         grad_leaves = [np.asarray(g) for g in jax.tree_util.tree_leaves(grads)]
@@ -337,6 +348,7 @@ def preflight(
     allow: Sequence[str] = (),
     chain: int | None = None,
     elementwise: bool = True,
+    states: bool = True,
 ) -> PreflightReport:
     """Check, before any step, that every term's gradient is connected and finite.
 
@@ -357,6 +369,11 @@ def preflight(
         (e.g. ``"orphan_leaf"``); they are reported with action ``allowed``.
     chain
         Recorded in the events (the driver checks every chain's initial state).
+    states
+        ``False``: the structural checks only; the caller checks the state-dependent
+        ones (finite energy and gradient, element reach) itself, batched over chains
+        with :func:`batched_initial_checks` (one compiled program instead of
+        op-by-op execution).
     """
     import time
 
@@ -420,6 +437,8 @@ def preflight(
                 leaf=leaf,
                 message=f"no term has a gradient path to leaf {leaf!r}: this coordinate would drift without bound",
             )
+    if not states:
+        return PreflightReport(terms, names, status, events, time.perf_counter() - started)
     if elementwise:
         events_el = _element_probe(potential, position, names, reached, chain)
         for event in events_el:
@@ -492,7 +511,10 @@ def _unreached_elements(
 
 def batched_element_reach(potential: Potential) -> Any:
     """Jitted ``positions -> per-leaf masks`` of elements some term reaches, over a chain axis."""
+    return jax.jit(jax.vmap(_reach_masks(potential)))
 
+
+def _reach_masks(potential: Potential) -> Any:
     def one(position: PyTree) -> list[jax.Array]:
         masks = None
         for fn in potential.terms.values():
@@ -502,7 +524,7 @@ def batched_element_reach(potential: Potential) -> Any:
             masks = leaves if masks is None else [a | b for a, b in zip(masks, leaves)]
         return masks
 
-    return jax.jit(jax.vmap(one))
+    return one
 
 
 def check_element_reach(
@@ -514,10 +536,14 @@ def check_element_reach(
     phase: str,
     action: str,
     draw: int | None = None,
+    masks: Any = None,
+    names: Sequence[str] | None = None,
 ) -> list[GuardEvent]:
-    """Elements that no term's gradient reaches at each chain's state (batched probe)."""
-    masks = [np.asarray(m) for m in reach_fn(positions)]
-    names = leaf_names(jax.tree_util.tree_map(lambda x: x[0], positions))
+    """Elements that no term's gradient reaches at each chain's state (batched probe;
+    ``masks``: ``reach_fn(positions)`` if already computed, with the leaf ``names``)."""
+    masks = [np.asarray(m) for m in (reach_fn(positions) if masks is None else masks)]
+    if names is None:
+        names = leaf_names(jax.tree_util.tree_map(lambda x: x[0], positions))
     events = []
     for c_index, chain in enumerate(chains):
         for leaf, mask in zip(names, masks):

@@ -10,6 +10,7 @@ chunk size and the same seed gives bit-identical draws.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import sys
 import time
@@ -300,11 +301,14 @@ def sample(
         if not preflight_report.ok:
             raise GuardRefused(preflight_report.events, preflight_report)
 
-    init_states = _cached(
-        potential, "init_states", lambda: jax.jit(jax.vmap(lambda q: _kernel.init(q, potential.energy)))
-    )
-    states = init_states(positions)
-    chain_keys = jax.vmap(lambda c: jax.random.fold_in(chain_root, c))(jnp.asarray(chains))
+    if guard_on and resume is None:
+        states = _initial_program(potential)(positions)[0]
+    else:
+        init_states = _cached(
+            potential, "init_states", lambda: jax.jit(jax.vmap(lambda q: _kernel.init(q, potential.energy)))
+        )
+        states = init_states(positions)
+    chain_keys = _chain_keys(chain_root, num_chains)
 
     pooled = adaptation == "pooled"
     minv0 = None if inverse_mass_matrix is None else jnp.asarray(inverse_mass_matrix, dtype)
@@ -326,7 +330,7 @@ def sample(
     def make_adapt_state(eps: jax.Array) -> _adaptation.AdaptationState:
         return _adaptation.init(eps, dimension, mass_matrix, dtype, minv0)
 
-    adapt_state = make_adapt_state(eps0) if pooled else jax.vmap(make_adapt_state)(eps0)
+    adapt_state = jax.jit(make_adapt_state if pooled else jax.vmap(make_adapt_state))(eps0)
     if resume is not None:
         states = _restore_leaves(states, resume.arrays, "state")
         adapt_state = _restore_leaves(adapt_state, resume.arrays, "adapt")
@@ -349,7 +353,17 @@ def sample(
         record=tuple(record),
         chunk_size=int(chunk_size),
     )
-    warmup_chunk, sample_chunk = _chunk_functions(potential, static)
+    # chunks run without the replay of tripped trajectories until one trips (see
+    # _build_chunk_functions): a model that never trips never compiles the replay
+    lazy_replay = static.guard == "trajectory"
+    warmup_chunk, sample_chunk = _chunk_functions(potential, static, with_replay=not lazy_replay)
+
+    def rerun_with_replay(phase: str, out: dict, n: int, *args: Any) -> tuple | None:
+        """The chunk again with the replay, if any trajectory of it tripped."""
+        if not lazy_replay or not np.any(out["guard_tripped" if phase == "warmup" else STAT_PREFIX + "guard_tripped"][:n]):
+            return None
+        located = _chunk_functions(potential, static, with_replay=True)
+        return (located[0] if phase == "warmup" else located[1])(*args)
 
     # -- host loop --------------------------------------------------------------
     total = num_warmup + num_samples
@@ -427,7 +441,6 @@ def sample(
 
     guard_seconds = float(meta.get("guard_seconds", 0.0))
     probe_seen: set[tuple] = {(leaf, tuple(map(tuple, idx))) for leaf, idx in meta.get("probe_seen", [])}
-    probe_fn = _cached(potential, "element_reach", lambda: _guard.batched_element_reach(potential)) if guard_on else None
     chunk_index = int(meta.get("chunk_index", 0))
 
     def probe(phase: str, draw: int) -> None:
@@ -438,12 +451,14 @@ def sample(
             return
         picked = (np.arange(k) + chunk_index * k) % num_chains
         chunk_index += 1
-        if jax.process_count() > 1:  # chains live on other hosts too: gather them first
-            current = jax.tree_util.tree_map(lambda x: x[picked], _host(states.position))
-        else:
-            current = jax.tree_util.tree_map(lambda x: x[picked], states.position)
+        # every chain through the program compiled for the initial checks (no compilation
+        # of its own; about two gradients per chain, against the chunk's thousands), then
+        # the picked ones reported
+        positions = _host(states.position) if jax.process_count() > 1 else states.position
+        masks = [np.asarray(m)[picked] for m in _initial_program(potential)(positions)[2]]
         for event in _guard.check_element_reach(
-            potential, current, picked, probe_fn, phase=phase, action="reported", draw=draw
+            potential, None, picked, None, phase=phase, action="reported", draw=draw, masks=masks,
+            names=names,
         ):
             key = (event.leaf, tuple(map(tuple, event.indices or [])))
             if key not in probe_seen:
@@ -522,8 +537,13 @@ def sample(
             start = warmup_done
             n = min(chunk_size, num_warmup - start)
             t0 = time.perf_counter()
-            states, adapt_state, trips, out = warmup_chunk(chain_keys, states, adapt_state, start, n)
+            args = (chain_keys, states, adapt_state, start, n)
+            states, adapt_state, trips, out = warmup_chunk(*args)
             out = {k: v[:n] for k, v in _host(out).items()}
+            again = rerun_with_replay("warmup", out, n, *args)
+            if again is not None:
+                states, adapt_state, trips, out = again
+                out = {k: v[:n] for k, v in _host(out).items()}
             seconds = time.perf_counter() - t0
             warmup_out.append(out)
             warmup_done += n
@@ -535,8 +555,13 @@ def sample(
             start = num_warmup + drawn * thin
             n = min(chunk_size, num_samples - drawn)
             t0 = time.perf_counter()
-            states, trips, out = sample_chunk(chain_keys, states, eps, minv, start, n)
+            args = (chain_keys, states, eps, minv, start, n)
+            states, trips, out = sample_chunk(*args)
             out = {k: v[:n] for k, v in _host(out).items()}
+            again = rerun_with_replay("sampling", out, n, *args)
+            if again is not None:
+                states, trips, out = again
+                out = {k: v[:n] for k, v in _host(out).items()}
             seconds = time.perf_counter() - t0
             sample_out.append(out)
             drawn += n
@@ -685,10 +710,28 @@ def _shard(devices: list[Any], states: Any, chain_keys: Any, adapt_state: Any, p
     return put(states, by_chain), put(chain_keys, by_chain), put(adapt_state, replicated if pooled else by_chain)
 
 
+def _initial_program(potential: Potential) -> Any:
+    """One compiled ``positions -> (chain states, per-term values and gradients, element
+    reach masks)``: the initial states, the preflight's state checks for every chain,
+    and later the chunk-boundary probe, without a compilation each."""
+
+    def build() -> Any:
+        states = jax.vmap(lambda q: _kernel.init(q, potential.energy))
+        checks = _guard.batched_initial_checks(potential)
+        return jax.jit(lambda positions: (states(positions), *checks(positions)))
+
+    return _cached(potential, "initial_program", build)
+
+
 def _root_keys(seed: int) -> tuple[jax.Array, jax.Array]:
     """(key of the initial states, root of the per-chain keys)."""
     init_key, chain_root = jax.random.split(jax.random.key(seed))
     return init_key, chain_root
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _chain_keys(chain_root: jax.Array, num_chains: int) -> jax.Array:
+    return jax.vmap(lambda c: jax.random.fold_in(chain_root, c))(jnp.arange(num_chains))
 
 
 def initial_positions(potential: Potential, seed: int, num_chains: int) -> PyTree:
@@ -738,19 +781,22 @@ def _preflight_all_chains(
     """Structural preflight once (connectivity is a property of the program), then the
     state-dependent checks (finite energy and gradient, element reach) for every chain."""
     first = jax.tree_util.tree_map(lambda x: x[0], positions)
-    report = _guard.preflight(potential, first, allow=allow, chain=int(chains[0]))
-    if len(chains) == 1:
+    report = _guard.preflight(potential, first, allow=allow, chain=int(chains[0]), states=False)
+    try:
+        _, per_term, masks = _initial_program(potential)(positions)
+    except Exception as err:  # a term without a gradient at all: the structural report names it
+        logger.debug("batched initial checks failed: %s", err)
         return report
-    rest = jax.tree_util.tree_map(lambda x: x[1:], positions)
-    per_term = _cached(potential, "per_term_values_and_grads", lambda: _guard.batched_term_values_and_grads(potential))
-    reach = _cached(potential, "element_reach", lambda: _guard.batched_element_reach(potential))
-    extra = _guard.check_initial_states(potential, rest, chains[1:], per_term)
-    extra += _guard.check_element_reach(potential, rest, chains[1:], reach, phase="preflight", action="refused")
+    extra = _guard.check_initial_states(potential, positions, chains, batched=per_term)
+    extra += _guard.check_element_reach(potential, positions, chains, None, phase="preflight", action="refused",
+                                        masks=masks)
     for event in extra:
         if _guard._allowed(event, allow):
             event.action = "allowed"
     report.events.extend(extra)
     return report
+
+
 HEURISTIC_STREAM = 2**31 - 1
 
 
@@ -787,11 +833,17 @@ def _cached(potential: Potential, key: Any, build: Any) -> Any:
     return per_potential[key]
 
 
-def _chunk_functions(potential: Potential, static: _Static) -> tuple:
-    return _cached(potential, static, lambda: _build_chunk_functions(potential, static))
+def _chunk_functions(potential: Potential, static: _Static, with_replay: bool = True) -> tuple:
+    return _cached(potential, (static, with_replay), lambda: _build_chunk_functions(potential, static, with_replay))
 
 
-def _build_chunk_functions(potential: Potential, st: _Static) -> tuple:
+def _build_chunk_functions(potential: Potential, st: _Static, with_replay: bool = True) -> tuple:
+    """``(warmup_chunk, sample_chunk)``. With ``with_replay=False`` a trajectory-mode guard
+    only flags tripped trajectories (no per-step replay in the program): the driver
+    runs such chunks first and re-runs a chunk that tripped with ``with_replay=True``. A
+    trip never changes the chain states (a tripped trajectory is rejected, and the
+    replay only classifies it), so both give the same states; the program without
+    the replay compiles in about half the time."""
     def build(guard: str) -> Any:
         return _kernel.build_kernel(
             potential.energy,
@@ -818,7 +870,7 @@ def _build_chunk_functions(potential: Potential, st: _Static) -> tuple:
         new_states, info = jax.vmap(kernel, in_axes=(0, 0, axis, m_axis))(keys, states, eps, minv)
         one_state = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape[1:], x.dtype), states.position)
         no_trip = (jnp.array(False), jnp.array(0, jnp.int32), jnp.array(-1, jnp.int32), one_state)
-        if st.guard == "off":
+        if st.guard == "off" or (st.guard == "trajectory" and not with_replay):
             return new_states, info, no_trip
         if st.guard == "step":
             c = jnp.argmax(info.guard_tripped)

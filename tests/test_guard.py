@@ -302,3 +302,25 @@ def test_guard_events_are_json_lines(tmp_path):
             "action", "message"}
     assert keys <= set(rows[0])
     assert rows[0]["kind"] == "disconnected" and rows[0]["primitive"] == "round"
+
+
+def test_replay_program_is_built_only_after_a_trip():
+    """Chunks run without the per-step replay until a trajectory trips; the chunk that
+    tripped runs again with it (same states: a tripped trajectory is rejected either way)."""
+    from hmc import sampler
+    from physics_models import gaussian
+
+    def replay_builds(pot):
+        return sorted(key[1] for key in sampler._CHUNK_CACHE.get(pot, {}) if isinstance(key, tuple)
+                      and len(key) == 2 and isinstance(key[1], bool))
+
+    healthy = gaussian(dim=3)
+    hmc.sample(healthy, seed=0, num_chains=2, num_warmup=50, num_samples=50, progress=False)
+    assert replay_builds(healthy) == [False]
+
+    pot = broken.division_by_zero()
+    r = hmc.sample(pot, seed=2, num_chains=4, num_warmup=100, num_samples=200, max_trip_fraction=0.9,
+                   chunk_size=50, progress=False)
+    assert replay_builds(pot) == [False, True]
+    located = [e for e in r.guard_events if e.phase != "preflight"]
+    assert located and all(e.leapfrog_step is not None for e in located)
