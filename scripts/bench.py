@@ -12,6 +12,8 @@ against the sampler).
     python scripts/bench.py                 # full table, written to BENCHMARKS.md
     python scripts/bench.py --quick         # a smaller table, printed only
     python scripts/bench.py --guard         # only the guard's costs (in-loop, preflight, probe)
+    python scripts/bench.py --scaling       # throughput vs chains and lattice size, compile time
+    python scripts/bench.py --memory        # peak memory of one run: this package, blackjax, numpyro
 """
 
 from __future__ import annotations
@@ -204,9 +206,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guard", action="store_true", help="only the guard section")
     parser.add_argument("--scaling", action="store_true", help="only the scaling section (chains, lattice size, "
                         "float64/float32, compile time, memory)")
+    parser.add_argument("--memory", action="store_true", help="only the peak-memory section")
+    parser.add_argument("--memory-worker", nargs=3, metavar=("SAMPLER", "TARGET", "CHAINS"), help=argparse.SUPPRESS)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "BENCHMARKS.md"))
     args = parser.parse_args(argv)
 
+    if args.memory_worker:
+        memory_worker(*args.memory_worker)
+        return 0
+    if args.memory:
+        lines = memory_section()
+        write(args.out, lines, MEMORY_BEGIN, MEMORY_END, "Peak memory (`scripts/bench.py --memory`)")
+        return 0
     if args.scaling:
         lines = scaling_section(min(args.repeats, 3), args.budget)
         write(args.out, lines, SCALING_BEGIN, SCALING_END, "Scaling (`scripts/bench.py --scaling`)")
@@ -303,7 +314,7 @@ def guard_section(repeats: int) -> list[str]:
     again = hmc.sample(pot, seed=1, **kw)
     lines += [
         "",
-        "Host-side guard work between chunks (element probe of 4 chains per chunk, attribution of trips) on a "
+        "Host-side guard work between chunks (element probe: all chains computed, 4 reported per chunk in rotation; attribution of trips) on a "
         "phi4 32x32 run, 64 chains, 3500 iterations, chunks of 100: "
         f"{first.timing['guard_host_seconds']:.2f} s of {first.timing['total_seconds']:.1f} s "
         f"({100 * first.timing['guard_host_seconds'] / first.timing['total_seconds']:.1f} %) in the first call "
@@ -323,6 +334,62 @@ GUARD_END = "<!-- bench.py --guard:end -->"
 
 SCALING_BEGIN = "<!-- bench.py --scaling:begin -->"
 SCALING_END = "<!-- bench.py --scaling:end -->"
+
+
+MEMORY_BEGIN = "<!-- bench.py --memory:begin -->"
+MEMORY_END = "<!-- bench.py --memory:end -->"
+MEMORY_TRAJECTORIES = 200
+
+
+def memory_worker(sampler: str, target: str, chains: str) -> None:
+    """One sampler, one run of MEMORY_TRAJECTORIES trajectories in this fresh process;
+    prints the peak RSS before and after the run (MiB)."""
+    U, shape, eps = targets()[target]
+    n = int(chains)
+    if sampler == "blackjax":
+        import blackjax  # noqa: F401  (imported before the baseline, like ours)
+    if sampler == "numpyro":
+        import numpyro  # noqa: F401
+    jax.block_until_ready(initial(shape, n))
+    before = _peak_rss_mib()
+    if sampler == "ours":
+        run = ours_runner(U, shape, eps, n, MEMORY_TRAJECTORIES, "reject")
+    elif sampler == "blackjax":
+        run = blackjax_runner(U, shape, eps, n, MEMORY_TRAJECTORIES)
+    else:
+        run = numpyro_runners(U, shape, eps, n, MEMORY_TRAJECTORIES)[0]
+    jax.block_until_ready(run())
+    print(f"{before:.1f} {_peak_rss_mib():.1f}")
+
+
+def memory_section() -> list[str]:
+    """Peak resident memory of the same run (compile + MEMORY_TRAJECTORIES trajectories,
+    scalar statistics kept) in a fresh process per sampler."""
+    import subprocess
+
+    lines = [
+        f"Command: `python scripts/bench.py --memory` ({time.strftime('%Y-%m-%d')}). {versions()}.",
+        "",
+        f"One process per sampler and configuration: import, build the initial states, then compile and run "
+        f"{MEMORY_TRAJECTORIES} trajectories (leapfrog, L = {L}, fixed step, unit mass, float32, guard on for "
+        "this package; every sampler keeps only per-trajectory scalars). Peak RSS is the process high-water "
+        "mark; *run* is its growth over the baseline after imports and initial states.",
+        "",
+        "| target | chains | ours peak / run (MiB) | blackjax peak / run (MiB) | numpyro peak / run (MiB) |",
+        "|---|---|---|---|---|",
+    ]
+    for target, chains in (("gaussian 100-d", 1), ("phi4 64x64", 16), ("phi4 64x64", 256)):
+        cells = []
+        for sampler in ("ours", "blackjax", "numpyro"):
+            out = subprocess.run(
+                [sys.executable, __file__, "--memory-worker", sampler, target, str(chains)],
+                capture_output=True, text=True, check=True,
+            ).stdout.split()
+            before, peak = float(out[-2]), float(out[-1])
+            cells.append(f"{peak:.0f} / {peak - before:.0f}")
+        lines.append(f"| {target} | {chains} | " + " | ".join(cells) + " |")
+        print(lines[-1], flush=True)
+    return lines
 
 
 def _peak_rss_mib() -> float:
