@@ -222,29 +222,21 @@ def attribute(
     return events
 
 
-def batched_term_values_and_grads(potential: Potential) -> Any:
-    """Jitted ``positions -> {term: (values, grads)}`` over a leading chain axis."""
-    return jax.jit(jax.vmap(lambda q: {n: jax.value_and_grad(f)(q) for n, f in potential.terms.items()}))
-
-
 def batched_initial_checks(potential: Potential) -> Any:
     """``positions -> ({term: (values, grads)}, reach masks)`` over a chain axis (not
-    jitted: the caller compiles it into its own program): everything
-    :func:`check_initial_states` and :func:`check_element_reach` need."""
+    jitted: the caller compiles it into its own program): what
+    :func:`check_initial_states` and :func:`check_element_reach` read."""
     per_term = jax.vmap(lambda q: {n: jax.value_and_grad(f)(q) for n, f in potential.terms.items()})
     reach = jax.vmap(_reach_masks(potential))
     return lambda positions: (per_term(positions), reach(positions))
 
 
 def check_initial_states(
-    potential: Potential, positions: PyTree, chains: Sequence[int], per_term: Any = None, batched: Any = None
+    potential: Potential, positions: PyTree, chains: Sequence[int], batched: dict
 ) -> list[GuardEvent]:
-    """Energy and gradient finite, per term, at each chain's initial state (``batched``:
-    the first output of :func:`batched_initial_checks`, if already computed)."""
+    """Energy and gradient finite, per term, at each chain's initial state; ``batched``
+    is the first output of :func:`batched_initial_checks` at ``positions``."""
     events = []
-    if batched is None:
-        per_term = per_term or batched_term_values_and_grads(potential)
-        batched = per_term(positions)
     for term, (values, grads) in batched.items():
         values = np.asarray(values)
         grad_leaves = [np.asarray(g) for g in jax.tree_util.tree_leaves(grads)]
@@ -509,11 +501,6 @@ def _unreached_elements(
     )
 
 
-def batched_element_reach(potential: Potential) -> Any:
-    """Jitted ``positions -> per-leaf masks`` of elements some term reaches, over a chain axis."""
-    return jax.jit(jax.vmap(_reach_masks(potential)))
-
-
 def _reach_masks(potential: Potential) -> Any:
     def one(position: PyTree) -> list[jax.Array]:
         masks = None
@@ -528,22 +515,17 @@ def _reach_masks(potential: Potential) -> Any:
 
 
 def check_element_reach(
-    potential: Potential,
-    positions: PyTree,
+    masks: Sequence[Any],
+    names: Sequence[str],
     chains: Sequence[int],
-    reach_fn: Any,
     *,
     phase: str,
     action: str,
     draw: int | None = None,
-    masks: Any = None,
-    names: Sequence[str] | None = None,
 ) -> list[GuardEvent]:
-    """Elements that no term's gradient reaches at each chain's state (batched probe;
-    ``masks``: ``reach_fn(positions)`` if already computed, with the leaf ``names``)."""
-    masks = [np.asarray(m) for m in (reach_fn(positions) if masks is None else masks)]
-    if names is None:
-        names = leaf_names(jax.tree_util.tree_map(lambda x: x[0], positions))
+    """Elements that no term's gradient reaches at each chain's state, from the reach
+    ``masks`` (per leaf ``names``, leading chain axis) of :func:`batched_initial_checks`."""
+    masks = [np.asarray(m) for m in masks]
     events = []
     for c_index, chain in enumerate(chains):
         for leaf, mask in zip(names, masks):

@@ -93,7 +93,8 @@ def _unit_interval(bits: Array, dtype: Any) -> Array:
     if dtype == jnp.float32:
         one_two = jax.lax.bitcast_convert_type((bits >> np.uint32(9)) | np.uint32(0x3F800000), jnp.float32)
     else:
-        one_two = jax.lax.bitcast_convert_type((bits >> np.uint64(12)) | np.uint64(0x3FF0000000000000), jnp.float64)
+        exponent_of_one = np.uint64(0x3FF0000000000000)
+        one_two = jax.lax.bitcast_convert_type((bits >> np.uint64(12)) | exponent_of_one, jnp.float64)
     return one_two - 1.0
 
 
@@ -133,5 +134,6 @@ def normal(key: Array, shape: tuple[int, ...], dtype: Any) -> Array:
     if dtype == jnp.float64:
         bits = (bits[:size].astype(jnp.uint64) << np.uint64(32)) | bits[size:].astype(jnp.uint64)
     # [0, 1) -> [-1, 1), then off the pole at -1
-    u = jnp.maximum(2.0 * _unit_interval(bits, dtype) - 1.0, jnp.nextafter(jnp.asarray(-1.0, dtype), jnp.asarray(0.0, dtype)))
+    above_minus_one = jnp.nextafter(jnp.asarray(-1.0, dtype), jnp.asarray(0.0, dtype))
+    u = jnp.maximum(2.0 * _unit_interval(bits, dtype) - 1.0, above_minus_one)
     return (np.sqrt(2.0).astype(dtype) * jax.lax.erf_inv(u)).reshape(shape)

@@ -358,9 +358,10 @@ def sample(
     lazy_replay = static.guard == "trajectory"
     warmup_chunk, sample_chunk = _chunk_functions(potential, static, with_replay=not lazy_replay)
 
-    def rerun_with_replay(phase: str, out: dict, n: int, *args: Any) -> tuple | None:
+    def rerun_with_replay(phase: str, out: dict, *args: Any) -> tuple | None:
         """The chunk again with the replay, if any trajectory of it tripped."""
-        if not lazy_replay or not np.any(out["guard_tripped" if phase == "warmup" else STAT_PREFIX + "guard_tripped"][:n]):
+        tripped = out["guard_tripped"] if phase == "warmup" else out[STAT_PREFIX + "guard_tripped"]
+        if not lazy_replay or not np.any(tripped):
             return None
         located = _chunk_functions(potential, static, with_replay=True)
         return (located[0] if phase == "warmup" else located[1])(*args)
@@ -456,10 +457,8 @@ def sample(
         # the picked ones reported
         positions = _host(states.position) if jax.process_count() > 1 else states.position
         masks = [np.asarray(m)[picked] for m in _initial_program(potential)(positions)[2]]
-        for event in _guard.check_element_reach(
-            potential, None, picked, None, phase=phase, action="reported", draw=draw, masks=masks,
-            names=names,
-        ):
+        found = _guard.check_element_reach(masks, names, picked, phase=phase, action="reported", draw=draw)
+        for event in found:
             key = (event.leaf, tuple(map(tuple, event.indices or [])))
             if key not in probe_seen:
                 probe_seen.add(key)
@@ -540,7 +539,7 @@ def sample(
             args = (chain_keys, states, adapt_state, start, n)
             states, adapt_state, trips, out = warmup_chunk(*args)
             out = {k: v[:n] for k, v in _host(out).items()}
-            again = rerun_with_replay("warmup", out, n, *args)
+            again = rerun_with_replay("warmup", out, *args)
             if again is not None:
                 states, adapt_state, trips, out = again
                 out = {k: v[:n] for k, v in _host(out).items()}
@@ -558,7 +557,7 @@ def sample(
             args = (chain_keys, states, eps, minv, start, n)
             states, trips, out = sample_chunk(*args)
             out = {k: v[:n] for k, v in _host(out).items()}
-            again = rerun_with_replay("sampling", out, n, *args)
+            again = rerun_with_replay("sampling", out, *args)
             if again is not None:
                 states, trips, out = again
                 out = {k: v[:n] for k, v in _host(out).items()}
@@ -787,9 +786,8 @@ def _preflight_all_chains(
     except Exception as err:  # a term without a gradient at all: the structural report names it
         logger.debug("batched initial checks failed: %s", err)
         return report
-    extra = _guard.check_initial_states(potential, positions, chains, batched=per_term)
-    extra += _guard.check_element_reach(potential, positions, chains, None, phase="preflight", action="refused",
-                                        masks=masks)
+    extra = _guard.check_initial_states(potential, positions, chains, per_term)
+    extra += _guard.check_element_reach(masks, leaf_names(first), chains, phase="preflight", action="refused")
     for event in extra:
         if _guard._allowed(event, allow):
             event.action = "allowed"
@@ -834,7 +832,8 @@ def _cached(potential: Potential, key: Any, build: Any) -> Any:
 
 
 def _chunk_functions(potential: Potential, static: _Static, with_replay: bool = True) -> tuple:
-    return _cached(potential, (static, with_replay), lambda: _build_chunk_functions(potential, static, with_replay))
+    key = (static, with_replay)
+    return _cached(potential, key, lambda: _build_chunk_functions(potential, static, with_replay))
 
 
 def _build_chunk_functions(potential: Potential, st: _Static, with_replay: bool = True) -> tuple:

@@ -207,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scaling", action="store_true", help="only the scaling section (chains, lattice size, "
                         "float64/float32, compile time, memory)")
     parser.add_argument("--memory", action="store_true", help="only the peak-memory section")
-    parser.add_argument("--memory-worker", nargs=3, metavar=("SAMPLER", "TARGET", "CHAINS"), help=argparse.SUPPRESS)
+    parser.add_argument("--memory-worker", nargs=3, metavar=("SAMPLER", "TARGET", "CHAINS"),
+                        help=argparse.SUPPRESS)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "BENCHMARKS.md"))
     args = parser.parse_args(argv)
 
@@ -314,7 +315,8 @@ def guard_section(repeats: int) -> list[str]:
     again = hmc.sample(pot, seed=1, **kw)
     lines += [
         "",
-        "Host-side guard work between chunks (element probe: all chains computed, 4 reported per chunk in rotation; attribution of trips) on a "
+        "Host-side guard work between chunks (element probe: all chains computed, 4 reported per chunk in "
+        "rotation; attribution of trips) on a "
         "phi4 32x32 run, 64 chains, 3500 iterations, chunks of 100: "
         f"{first.timing['guard_host_seconds']:.2f} s of {first.timing['total_seconds']:.1f} s "
         f"({100 * first.timing['guard_host_seconds'] / first.timing['total_seconds']:.1f} %) in the first call "

@@ -209,8 +209,8 @@ def test_chunk_boundary_probe_finds_state_dependent_detachment():
     # the exp wall reaches every element, so give the probe a model where only dead_zone acts
     pot = hmc.Potential(terms={"dead_zone": dead_zone}, init=lambda key: {"x": 0.3 * jax.random.normal(key, (6,))})
     state = {"x": jnp.array([[0.0, -2.0, 0.0, 0.0, 0.0, -3.0]])}
-    events = guard.check_element_reach(pot, state, [7], guard.batched_element_reach(pot), phase="sampling",
-                                       action="reported", draw=11)
+    _, masks = jax.jit(guard.batched_initial_checks(pot))(state)
+    events = guard.check_element_reach(masks, ["x"], [7], phase="sampling", action="reported", draw=11)
     assert len(events) == 1
     (e,) = events
     assert (e.kind, e.leaf, e.indices, e.chain, e.draw) == ("disconnected", "x", [[1], [5]], 7, 11)
