@@ -73,11 +73,22 @@ def _closed(j: Any) -> tuple[Any, list]:
     return j, []
 
 
+# Libraries' own thin wrappers around jnp: the line that called the wrapper says more
+# (tfp's numpy backend maps ``tf.math.log`` onto ``jnp.log`` in numpy_math.py).
+_WRAPPER_PATHS = (os.sep + os.path.join("internal", "backend") + os.sep,)
+
+
 def _user_frame(eqn: Any) -> Any:
     if _siu is None:
         return None
     try:
-        return _siu.user_frame(eqn.source_info.traceback)
+        frames = _siu.user_frames(eqn.source_info.traceback)
+        first = None
+        for frame in frames:
+            first = first or frame
+            if not any(part in frame.file_name for part in _WRAPPER_PATHS):
+                return frame
+        return first
     except Exception:
         return None
 
@@ -282,6 +293,14 @@ def _trace_passes(eqn: Any, float_in: list[int], float_out: list[int], passes: l
 
 
 # -- locating cuts in a term's primal jaxpr ---------------------------------------------------
+# Float -> float primitives whose output is piecewise constant in their input: a zero
+# derivative almost everywhere, and a jump in between. Whether the jump is a cut (the
+# energy jumps with it: the force misses a delta function) or a wrap (the energy is
+# continuous across it, as in a minimum image ``d - L * round(d / L)``) depends on the
+# code around it: :func:`continuity` tells the two apart at a state.
+PIECEWISE_CONSTANT = {"round", "floor", "ceil", "sign"}
+
+
 @dataclasses.dataclass(frozen=True)
 class CutSite:
     """An equation where some leaves' gradient path ends while their value goes on."""
@@ -296,19 +315,81 @@ class CutSite:
 class _Flow:
     value: Labels  # leaves the value depends on
     grad: Labels  # leaves with a gradient path to here
-    latent: frozenset  # (leaf, CutSite) lost on a way through a non-float value
+    # On a bool/int value: (leaf, site) pairs whose gradient was lost into it (a
+    # comparison, an int cast). Real cuts only once the value is turned back into a
+    # float and used as a number; a selector (the predicate of a where, an index) is not.
+    lost: frozenset
+    # (leaf, site) pairs that only name a leaf whose gradient is cut altogether
+    # (``where(x > 0, 1.0, 0.0)``: the energy depends on x through a predicate only)
+    named: frozenset
 
 
-def locate_cuts(closed: Any, leaf_labels: Sequence[Labels]) -> tuple[list[_Flow], dict[int, set[CutSite]]]:
-    """Walk a term's primal jaxpr; return the flow at each output and the cut sites per leaf."""
-    cuts: dict[int, set[CutSite]] = {}
-    flows = _walk(closed, [_Flow(lab, lab, frozenset()) for lab in leaf_labels], cuts, None)
+@dataclasses.dataclass
+class Cuts:
+    """What :func:`locate_cuts` found in a term.
+
+    ``sites[leaf]``: the cut sites per leaf index. ``jumps[site]``: for a site whose
+    output is piecewise constant (round, floor, a comparison used as a number), the
+    equations to watch, each as the path of equations from the top of the jaxpr (the
+    enclosing calls, then the equation); ``None`` for a site that is not a jump (a
+    ``stop_gradient``, a zero custom rule) or that sits inside a loop or a branch,
+    where it cannot be watched: such a site is always a cut.
+    """
+
+    sites: dict[int, set[CutSite]] = dataclasses.field(default_factory=dict)
+    jumps: dict[CutSite, list[tuple] | None] = dataclasses.field(default_factory=dict)
+    named: dict[int, set[CutSite]] = dataclasses.field(default_factory=dict)
+    wrapped: dict[int, set[CutSite]] = dataclasses.field(default_factory=dict)  # dropped: wraps
+
+    def record(self, leaves: Labels, site: CutSite, path: tuple | None) -> None:
+        for leaf in leaves:
+            self.sites.setdefault(leaf, set()).add(site)
+        if site in self.jumps and self.jumps[site] is None:
+            return
+        if path is None:
+            self.jumps[site] = None
+        else:
+            self.jumps.setdefault(site, []).append(path)
+
+    def drop(self, site: CutSite) -> None:
+        """``site`` is a wrap, not a cut."""
+        for leaf, sites in self.sites.items():
+            if site in sites:
+                sites.discard(site)
+                self.wrapped.setdefault(leaf, set()).add(site)
+        self.jumps.pop(site, None)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Context:
+    cuts: Cuts
+    call_site: tuple | None = None
+    path: tuple | None = ()  # enclosing call equations; None inside a loop or branch
+
+    def enter(self, eqn: Any) -> "_Context":
+        path = None if self.path is None else self.path + (eqn,)
+        return dataclasses.replace(self, call_site=_enter_call(eqn, self.call_site), path=path)
+
+    def opaque(self) -> "_Context":
+        return dataclasses.replace(self, path=None)
+
+    def at(self, eqn: Any) -> tuple | None:
+        return None if self.path is None else self.path + (eqn,)
+
+
+def locate_cuts(closed: Any, leaf_labels: Sequence[Labels]) -> tuple[list[_Flow], Cuts]:
+    """Walk a term's primal jaxpr; return the flow at each output and the cuts found."""
+    cuts = Cuts()
+    empty = frozenset()
+    flows = _walk(closed, [_Flow(lab, lab, empty, empty) for lab in leaf_labels], _Context(cuts))
+    for leaf, site in flows[0].named if flows else ():
+        cuts.named.setdefault(leaf, set()).add(site)
     return flows, cuts
 
 
-def _walk(closed: Any, ins: list[_Flow], cuts: dict[int, set[CutSite]], call_site: tuple | None) -> list[_Flow]:
+def _walk(closed: Any, ins: list[_Flow], ctx: _Context) -> list[_Flow]:
     jaxpr, _ = _closed(closed)
-    empty = _Flow(Labels(), Labels(), frozenset())
+    empty = _Flow(Labels(), Labels(), frozenset(), frozenset())
     env: dict[Any, _Flow] = {v: empty for v in jaxpr.constvars}
     for v, f in zip(jaxpr.invars, ins):
         env[v] = f
@@ -318,7 +399,7 @@ def _walk(closed: Any, ins: list[_Flow], cuts: dict[int, set[CutSite]], call_sit
 
     for eqn in jaxpr.eqns:
         flows = [read(v) for v in eqn.invars]
-        outs = _walk_eqn(eqn, flows, cuts, call_site)
+        outs = _walk_eqn(eqn, flows, ctx)
         for v, f in zip(eqn.outvars, outs):
             env[v] = f
     return [read(v) for v in jaxpr.outvars]
@@ -348,47 +429,51 @@ def _site(eqn: Any, call_site: tuple | None) -> CutSite:
     return CutSite(primitive_label(eqn), source, function)
 
 
-def _record(cuts: dict[int, set[CutSite]], leaves: Labels, site: CutSite) -> None:
-    for leaf in leaves:
-        cuts.setdefault(leaf, set()).add(site)
+def _union_of(sets: Sequence[frozenset]) -> frozenset:
+    return frozenset().union(*sets) if sets else frozenset()
 
 
-def _walk_eqn(eqn: Any, flows: list[_Flow], cuts: dict[int, set[CutSite]], call_site: tuple | None) -> list[_Flow]:
+def _walk_eqn(eqn: Any, flows: list[_Flow], ctx: _Context) -> list[_Flow]:
     name = eqn.primitive.name
     if name in _CALL_PRIMITIVES and _sub_jaxpr_of_call(eqn) is not None:
         sub = _sub_jaxpr_of_call(eqn)
         inner, _ = _closed(sub)
         if len(inner.invars) == len(flows):
-            return _walk(sub, flows, cuts, _enter_call(eqn, call_site))
+            return _walk(sub, flows, ctx.enter(eqn))
     if name == "scan":
-        return _walk_scan(eqn, flows, cuts, call_site)
+        return _walk_scan(eqn, flows, ctx.opaque())
     if name == "cond":
-        return _walk_cond(eqn, flows, cuts, call_site)
+        return _walk_cond(eqn, flows, ctx.opaque())
 
     value = _union([f.value for f in flows])
-    latent = frozenset().union(*[f.latent for f in flows]) if flows else frozenset()
     index_ops = _index_operands(eqn)
     passes = gradient_passes(eqn)
+    floats = [i for i in range(len(flows)) if i not in index_ops and is_float_var(eqn.invars[i])]
+    grad_in = _union([flows[i].grad for i in floats])
+    lost_in = _union_of([f.lost for f in flows])
+    named_in = _union_of([f.named for f in flows])
+    site = None
     outs = []
-    grad_in = _union([f.grad for i, f in enumerate(flows) if i not in index_ops and is_float_var(eqn.invars[i])])
     for j, out in enumerate(eqn.outvars):
         if not is_float(out.aval):
-            # Gradient cannot live in a bool/int value: remember what was lost, report it
-            # only if that value is used as a number later (or the leaf ends up cut).
-            lost = frozenset((leaf, _site(eqn, call_site)) for leaf in grad_in)
-            outs.append(_Flow(value, Labels(), latent | lost))
+            # Gradient cannot live in a bool/int value: remember what was lost; it is a
+            # cut only if this value is turned back into a number later.
+            if grad_in:
+                site = site or _site(eqn, ctx.call_site)
+            lost = frozenset((leaf, site) for leaf in grad_in) if grad_in else frozenset()
+            outs.append(_Flow(value, Labels(), lost_in | lost, named_in))
             continue
         grad = _union([flows[i].grad for i in range(len(flows)) if passes[i][j]])
-        lost = grad_in - grad
-        if lost:
-            _record(cuts, lost, _site(eqn, call_site))
-        new_latent = latent
+        missing = grad_in - grad
+        if missing:
+            site = site or _site(eqn, ctx.call_site)
+            ctx.cuts.record(missing, site, ctx.at(eqn) if name in PIECEWISE_CONSTANT else None)
         if name == "convert_element_type" and not is_float_var(eqn.invars[0]):
-            # a comparison or an int cast used as a number: the lost gradient is real now
-            for leaf, site in latent:
-                _record(cuts, Labels({leaf}), site)
-            new_latent = frozenset()
-        outs.append(_Flow(value, grad, new_latent))
+            # a comparison or an int cast used as a number: the lost gradient is a cut,
+            # a jump of this (piecewise constant) output
+            for leaf, lost_site in flows[0].lost:
+                ctx.cuts.record(Labels({leaf}), lost_site, ctx.at(eqn))
+        outs.append(_Flow(value, grad, frozenset(), named_in | lost_in))
     return outs
 
 
@@ -397,34 +482,156 @@ def is_float_var(v: Any) -> bool:
 
 
 def _merge(a: _Flow, b: _Flow) -> _Flow:
-    return _Flow(a.value | b.value, a.grad | b.grad, a.latent | b.latent)
+    return _Flow(a.value | b.value, a.grad | b.grad, a.lost | b.lost, a.named | b.named)
 
 
-def _walk_scan(eqn: Any, flows: list[_Flow], cuts: dict[int, set[CutSite]], call_site: tuple | None) -> list[_Flow]:
+def _walk_scan(eqn: Any, flows: list[_Flow], ctx: _Context) -> list[_Flow]:
     p = eqn.params
     n_consts, n_carry = p["num_consts"], p["num_carry"]
     consts, carry, xs = flows[:n_consts], flows[n_consts : n_consts + n_carry], flows[n_consts + n_carry :]
     outs = carry
     for _ in range(len(carry) + 2):
-        outs = _walk(p["jaxpr"], consts + carry + xs, cuts, call_site)
+        outs = _walk(p["jaxpr"], consts + carry + xs, ctx)
         new_carry = [_merge(a, b) for a, b in zip(carry, outs[:n_carry])]
-        if all(x.value == y.value and x.grad == y.grad and x.latent == y.latent for x, y in zip(new_carry, carry)):
+        if new_carry == carry:
             break
         carry = new_carry
     return carry + outs[n_carry:]
 
 
-def _walk_cond(eqn: Any, flows: list[_Flow], cuts: dict[int, set[CutSite]], call_site: tuple | None) -> list[_Flow]:
+def _walk_cond(eqn: Any, flows: list[_Flow], ctx: _Context) -> list[_Flow]:
     index, ops = flows[0], flows[1:]
     outs: list[_Flow] | None = None
     for branch in eqn.params["branches"]:
-        got = _walk(branch, ops, cuts, call_site)
+        got = _walk(branch, ops, ctx)
         outs = got if outs is None else [_merge(a, b) for a, b in zip(outs, got)]
     assert outs is not None
-    return [_Flow(o.value | index.value, o.grad, o.latent | index.latent) for o in outs]
+    return [_Flow(o.value | index.value, o.grad, o.lost | index.lost, o.named | index.named | index.lost)
+            for o in outs]
 
 
-# -- replay: where did the first NaN/Inf appear? ----------------------------------------------
+# -- is a piecewise-constant site a cut or a wrap? --------------------------------------------
+def eval_tapped(closed: Any, args: Sequence[Any], paths: Sequence[tuple]) -> tuple[list[Any], list[list[Any]]]:
+    """Evaluate ``closed`` at ``args`` (concrete or traced) and also return the outputs
+    of the equations at ``paths`` (each the enclosing call equations, then the equation)."""
+    jaxpr, consts = _closed(closed)
+    env: dict[Any, Any] = dict(zip(jaxpr.constvars, consts))
+    env.update(zip(jaxpr.invars, args))
+    heads: dict[int, list[tuple[int, tuple]]] = {}
+    for k, path in enumerate(paths):
+        heads.setdefault(id(path[0]), []).append((k, path[1:]))
+    taps: list[list[Any]] = [[] for _ in paths]
+
+    def read(v: Any) -> Any:
+        return v.val if is_literal(v) else env[v]
+
+    for eqn in jaxpr.eqns:
+        invals = [read(v) for v in eqn.invars]
+        entries = heads.get(id(eqn), [])
+        deeper = [(k, tail) for k, tail in entries if tail]
+        if deeper:
+            sub = _sub_jaxpr_of_call(eqn)
+            inner, _ = _closed(sub)
+            offset = len(invals) - len(inner.invars)
+            outs, inner_taps = eval_tapped(sub, invals[offset:], [tail for _, tail in deeper])
+            for (k, _), got in zip(deeper, inner_taps):
+                taps[k] = got
+        else:
+            outs = _bind_eqn(eqn, invals)
+        for k, tail in entries:
+            if not tail:
+                taps[k] = list(outs)
+        for v, o in zip(eqn.outvars, outs):
+            env[v] = o
+    return [read(v) for v in jaxpr.outvars], taps
+
+
+@dataclasses.dataclass
+class Continuity:
+    """What :func:`continuity` saw: ``jumps`` crossings of the site's jumps, the largest
+    change of the energy across one (``largest``) against what the smooth part and
+    rounding explain (``allowed``)."""
+
+    continuous: bool | None  # None: no jump reached from this state
+    crossings: int
+    largest: float
+    allowed: float
+
+
+def continuity(closed: Any, leaves: Sequence[Any], paths: Sequence[tuple], *, lines: int = 3,
+               seed: int = 0) -> Continuity:
+    """Is the term's value continuous across the jumps of the piecewise-constant
+    outputs at ``paths``?
+
+    From the state ``leaves``, along ``lines`` random directions, find the nearest
+    point where a watched output changes (doubling the distance, then bisecting down to
+    adjacent floating-point states), and compare the energy on both sides: a change
+    beyond the smooth part (the gradient times the gap) and rounding (``256 eps |U|``)
+    is a jump of the energy, so the site is a cut. A minimum image, a ``jnp.mod``
+    wrap or a mask multiplied by zero changes nothing there: the derivative is right
+    except on a set of measure zero, and the site is a wrap.
+    """
+    from jax.flatten_util import ravel_pytree
+
+    x0, unravel = ravel_pytree(list(leaves))
+    dtype = x0.dtype
+    eps = float(jnp.finfo(dtype).eps)
+
+    def energy_fn(x):
+        return eval_tapped(closed, unravel(x), [])[0][0]
+
+    watch = jax.jit(lambda x: [o for tap in eval_tapped(closed, unravel(x), paths)[1] for o in tap])
+    value_and_grad = jax.jit(jax.value_and_grad(energy_fn))
+    h0 = [np.asarray(h) for h in watch(x0)]
+
+    def changed(x: Any) -> bool:
+        return any(not np.array_equal(np.asarray(h), g, equal_nan=True) for h, g in zip(watch(x), h0))
+
+    x0_host = np.asarray(x0, np.float64)
+    scale = max(float(np.sqrt(np.mean(x0_host**2))), 1.0)
+    rng = np.random.default_rng(seed)
+    crossings, largest, allowed = 0, 0.0, 0.0
+    for _ in range(lines):
+        v = rng.standard_normal(x0_host.size)
+        v /= np.sqrt(np.mean(v**2))
+        at = lambda t: jnp.asarray(x0_host + t * v, dtype)  # noqa: E731
+        bracket = None
+        for sign in (1.0, -1.0):
+            previous, t = 0.0, 1e-3 * scale
+            while t < 1e4 * scale and bracket is None:
+                if changed(at(sign * t)):
+                    bracket = (sign * previous, sign * t)
+                previous, t = t, 2.0 * t
+            if bracket is not None:
+                break
+        if bracket is None:
+            continue
+        lo, hi = bracket
+        for _ in range(200):
+            mid = 0.5 * (lo + hi)
+            x_mid = np.asarray(at(mid))
+            if np.array_equal(x_mid, np.asarray(at(lo))) or np.array_equal(x_mid, np.asarray(at(hi))):
+                break
+            if changed(at(mid)):
+                hi = mid
+            else:
+                lo = mid
+        x_lo, x_hi = at(lo), at(hi)
+        (e_lo, g_lo), (e_hi, g_hi) = value_and_grad(x_lo), value_and_grad(x_hi)
+        e_lo, e_hi = float(e_lo), float(e_hi)
+        gap = np.asarray(x_hi, np.float64) - np.asarray(x_lo, np.float64)
+        smooth = abs(float(np.dot(np.asarray(g_lo, np.float64), gap))) + abs(float(np.dot(np.asarray(g_hi, np.float64), gap)))
+        tolerance = 10.0 * smooth + 256.0 * eps * max(abs(e_lo), abs(e_hi), 1.0)
+        jump = abs(e_hi - e_lo) if np.isfinite(e_hi - e_lo) else np.inf
+        crossings += 1
+        if jump > largest or crossings == 1:
+            largest, allowed = max(largest, jump), tolerance
+        if not jump <= tolerance:
+            return Continuity(False, crossings, jump, tolerance)
+    return Continuity(True if crossings else None, crossings, largest, allowed)
+
+
+# -- replay: which NaN/Inf reaches the output? ---------------------------------------------------
 @dataclasses.dataclass
 class NonfiniteOrigin:
     primitive: str
@@ -432,87 +639,214 @@ class NonfiniteOrigin:
     function: str | None
     indices: list[list[int]]
     via: str | None = None
+    cause: str | None = None  # "overflow", "singularity" or "domain" (see :func:`cause_of`)
+
+
+def _is_float_array(x: Any) -> bool:
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        dtype = np.asarray(x).dtype
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):  # typed keys (tfp, jax.random.key)
+        return False
+    return bool(jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.complexfloating))
 
 
 def _all_finite(x: Any) -> bool:
-    a = np.asarray(x)
-    if not (jnp.issubdtype(a.dtype, jnp.floating) or jnp.issubdtype(a.dtype, jnp.complexfloating)):
+    if not _is_float_array(x):
         return True
-    return bool(np.all(np.isfinite(a)))
+    return bool(np.all(np.isfinite(np.asarray(x))))
 
 
-def first_nonfinite(closed: Any, args: Sequence[Any], call_site: tuple | None = None) -> NonfiniteOrigin | None:
-    """Evaluate ``closed`` at ``args`` equation by equation; the first equation whose
-    inputs are all finite and whose output is not, recursing into calls and loops."""
-    jaxpr, consts = _closed(closed)
-    env: dict[Any, Any] = {}
-    for v, c in zip(jaxpr.constvars, consts):
-        env[v] = c
-    for v, a in zip(jaxpr.invars, args):
-        env[v] = a
-
-    def read(v: Any) -> Any:
-        return v.val if is_literal(v) else env[v]
-
-    for eqn in jaxpr.eqns:
-        invals = [read(v) for v in eqn.invars]
-        outs = _bind_eqn(eqn, invals)
-        for v, o in zip(eqn.outvars, outs):
-            env[v] = o
-        if all(_all_finite(x) for x in invals) and not all(_all_finite(o) for o in outs):
-            return _origin_inside(eqn, invals, outs, call_site)
-    return None
+def _sanitized(x: Any) -> Any:
+    """``x`` with its non-finite elements replaced by 1 (finite, and no new pole of
+    log, division or rsqrt downstream)."""
+    if not _is_float_array(x):
+        return x
+    return jnp.where(jnp.isfinite(x), x, jnp.ones((), jnp.asarray(x).dtype))
 
 
-def _origin_inside(eqn: Any, invals: list[Any], outs: list[Any], call_site: tuple | None) -> NonfiniteOrigin:
-    name = eqn.primitive.name
-    site = call_site
-    try:
-        if (name in _CALL_PRIMITIVES or name in _CUSTOM_PRIMITIVES) and _sub_jaxpr_of_call(eqn) is not None:
-            sub = _sub_jaxpr_of_call(eqn)
-            inner, _ = _closed(sub)
-            offset = len(invals) - len(inner.invars)
-            site = _enter_call(eqn, site)
-            found = first_nonfinite(sub, invals[offset:], site)
-            if found is not None:
-                return found
-        if name == "scan":
-            found = _scan_origin(eqn, invals, site)
-            if found is not None:
-                return found
-        if name == "cond":
-            branch = eqn.params["branches"][int(np.asarray(invals[0]))]
-            found = first_nonfinite(branch, invals[1:], site)
-            if found is not None:
-                return found
-    except Exception:
-        pass
-    bad = next(o for o in outs if not _all_finite(o))
-    indices = [list(map(int, i)) for i in np.argwhere(~np.isfinite(np.asarray(bad)))[:8]]
-    source, function, via = source_of(eqn), function_of(eqn), None
-    if call_site is not None and source is None:
-        source, function, via = call_site[0], call_site[1], call_site[3]
-    return NonfiniteOrigin(primitive_label(eqn), source, function, indices, via)
+_POLES = {"div": (1,), "rem": (1,)}  # primitive -> the operands whose zero is a pole
 
 
-def _scan_origin(eqn: Any, invals: list[Any], call_site: tuple | None) -> NonfiniteOrigin | None:
-    p = eqn.params
-    n_consts, n_carry = p["num_consts"], p["num_carry"]
-    consts, carry, xs = invals[:n_consts], invals[n_consts : n_consts + n_carry], invals[n_consts + n_carry :]
-    body = jcore.jaxpr_as_fun(p["jaxpr"]) if hasattr(jcore, "jaxpr_as_fun") else None
-    length = p["length"]
-    for t in range(length):
-        index = length - 1 - t if p.get("reverse", False) else t
-        x_t = [np.asarray(x)[index] for x in xs]
-        args = consts + carry + x_t
-        found = first_nonfinite(p["jaxpr"], args, call_site)
-        if found is not None:
-            return found
-        out = body(*args) if body is not None else None
-        if out is None:
-            return None
-        carry = list(out[:n_carry])
-    return None
+def _fresh_nonfinite(invals: Sequence[Any], out: Any) -> np.ndarray | None:
+    """Elements of ``out`` that are non-finite while the inputs there are finite: the
+    ones this equation created. For an equation that is not elementwise (a reduction,
+    a gather) that is known only when every input is finite; ``None`` otherwise (and for
+    non-float outputs)."""
+    if not _is_float_array(out):
+        return None
+    bad = ~np.isfinite(np.asarray(out))
+    if all(_all_finite(x) for x in invals):
+        return bad
+    shape = np.shape(out)
+    fresh = bad.copy()
+    for x in invals:
+        if not _is_float_array(x):
+            continue
+        a = np.asarray(x)
+        if a.shape == shape:
+            fresh &= np.isfinite(a)
+        elif a.ndim == 0:
+            if not np.isfinite(a):
+                return np.zeros(shape, bool)
+        else:
+            return None  # not elementwise: cannot tell what is new
+    return fresh
+
+
+def cause_of(primitive: str, invals: Sequence[Any], out: Any, element: tuple | None = None) -> str:
+    """Why finite inputs gave a non-finite output, judged at ``element`` (default: its
+    first bad element).
+
+    ``singularity``: a pole, some input exactly zero there (``1/0``, ``0/0``, ``log(0)``,
+    ``rsqrt(0)``, ``0**-n``; for a division only the divisor counts). ``domain``: NaN
+    from finite, non-zero inputs (``sqrt``/``log`` of a negative number, a fractional
+    power of one). ``overflow``: an infinity from finite, non-zero inputs too large for
+    the type (``exp``, ``x**12``, a product or sum of large numbers).
+    """
+    out = np.asarray(out)
+    if element is None:
+        bad = np.argwhere(~np.isfinite(out))
+        if len(bad) == 0:
+            return "domain"
+        element = tuple(int(i) for i in bad[0])
+    operands = _POLES.get(primitive, range(len(invals)))
+    for k in operands:
+        x = invals[k]
+        dtype = getattr(x, "dtype", None)
+        if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+            continue
+        a = np.asarray(x)
+        if not np.issubdtype(a.dtype, np.number):
+            continue
+        value = a if a.ndim == 0 else (a[element] if a.shape == out.shape else None)
+        if value is not None and value == 0:
+            return "singularity"
+    return "domain" if np.isnan(out[element]) else "overflow"
+
+
+class _Replay:
+    """One evaluation of a jaxpr, equation by equation, in which every *origin* (an
+    equation that turns finite inputs into NaN/Inf) is recorded and, except the one
+    let through, has its non-finite elements replaced by finite ones."""
+
+    def __init__(self, let_through: tuple | None, elements: np.ndarray | None = None):
+        self.let_through = let_through
+        self.elements = elements  # flat indices of the let-through output's elements (None: all)
+        self.origins: list[tuple[tuple, NonfiniteOrigin]] = []
+        # key -> (primitive, inputs, bad output, its new non-finite elements)
+        self.evidence: dict[tuple, tuple[str, list[Any], Any, np.ndarray]] = {}
+
+    def run(self, closed: Any, args: Sequence[Any], key: tuple = (), call_site: tuple | None = None) -> list[Any]:
+        jaxpr, consts = _closed(closed)
+        env: dict[Any, Any] = dict(zip(jaxpr.constvars, consts))
+        env.update(zip(jaxpr.invars, args))
+
+        def read(v: Any) -> Any:
+            return v.val if is_literal(v) else env[v]
+
+        for index, eqn in enumerate(jaxpr.eqns):
+            invals = [read(v) for v in eqn.invars]
+            outs = _bind_eqn(eqn, invals)
+            if not all(_all_finite(o) for o in outs):
+                outs = self._inside(eqn, invals, outs, key + (index,), call_site)
+            for v, o in zip(eqn.outvars, outs):
+                env[v] = o
+        return [read(v) for v in jaxpr.outvars]
+
+    def _inside(self, eqn: Any, invals: list[Any], outs: list[Any], key: tuple, call_site: tuple | None) -> list[Any]:
+        name = eqn.primitive.name
+        try:
+            if (name in _CALL_PRIMITIVES or name in _CUSTOM_PRIMITIVES) and _sub_jaxpr_of_call(eqn) is not None:
+                sub = _sub_jaxpr_of_call(eqn)
+                inner, _ = _closed(sub)
+                offset = len(invals) - len(inner.invars)
+                return self.run(sub, invals[offset:], key, _enter_call(eqn, call_site))
+            if name == "scan":
+                return self._scan(eqn, invals, key, call_site)
+            if name == "cond":
+                branch = eqn.params["branches"][int(np.asarray(invals[0]))]
+                return self.run(branch, invals[1:], key, call_site)
+        except Exception:  # an equation the replay cannot enter: judge it as a whole
+            pass
+        fresh = [_fresh_nonfinite(invals, o) for o in outs]
+        if not any(f is not None and f.any() for f in fresh):
+            return outs  # non-finite values passing through: not an origin
+        k_bad = next(k for k, f in enumerate(fresh) if f is not None and f.any())
+        bad = outs[k_bad]
+        indices = [list(map(int, i)) for i in np.argwhere(fresh[k_bad])[:8]]
+        source, function, via = source_of(eqn), function_of(eqn), None
+        if call_site is not None and source is None:
+            source, function, via = call_site[0], call_site[1], call_site[3]
+        element = tuple(int(i) for i in np.argwhere(fresh[k_bad])[0])
+        origin = NonfiniteOrigin(primitive_label(eqn), source, function, indices, via,
+                                 cause_of(name, invals, bad, element))
+        self.origins.append((key, origin))
+        self.evidence[key] = (name, invals, bad, fresh[k_bad])
+        if key != self.let_through:
+            keep = [None if f is None else ~f for f in fresh]  # keep what flows in, sanitize what is new
+        elif self.elements is None:
+            return outs
+        else:  # let only the chosen new elements of the first output through
+            chosen = np.zeros(np.size(bad), bool)
+            chosen[self.elements] = True
+            keep = [None if f is None else ~f for f in fresh]
+            keep[k_bad] = ~fresh[k_bad] | chosen.reshape(np.shape(bad))
+        return [o if m is None else jnp.where(m, o, _sanitized(o)) for o, m in zip(outs, keep)]
+
+    def _scan(self, eqn: Any, invals: list[Any], key: tuple, call_site: tuple | None) -> list[Any]:
+        p = eqn.params
+        n_consts, n_carry = p["num_consts"], p["num_carry"]
+        consts, carry, xs = invals[:n_consts], invals[n_consts : n_consts + n_carry], invals[n_consts + n_carry :]
+        length = p["length"]
+        ys: list[list[Any]] = []
+        for t in range(length):
+            index = length - 1 - t if p.get("reverse", False) else t
+            out = self.run(p["jaxpr"], consts + carry + [x[index] for x in xs], key + (index,), call_site)
+            carry, y = list(out[:n_carry]), out[n_carry:]
+            ys.append(y)
+        if p.get("reverse", False):
+            ys = ys[::-1]
+        stacked = [jnp.stack([y[k] for y in ys]) for k in range(len(ys[0]))] if ys and ys[0] else []
+        if not ys:
+            stacked = [jnp.zeros(v.aval.shape, v.aval.dtype) for v in eqn.outvars[n_carry:]]
+        return carry + stacked
+
+
+def first_nonfinite(closed: Any, args: Sequence[Any]) -> NonfiniteOrigin | None:
+    """The first equation, in program order, that turned finite inputs into NaN/Inf
+    *whose non-finite values reach an output*.
+
+    A NaN that the program computes and then throws away (the unselected branch of a
+    ``where``, jax-md's ``safe_mask`` on the pair diagonal) is not blamed: each
+    origin is let through on its own, with every other origin's non-finite elements
+    replaced by finite ones, and the first whose NaN/Inf still reaches an output is
+    the one reported. Within it, the elements that reach are narrowed down by halving
+    (an equation over all pairs may hold discarded NaNs next to the one that
+    matters), and the cause is judged at a reaching element. Recurses into calls,
+    custom rules, ``scan`` (iteration by iteration) and the taken branch of ``cond``.
+    """
+    survey = _Replay(None)
+    survey.run(closed, args)
+
+    def reaches(key: tuple, elements: np.ndarray | None = None) -> bool:
+        outs = _Replay(key, elements).run(closed, args)
+        return not all(_all_finite(o) for o in outs)
+
+    for key, origin in survey.origins:
+        if not reaches(key):
+            continue
+        name, invals, bad, fresh = survey.evidence[key]
+        candidates = np.flatnonzero(fresh)
+        while len(candidates) > 1:
+            half = candidates[: len(candidates) // 2]
+            candidates = half if reaches(key, half) else candidates[len(candidates) // 2 :]
+        if len(candidates) == 1:
+            element = tuple(int(i) for i in np.unravel_index(candidates[0], np.shape(bad)))
+            origin.cause = cause_of(name, invals, bad, element)
+            origin.indices = [list(element)]
+        return origin
+    return survey.origins[0][1] if survey.origins else None
 
 
 def as_flat_function(fn: Callable[[Any], Any], position: Any) -> tuple[Callable[..., Any], list[Any]]:

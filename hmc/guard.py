@@ -53,6 +53,7 @@ class GuardEvent:
     draw: int | None = None
     leapfrog_step: int | None = None
     action: str = "reported"
+    cause: str | None = None  # non-finite findings: "overflow", "singularity" or "domain"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -107,23 +108,35 @@ def term_report(potential: Potential, position: PyTree) -> dict[str, tuple[np.nd
     return report
 
 
-def _hint(primitive: str | None, energy_finite: bool, in_gradient: bool) -> str:
-    """One line on the known ways a finite model produces NaN/Inf."""
-    p = (primitive or "").split("[")[0]
-    if p == "exp":
-        return "exp overflow (float32 overflows above ~88.7): use run.precision=float64 or a stable form (logsumexp, softplus)"
-    if in_gradient and energy_finite:
+def _hint(origin: _jaxpr.NonfiniteOrigin | None, energy_finite: bool, gradient_values: np.ndarray | None) -> str:
+    """One line on the known ways a finite model produces NaN/Inf, from the cause found
+    by the replay (see :func:`hmc._jaxpr.cause_of`)."""
+    p = (origin.primitive if origin else "").split("[")[0]
+    cause = origin.cause if origin else None
+    if cause == "overflow":
+        text = "overflow: finite inputs gave a result too large for the type (float32 tops out at ~3.4e38"
+        if p == "exp":
+            text += "; exp overflows above ~88.7"
+        return text + "): use run.precision=float64 or a stable form (logsumexp, softplus, log space)"
+    nan_gradient = gradient_values is not None and bool(np.any(np.isnan(gradient_values)))
+    if gradient_values is not None and energy_finite and nan_gradient:
         return (
-            "the energy is finite but its gradient is not: the classic where-trap (a jnp.where whose "
-            "unselected branch has a singular derivative); mask that branch's input too (the double where "
-            "of jax-md's safe_mask)"
+            "the energy is finite but its gradient is NaN: the classic where-trap (a jnp.where whose "
+            "unselected branch has a singular derivative, and 0 * inf = NaN); mask that branch's input too "
+            "(the double where of jax-md's safe_mask)"
         )
-    if p == "log":
-        return "log of zero or of a negative number: keep its argument positive (clip, or an epsilon)"
-    if p in ("div", "integer_pow", "pow", "rsqrt"):
+    if cause == "singularity":
+        if p in ("log", "log1p"):
+            return "log of zero: keep its argument positive (clip, or an epsilon)"
+        if gradient_values is not None and energy_finite:
+            return f"{p!r} at a pole of its derivative (an infinite slope, as sqrt at 0): keep the argument off the pole"
         return "division by zero (or a negative power of zero): guard the denominator"
-    if p == "sqrt":
-        return "sqrt of a negative number"
+    if cause == "domain":
+        if p in ("log", "log1p"):
+            return "log of a negative number: keep its argument positive (a transform to unconstrained space?)"
+        if p in ("sqrt", "pow"):
+            return f"{p!r} of a negative number"
+        return "an undefined operation (0/0, or a function outside its domain)"
     return "a finite input produced NaN/Inf here"
 
 
@@ -183,8 +196,8 @@ def attribute(
                     term=term,
                     primitive=origin.primitive if origin else None,
                     source=origin.source if origin else None,
-                    message=f"energy of term {term!r} is {float(value)}; "
-                    + _hint(origin.primitive if origin else None, False, False),
+                    cause=origin.cause if origin else None,
+                    message=f"energy of term {term!r} is {float(value)}; " + _hint(origin, False, None),
                     **context,
                 )
             )
@@ -204,10 +217,11 @@ def attribute(
                         indices=_nonfinite_indices(g),
                         primitive=origin.primitive if origin else None,
                         source=origin.source if origin else None,
+                        cause=origin.cause if origin else None,
                         message=f"{n_bad} non-finite gradient element(s) of leaf {leaf!r} from term {term!r}"
-                        + (f", first produced by {origin.primitive!r}{where}" if origin else "")
+                        + (f", first produced by {origin.primitive!r}{where} ({origin.cause})" if origin else "")
                         + "; "
-                        + _hint(origin.primitive if origin else None, energy_finite, True),
+                        + _hint(origin, energy_finite, g),
                         **context,
                     )
                 )
@@ -313,8 +327,13 @@ def _site_text(site: _jaxpr.CutSite) -> str:
     return text
 
 
-def _connectivity(fn: Any, position: PyTree) -> tuple[list[bool], list[bool], dict[int, set], list[_jaxpr.CutSite]]:
-    """(value depends on leaf, gradient reaches leaf, cut sites per leaf, latent sites per leaf)."""
+def _connectivity(fn: Any, position: PyTree) -> tuple[list[bool], list[bool], _jaxpr.Cuts, dict]:
+    """(value depends on leaf, gradient reaches leaf, the cuts, continuity per tested site).
+
+    Each piecewise-constant cut site (``round``, ``floor``, a comparison used as a
+    number) is tested at ``position`` with :func:`hmc._jaxpr.continuity`: a site across
+    whose jumps the term's value is continuous (a periodic wrap) is dropped.
+    """
     flat, leaves = _jaxpr.as_flat_function(fn, position)
     n = len(leaves)
     primal = jax.make_jaxpr(flat)(*leaves)
@@ -326,11 +345,29 @@ def _connectivity(fn: Any, position: PyTree) -> tuple[list[bool], list[bool], di
 
     vjp = jax.make_jaxpr(pullback)(jnp.ones(out_aval.shape, out_aval.dtype))
     grads = _jaxpr.dependencies(vjp, [frozenset({"ct"})])
-    flows, cuts = _jaxpr.locate_cuts(primal, [frozenset({i}) for i in range(n)])
-    latent: dict[int, set] = {}
-    for leaf, site in flows[0].latent:
-        latent.setdefault(leaf, set()).add(site)
-    return [i in value_deps for i in range(n)], ["ct" in g for g in grads], cuts, latent
+    _, cuts = _jaxpr.locate_cuts(primal, [frozenset({i}) for i in range(n)])
+    tested: dict[_jaxpr.CutSite, _jaxpr.Continuity] = {}
+    for site, paths in list(cuts.jumps.items()):
+        if paths is None:
+            continue
+        try:
+            seen = _jaxpr.continuity(primal, leaves, paths)
+        except Exception as err:  # cannot evaluate the watch: keep the cut
+            logger.debug("continuity of %s not tested: %s", site, err)
+            continue
+        tested[site] = seen
+        if seen.continuous:
+            logger.debug("%s is a wrap: the energy is continuous across its jumps (%s)", site, seen)
+            cuts.drop(site)
+    return [i in value_deps for i in range(n)], ["ct" in g for g in grads], cuts, tested
+
+
+def _jump_text(seen: _jaxpr.Continuity | None) -> str:
+    if seen is None:
+        return ""
+    if seen.continuous is None:
+        return "; no jump of it was reached from this state to test whether the energy is continuous there"
+    return f"; the energy jumps by {seen.largest:.3g} across it (rounding and slope explain {seen.allowed:.2g})"
 
 
 def preflight(
@@ -385,14 +422,15 @@ def preflight(
     for term in terms:
         fn = potential.terms[term]
         try:
-            value_dep, grad_dep, cuts, latent = _connectivity(fn, position)
+            value_dep, grad_dep, cuts, tested = _connectivity(fn, position)
         except Exception as err:
             for leaf in names:
                 status[(term, leaf)] = "cut"
             emit(kind="disconnected", term=term, message=f"term {term!r} cannot be reverse-differentiated: {err}")
             continue
         for i, leaf in enumerate(names):
-            sites = sorted(cuts.get(i, set()), key=lambda s: (s.source or "", s.primitive))
+            sites = sorted(cuts.sites.get(i, set()), key=lambda s: (s.source or "", s.primitive))
+            wraps_only = bool(cuts.wrapped.get(i)) and not sites
             if grad_dep[i]:
                 reached[i] = True
                 status[(term, leaf)] = "partially_detached" if sites else "connected"
@@ -404,11 +442,14 @@ def preflight(
                         primitive=site.primitive,
                         source=site.source,
                         message=f"one path from leaf {leaf!r} into term {term!r} is cut by {_site_text(site)} "
-                        "while another still carries gradient: the force misses part of the energy",
+                        "while another still carries gradient: the force misses part of the energy"
+                        + _jump_text(tested.get(site)),
                     )
+            elif value_dep[i] and wraps_only:
+                status[(term, leaf)] = "unused"  # continuous across every jump: locally constant
             elif value_dep[i]:
                 status[(term, leaf)] = "cut"
-                sites = sites or sorted(latent.get(i, set()), key=lambda s: (s.source or "", s.primitive))
+                sites = sites or sorted(cuts.named.get(i, set()), key=lambda s: (s.source or "", s.primitive))
                 for site in sites or [None]:
                     emit(
                         kind="disconnected",
@@ -418,7 +459,8 @@ def preflight(
                         source=site.source if site else None,
                         message=f"term {term!r} depends on leaf {leaf!r} but its gradient does not"
                         + (f": cut by {_site_text(site)}" if site else "")
-                        + "; the sampler would feel no force from this dependence",
+                        + "; the sampler would feel no force from this dependence"
+                        + _jump_text(tested.get(site)),
                     )
             else:
                 status[(term, leaf)] = "unused"

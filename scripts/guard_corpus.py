@@ -1,0 +1,72 @@
+"""Run the guard over the real-code corpus (``tests/real_code_cases.py``) and print,
+for every case and precision, what preflight said: false alarms on correct code,
+and for the faults whether the kind, primitive, line and cause are right.
+
+    python scripts/guard_corpus.py            # needs jax-md and tfp-nightly for all rows
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import jax
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+
+import real_code_cases as corpus  # noqa: E402
+
+from hmc import guard  # noqa: E402
+
+
+def judge(case: corpus.Case, events: list) -> tuple[bool, str]:
+    """``(right, what was said)``: no event for correct code; the expected first
+    finding (kind, primitive, line, cause) for a fault."""
+    said = "; ".join(
+        f"{e.kind} {e.primitive or '-'} {e.source or '-'}" + (f" ({e.cause})" if getattr(e, "cause", None) else "")
+        for e in events
+    ) or "nothing"
+    if case.expect is None:
+        return not events, said
+    x = case.expect
+    for e in events:
+        if e.kind != x.kind:
+            continue
+        if x.primitive is not None and (e.primitive or "").split("[")[0] != x.primitive:
+            continue
+        if x.where is not None and e.source != x.source:
+            continue
+        if x.cause is not None and getattr(e, "cause", None) != x.cause:
+            continue
+        return True, said
+    return False, said
+
+
+def main() -> None:
+    rows = []
+    for case in corpus.CASES:
+        if not corpus.available(case.library):
+            print(f"skip {case.name}: {case.library} not installed")
+            continue
+        for precision in case.dtypes:
+            with jax.enable_x64(precision == "float64"):
+                dtype = jax.numpy.float64 if precision == "float64" else jax.numpy.float32
+                pot, position = case.build(dtype)
+                t0 = time.perf_counter()
+                report = guard.preflight(pot, position)
+                seconds = time.perf_counter() - t0
+            right, said = judge(case, report.events)
+            rows.append((case, precision, right, said, seconds))
+            mark = "ok " if right else "BAD"
+            print(f"{mark} {case.name} [{precision}] {seconds:.2f} s: {said}", flush=True)
+    clean = [r for r in rows if r[0].expect is None]
+    faults = [r for r in rows if r[0].expect is not None]
+    print()
+    print(f"false alarms: {sum(not r[2] for r in clean)} of {len(clean)} correct-code runs")
+    print(f"attribution:  {sum(r[2] for r in faults)} of {len(faults)} fault runs named right "
+          "(kind, primitive, line, cause)")
+
+
+if __name__ == "__main__":
+    main()
