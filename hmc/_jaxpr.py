@@ -631,6 +631,40 @@ def continuity(closed: Any, leaves: Sequence[Any], paths: Sequence[tuple], *, li
     return Continuity(True if crossings else None, crossings, largest, allowed)
 
 
+# -- element reach with every selection open -------------------------------------------------
+def eval_open_selects(closed: Any, args: Sequence[Any]) -> list[Any]:
+    """Evaluate ``closed`` (concretely or under tracing) with every float ``select_n``
+    replaced by the sum of its cases, so a NaN in any case, chosen or not, reaches the
+    output. Pulling a NaN cotangent back this way marks every element with a path to
+    the energy through *some* selection: what a state-dependent ``where`` hides at this
+    state is reached, what no selection could reach (an unused element, a
+    ``stop_gradient``-ed one) is not. Loops and branches are evaluated as they are."""
+    jaxpr, consts = _closed(closed)
+    env: dict[Any, Any] = dict(zip(jaxpr.constvars, consts))
+    env.update(zip(jaxpr.invars, args))
+
+    def read(v: Any) -> Any:
+        return v.val if is_literal(v) else env[v]
+
+    for eqn in jaxpr.eqns:
+        invals = [read(v) for v in eqn.invars]
+        name = eqn.primitive.name
+        sub = _sub_jaxpr_of_call(eqn) if (name in _CALL_PRIMITIVES or name in _CUSTOM_PRIMITIVES) else None
+        if name == "select_n" and is_float(eqn.outvars[0].aval):
+            total = invals[1]
+            for case in invals[2:]:
+                total = total + case
+            outs = [total]
+        elif sub is not None and len(_closed(sub)[0].invars) <= len(invals):
+            offset = len(invals) - len(_closed(sub)[0].invars)
+            outs = eval_open_selects(sub, invals[offset:])
+        else:
+            outs = _bind_eqn(eqn, invals)
+        for v, o in zip(eqn.outvars, outs):
+            env[v] = o
+    return [read(v) for v in jaxpr.outvars]
+
+
 # -- replay: which NaN/Inf reaches the output? ---------------------------------------------------
 @dataclasses.dataclass
 class NonfiniteOrigin:

@@ -489,22 +489,40 @@ def preflight(
     return PreflightReport(terms, names, status, events, time.perf_counter() - started)
 
 
-def element_reach(potential: Potential, position: PyTree) -> dict[str, list[np.ndarray]]:
-    """Per term, per leaf: which elements the term's gradient reaches at ``position``.
+REACHED, HIDDEN, UNREACHABLE = 2, 1, 0  # element reach codes, see :func:`element_reach`
 
-    A NaN cotangent pulled back through the term reaches every element with a
-    structural path at this state (``0 * NaN = NaN``); elements it leaves finite
-    have no path (an unselected ``where`` branch, an unused index, a detached element).
-    """
+
+def _term_reach(fn: Any, position: PyTree) -> list[jax.Array]:
+    """Per leaf of ``position``: :data:`REACHED` where ``fn``'s gradient reaches an element
+    at this state, :data:`HIDDEN` where only a selection (a ``where``) keeps it away at
+    this state, :data:`UNREACHABLE` where nothing could reach it. A NaN cotangent pulled
+    back through the term reaches every element with a path at this state (``0 * NaN =
+    NaN``); pulled back with every selection open, every element with a path at all."""
+    value, pullback = jax.vjp(fn, position)
+    nan = jnp.full(jnp.shape(value), jnp.nan, jnp.asarray(value).dtype)
+    (ct,) = pullback(nan)
+    flat, leaves = _jaxpr.as_flat_function(fn, position)
+
+    def pull(*args: Any) -> Any:
+        return jax.vjp(flat, *args[:-1])[1](args[-1])
+
+    closed = jax.make_jaxpr(pull)(*leaves, nan)
+    opened = _jaxpr.eval_open_selects(closed, [*leaves, nan])
+    return [
+        jnp.where(jnp.isnan(g), REACHED, jnp.where(jnp.isnan(o), HIDDEN, UNREACHABLE)).astype(jnp.int8)
+        for g, o in zip(jax.tree_util.tree_leaves(ct), opened)
+    ]
+
+
+def element_reach(potential: Potential, position: PyTree) -> dict[str, list[np.ndarray]]:
+    """Per term, per leaf: the reach code of every element at ``position``
+    (:data:`REACHED`, :data:`HIDDEN` or :data:`UNREACHABLE`, see :func:`_term_reach`)."""
     out = {}
     for term, fn in potential.terms.items():
         try:
-            value, pullback = jax.vjp(fn, position)
-            (ct,) = pullback(jnp.full(jnp.shape(value), jnp.nan, jnp.asarray(value).dtype))
+            out[term] = [np.asarray(c) for c in _term_reach(fn, position)]
         except Exception as err:  # not differentiable at all: preflight reports it structurally
             logger.debug("term %r has no gradient: %s", term, err)
-            continue
-        out[term] = [np.isnan(np.asarray(g)) for g in jax.tree_util.tree_leaves(ct)]
     return out
 
 
@@ -517,20 +535,32 @@ def _element_probe(
     for i, leaf in enumerate(names):
         if not reached[i]:
             continue  # already an orphan leaf
-        masks = [reach[t][i] for t in reach]
-        any_term = np.logical_or.reduce(masks) if masks else None
-        if any_term is None or np.all(any_term):
+        codes = [reach[t][i] for t in reach]
+        if not codes:
             continue
-        reaching = [t for t in reach if np.any(reach[t][i])]
-        events.append(_unreached_elements(leaf, any_term, chain, draw, phase, action, f" (terms {reaching} reach the rest)"))
+        best = np.maximum.reduce(codes)
+        reaching = [t for t in reach if np.any(reach[t][i] == REACHED)]
+        events += _unreached_elements(leaf, best, chain, draw, phase, action, hidden=False,
+                                      detail=f" (terms {reaching} reach the rest)")
     return events
 
 
 def _unreached_elements(
-    leaf: str, reached: np.ndarray, chain: int | None, draw: int | None, phase: str, action: str, detail: str = ""
-) -> GuardEvent:
-    missing = np.argwhere(~reached)
-    return GuardEvent(
+    leaf: str, codes: np.ndarray, chain: int | None, draw: int | None, phase: str, action: str,
+    hidden: bool, detail: str = "",
+) -> list[GuardEvent]:
+    """The event for elements of ``leaf`` no term reaches (``codes`` below :data:`REACHED`;
+    with ``hidden=False`` only those no selection could reach either)."""
+    missing = np.argwhere(codes < (REACHED if hidden else HIDDEN))
+    if len(missing) == 0:
+        return []
+    only_hidden = bool(np.all(codes[tuple(missing.T)] == HIDDEN))
+    why = (
+        "a selection (where) keeps every path away from them at this state"
+        if only_hidden
+        else "no term has a path to them at all"
+    )
+    return [GuardEvent(
         kind="disconnected",
         phase=phase,
         leaf=leaf,
@@ -538,20 +568,18 @@ def _unreached_elements(
         chain=chain,
         draw=draw,
         action=action,
-        message=f"{len(missing)} element(s) of leaf {leaf!r} get no gradient from any term at this state{detail}; "
-        "they would drift without a force",
-    )
+        message=f"{len(missing)} element(s) of leaf {leaf!r} get no gradient from any term at this state{detail}: "
+        f"{why}; they would drift without a force",
+    )]
 
 
 def _reach_masks(potential: Potential) -> Any:
     def one(position: PyTree) -> list[jax.Array]:
-        masks = None
+        codes = None
         for fn in potential.terms.values():
-            value, pullback = jax.vjp(fn, position)
-            (ct,) = pullback(jnp.full(jnp.shape(value), jnp.nan, jnp.asarray(value).dtype))
-            leaves = [jnp.isnan(g) for g in jax.tree_util.tree_leaves(ct)]
-            masks = leaves if masks is None else [a | b for a, b in zip(masks, leaves)]
-        return masks
+            leaves = _term_reach(fn, position)
+            codes = leaves if codes is None else [jnp.maximum(a, b) for a, b in zip(codes, leaves)]
+        return codes
 
     return one
 
@@ -564,17 +592,24 @@ def check_element_reach(
     phase: str,
     action: str,
     draw: int | None = None,
+    hidden: bool = True,
 ) -> list[GuardEvent]:
     """Elements that no term's gradient reaches at each chain's state, from the reach
-    ``masks`` (per leaf ``names``, leading chain axis) of :func:`batched_initial_checks`."""
+    codes (per leaf ``names``, leading chain axis) of :func:`batched_initial_checks`.
+
+    ``hidden=False`` (preflight): only elements that nothing could reach (an unused or
+    detached element) count; an element that a ``where`` keeps in a flat region at this
+    state (a soft sphere out of contact, a hinge at rest) is physics, not a fault.
+    ``hidden=True`` (the chunk-boundary probe): those are reported too, as information
+    on where the chains are."""
     masks = [np.asarray(m) for m in masks]
     events = []
     for c_index, chain in enumerate(chains):
         for leaf, mask in zip(names, masks):
-            reached = mask[c_index]
-            if reached.all() or not reached.any():
+            codes = mask[c_index]
+            if np.all(codes == REACHED) or not np.any(codes == REACHED):
                 continue  # all reached, or an orphan leaf (reported structurally)
-            events.append(_unreached_elements(leaf, reached, int(chain), draw, phase, action))
+            events += _unreached_elements(leaf, codes, int(chain), draw, phase, action, hidden=hidden)
     return events
 
 

@@ -42,9 +42,10 @@ class HMCInfo(NamedTuple):
         Whether the proposal became the new state.
     is_divergent
         ``delta_energy`` above the divergence threshold or non-finite; or the
-        gradient went non-finite only after the energy had already risen more
-        than the threshold above its start (an unstable integration that
-        overflowed, not a broken gradient).
+        gradient went non-finite at a state whose energy was already more than
+        the threshold above the start, +inf included (an unstable integration
+        that overflowed, or a step into a region of zero density: not a broken
+        gradient).
     energy
         Hamiltonian ``U + K`` of the state kept (Stan's ``energy__``).
     delta_energy
@@ -53,7 +54,8 @@ class HMCInfo(NamedTuple):
         What this trajectory used (after jitter).
     guard_tripped
         Some gradient in the trajectory was non-finite at a state whose energy
-        was still within the divergence threshold of the start: a broken gradient.
+        was still within the divergence threshold of the start, or NaN: a broken
+        gradient.
     guard_step
         Index of the first non-finite gradient evaluation (``-1`` if none).
     guard_position
@@ -179,10 +181,11 @@ def build_kernel(
             tripped = ~jnp.isfinite(_integrators.tree_sum(end.momentum))
         else:
             tripped = jnp.zeros((), bool)
-        # A tripped trajectory ends in NaN; evaluate U at the trip position instead (same cost).
+        # A tripped trajectory ends in NaN; the energy at the trip position tells a blow-up
+        # from a broken gradient. The end point keeps the energy its last gradient came
+        # with, so both guard modes accept the same trajectories bit for bit.
         if per_step:
-            probe = jax.tree_util.tree_map(lambda b, e: jnp.where(tripped, b, e), flags.position, end.position)
-            new_potential = potential_fn(probe)
+            new_potential = jnp.where(tripped, potential_fn(flags.position), potential_end)
         else:
             new_potential = potential_end
         energy_end = new_potential + kinetic_end
@@ -199,8 +202,12 @@ def build_kernel(
             # a non-finite position with finite gradients at every earlier step: the
             # integration itself overflowed (momentum inf, then inf - inf)
             state_broken = ~jnp.isfinite(_integrators.tree_sum(flags.position))
-            blew_up = (kinetic_at_trip - energy_start > divergence_threshold) | state_broken | (
-                jnp.isfinite(new_potential) & (energy_at_trip - energy_start > divergence_threshold)
+            # ``>`` holds for +inf (an energy that overflowed, a wall of infinite height:
+            # the proposal has zero density) and fails for NaN (a broken program)
+            blew_up = (
+                state_broken
+                | (kinetic_at_trip - energy_start > divergence_threshold)
+                | (energy_at_trip - energy_start > divergence_threshold)
             )
         else:
             blew_up = jnp.zeros((), bool)  # unknown without the per-step record

@@ -198,9 +198,14 @@ def sample(
         (observables are always stored).
     guard
         ``"reject"``: tripped trajectories are rejected and logged; the run
-        halts when more than ``max_trip_fraction`` of all trajectories
-        tripped. ``"halt"``: stop at the end of the first chunk with a trip.
-        ``"off"``: no in-loop check and no preflight (benchmarks only).
+        halts when more than ``max_trip_fraction`` of the sampling phase's
+        trajectories tripped (the settled sampler). Warmup trips are rejected
+        and logged but not counted: while the step size is searched, dual
+        averaging tries steps past the integrator's stability limit, and those
+        trajectories reach regions the settled sampler never visits. Only a
+        warmup chunk in which most trajectories (more than half) tripped halts:
+        the sampler is then stuck, not searching. ``"halt"``: stop at the end
+        of the first chunk with a trip (any phase).
     guard_check
         ``"trajectory"`` (default): the integrator carries no per-step check; a
         trajectory whose momentum ends non-finite tripped (NaN and Inf are
@@ -384,6 +389,9 @@ def sample(
     sample_out: list[dict] = list(resume.sample_chunks) if resume is not None else []
     trajectories = int(meta.get("trajectories", 0))
     tripped_total = int(meta.get("tripped_total", 0))
+    # the fraction of trips is judged over the sampling phase (the settled sampler)
+    judged_trajectories = int(meta.get("judged_trajectories", 0))
+    judged_trips = int(meta.get("judged_trips", 0))
     halted, halt_reason = bool(meta.get("halted", False)), meta.get("halt_reason")
     warmup_done = int(meta.get("warmup_done", 0))
     drawn = int(meta.get("drawn", 0))
@@ -416,16 +424,23 @@ def sample(
             ))
             _guard.log_event(events[-1])
 
-    def policy_check(new_trips: int) -> tuple[bool, str | None]:
+    def policy_check(phase: str, new_trips: int, chunk_trajectories: int) -> tuple[bool, str | None]:
         if not guard_on or new_trips == 0:
             return False, None
         if guard == "halt":
             return True, "guard policy 'halt': a trajectory tripped the gradient guard"
-        fraction = tripped_total / max(trajectories, 1)
+        if phase == "warmup":
+            if new_trips > chunk_trajectories / 2:
+                return True, (
+                    f"{new_trips} of the {chunk_trajectories} trajectories of a warmup chunk tripped the gradient "
+                    "guard: the sampler is stuck, not searching"
+                )
+            return False, None
+        fraction = judged_trips / max(judged_trajectories, 1)
         if fraction > max_trip_fraction:
             return True, (
-                f"{tripped_total} of {trajectories} trajectories ({fraction:.2%}) tripped the gradient guard, "
-                f"more than guard.max_trip_fraction={max_trip_fraction}"
+                f"{judged_trips} of {judged_trajectories} sampling trajectories ({fraction:.2%}) tripped the "
+                f"gradient guard, more than guard.max_trip_fraction={max_trip_fraction}"
             )
         return False, None
 
@@ -477,6 +492,8 @@ def sample(
                 drawn=drawn,
                 trajectories=trajectories,
                 tripped_total=tripped_total,
+                judged_trajectories=judged_trajectories,
+                judged_trips=judged_trips,
                 halted=halted,
                 halt_reason=halt_reason,
                 guard_seconds=guard_seconds,
@@ -491,11 +508,14 @@ def sample(
         )
 
     def after_chunk(phase: str, trips: tuple, out: dict, n_traj: int, draw: int, seconds: float) -> tuple[bool, str | None]:
-        nonlocal trajectories, tripped_total, done, guard_seconds, stopped
+        nonlocal trajectories, tripped_total, done, guard_seconds, stopped, judged_trajectories, judged_trips
         trajectories += n_traj
         tripped_now = out["guard_tripped"] if "guard_tripped" in out else out[STAT_PREFIX + "guard_tripped"]
         new = int(tripped_now.sum())
         tripped_total += new
+        if phase == "sampling":
+            judged_trajectories += n_traj
+            judged_trips += new
         events_before = len(events)
         if guard_on:
             t0 = time.perf_counter()
@@ -505,7 +525,7 @@ def sample(
             guard_seconds += time.perf_counter() - t0
         done += len(tripped_now)
         report(phase)
-        result = policy_check(new)
+        result = policy_check(phase, new, n_traj)
         if on_chunk is not None:
             get = lambda k: out[k] if k in out else out[STAT_PREFIX + k]  # noqa: E731
             record = dict(
@@ -519,6 +539,7 @@ def sample(
                 divergences=int(np.sum(get("diverging"))),
                 guard_trips=new,
                 guard_trips_total=tripped_total,
+                guard_trips_judged=judged_trips,
                 guard_events=len(events) - events_before,
                 step_size=float(np.mean(get("step_size"))),
                 seconds=seconds,
@@ -787,7 +808,8 @@ def _preflight_all_chains(
         logger.debug("batched initial checks failed: %s", err)
         return report
     extra = _guard.check_initial_states(potential, positions, chains, per_term)
-    extra += _guard.check_element_reach(masks, leaf_names(first), chains, phase="preflight", action="refused")
+    extra += _guard.check_element_reach(masks, leaf_names(first), chains, phase="preflight", action="refused",
+                                        hidden=False)
     for event in extra:
         if _guard._allowed(event, allow):
             event.action = "allowed"

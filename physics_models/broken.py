@@ -197,11 +197,14 @@ def where_trap() -> Potential:
 
 
 def log_zero() -> Potential:
-    """A log barrier written with a clip: past the wall ``log(0) = -inf``."""
+    """An entropy-like term ``c log c`` with ``c`` clipped at zero: past the wall
+    ``log(0) = -inf`` and ``0 * -inf = NaN``, in the energy and in its gradient. (A log
+    barrier whose energy goes to +inf at the wall is a wall, not a fault: a step across
+    it is a divergence.)"""
 
     def barrier(q):
-        x = q["x"]
-        return -0.05 * jnp.sum(jnp.log(jnp.clip(WALL - x, 0.0, None)))  # fault
+        c = jnp.clip(WALL - q["x"], 0.0, None)
+        return 0.05 * jnp.sum(c * jnp.log(c))  # fault
 
     return _model("barrier", barrier)
 
@@ -218,11 +221,12 @@ def exp_overflow() -> Potential:
 
 
 def division_by_zero() -> Potential:
-    """An inverse-distance wall with a clipped distance: past the wall ``1/0``."""
+    """A square-root wall with a clipped distance: the energy is finite everywhere, but
+    past the wall the derivative of ``sqrt`` at 0 is ``0.5 / 0``."""
 
     def wall(q):
         x = q["x"]
-        return 0.01 * jnp.sum(1.0 / jnp.clip(WALL - x, 0.0, None))  # fault
+        return 0.1 * jnp.sum(jnp.sqrt(jnp.clip(WALL - x, 0.0, None)))  # fault
 
     return _model("wall", wall)
 

@@ -20,29 +20,6 @@ import real_code_cases as corpus  # noqa: E402
 from hmc import guard  # noqa: E402
 
 
-def judge(case: corpus.Case, events: list) -> tuple[bool, str]:
-    """``(right, what was said)``: no event for correct code; the expected first
-    finding (kind, primitive, line, cause) for a fault."""
-    said = "; ".join(
-        f"{e.kind} {e.primitive or '-'} {e.source or '-'}" + (f" ({e.cause})" if getattr(e, "cause", None) else "")
-        for e in events
-    ) or "nothing"
-    if case.expect is None:
-        return not events, said
-    x = case.expect
-    for e in events:
-        if e.kind != x.kind:
-            continue
-        if x.primitive is not None and (e.primitive or "").split("[")[0] != x.primitive:
-            continue
-        if x.where is not None and e.source != x.source:
-            continue
-        if x.cause is not None and getattr(e, "cause", None) != x.cause:
-            continue
-        return True, said
-    return False, said
-
-
 def main() -> None:
     rows = []
     for case in corpus.CASES:
@@ -56,7 +33,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 report = guard.preflight(pot, position)
                 seconds = time.perf_counter() - t0
-            right, said = judge(case, report.events)
+            right, said = corpus.judge(case, report.events)
             rows.append((case, precision, right, said, seconds))
             mark = "ok " if right else "BAD"
             print(f"{mark} {case.name} [{precision}] {seconds:.2f} s: {said}", flush=True)

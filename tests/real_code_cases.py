@@ -60,6 +60,29 @@ def library_line(module: str, snippet: str) -> str:
     raise LookupError(f"{snippet!r} not found in {path}: the library changed")
 
 
+def judge(case: Case, events: list) -> tuple[bool, str]:
+    """``(right, what was said)``: no event at all for correct code; for a fault, an
+    event of the expected kind, primitive, line and cause."""
+    said = "; ".join(
+        f"{e.kind} {e.primitive or '-'} {e.source or '-'}" + (f" ({e.cause})" if getattr(e, "cause", None) else "")
+        for e in events
+    ) or "nothing"
+    if case.expect is None:
+        return not events, said
+    x = case.expect
+    for e in events:
+        if e.kind != x.kind:
+            continue
+        if x.primitive is not None and (e.primitive or "").split("[")[0] != x.primitive:
+            continue
+        if x.where is not None and e.source != x.source:
+            continue
+        if x.cause is not None and getattr(e, "cause", None) != x.cause:
+            continue
+        return True, said
+    return False, said
+
+
 def available(library: str) -> bool:
     module = {"jax_md": "jax_md", "tfp": "tensorflow_probability.substrates.jax"}.get(library)
     if module is None:
