@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -530,19 +530,13 @@ def _element_probe(
     potential: Potential, position: PyTree, names: list[str], reached: list[bool], chain: int | None,
     phase: str = "preflight", draw: int | None = None, action: str = "refused",
 ) -> list[GuardEvent]:
-    reach = element_reach(potential, position)
-    events = []
-    for i, leaf in enumerate(names):
-        if not reached[i]:
-            continue  # already an orphan leaf
-        codes = [reach[t][i] for t in reach]
-        if not codes:
-            continue
-        best = np.maximum.reduce(codes)
-        reaching = [t for t in reach if np.any(reach[t][i] == REACHED)]
-        events += _unreached_elements(leaf, best, chain, draw, phase, action, hidden=False,
-                                      detail=f" (terms {reaching} reach the rest)")
-    return events
+    masks = [np.asarray(m)[None] for m in _reach_masks(potential)(position)]
+    orphans = [leaf for leaf, ok in zip(names, reached) if not ok]  # already reported structurally
+    events = check_element_reach(masks, names, [chain], phase=phase, action=action, draw=draw,
+                                 classify=lambda _: reach_codes(potential, position))
+    for event in events:
+        event.chain = chain
+    return [e for e in events if e.leaf not in orphans]
 
 
 def _unreached_elements(
@@ -574,14 +568,26 @@ def _unreached_elements(
 
 
 def _reach_masks(potential: Potential) -> Any:
+    """``position -> per leaf, the elements some term's gradient reaches`` (strict: at
+    this state); a NaN cotangent pulled back through each term."""
     def one(position: PyTree) -> list[jax.Array]:
-        codes = None
+        masks = None
         for fn in potential.terms.values():
-            leaves = _term_reach(fn, position)
-            codes = leaves if codes is None else [jnp.maximum(a, b) for a, b in zip(codes, leaves)]
-        return codes
+            value, pullback = jax.vjp(fn, position)
+            (ct,) = pullback(jnp.full(jnp.shape(value), jnp.nan, jnp.asarray(value).dtype))
+            leaves = [jnp.isnan(g) for g in jax.tree_util.tree_leaves(ct)]
+            masks = leaves if masks is None else [a | b for a, b in zip(masks, leaves)]
+        return masks
 
     return one
+
+
+def reach_codes(potential: Potential, position: PyTree) -> list[np.ndarray]:
+    """Per leaf, the best reach code over all terms at ``position`` (host, op by op:
+    called only for a state where some element is not reached)."""
+    per_term = element_reach(potential, position)
+    leaves = list(zip(*per_term.values()))
+    return [np.maximum.reduce(codes) for codes in leaves]
 
 
 def check_element_reach(
@@ -592,24 +598,32 @@ def check_element_reach(
     phase: str,
     action: str,
     draw: int | None = None,
-    hidden: bool = True,
+    classify: Callable[[int], list[np.ndarray]] | None = None,
 ) -> list[GuardEvent]:
     """Elements that no term's gradient reaches at each chain's state, from the reach
-    codes (per leaf ``names``, leading chain axis) of :func:`batched_initial_checks`.
+    ``masks`` (per leaf ``names``, leading chain axis) of :func:`batched_initial_checks`.
 
-    ``hidden=False`` (preflight): only elements that nothing could reach (an unused or
-    detached element) count; an element that a ``where`` keeps in a flat region at this
-    state (a soft sphere out of contact, a hinge at rest) is physics, not a fault.
-    ``hidden=True`` (the chunk-boundary probe): those are reported too, as information
-    on where the chains are."""
+    With ``classify`` (preflight: ``index -> reach codes`` of that chain's state, see
+    :func:`reach_codes`), only elements that nothing could reach (an unused or
+    detached element) count; an element that a ``where`` keeps in a flat region at
+    this state (a soft sphere out of contact, a hinge at rest) is physics, not a fault.
+    Without it (the chunk-boundary probe) every unreached element is reported, as
+    information on where the chains are."""
     masks = [np.asarray(m) for m in masks]
     events = []
     for c_index, chain in enumerate(chains):
-        for leaf, mask in zip(names, masks):
-            codes = mask[c_index]
-            if np.all(codes == REACHED) or not np.any(codes == REACHED):
+        codes = None
+        for i, (leaf, mask) in enumerate(zip(names, masks)):
+            reached = mask[c_index]
+            if reached.all() or not reached.any():
                 continue  # all reached, or an orphan leaf (reported structurally)
-            events += _unreached_elements(leaf, codes, int(chain), draw, phase, action, hidden=hidden)
+            if classify is None:
+                leaf_codes, hidden = np.where(reached, REACHED, HIDDEN), True
+            else:
+                codes = classify(c_index) if codes is None else codes
+                leaf_codes, hidden = np.where(reached, REACHED, codes[i]), False
+            events += _unreached_elements(leaf, leaf_codes, None if chain is None else int(chain), draw, phase,
+                                          action, hidden=hidden)
     return events
 
 

@@ -808,8 +808,11 @@ def _preflight_all_chains(
         logger.debug("batched initial checks failed: %s", err)
         return report
     extra = _guard.check_initial_states(potential, positions, chains, per_term)
+    def classify(c: int) -> list[np.ndarray]:
+        return _guard.reach_codes(potential, jax.tree_util.tree_map(lambda x: x[c], positions))
+
     extra += _guard.check_element_reach(masks, leaf_names(first), chains, phase="preflight", action="refused",
-                                        hidden=False)
+                                        classify=classify)
     for event in extra:
         if _guard._allowed(event, allow):
             event.action = "allowed"

@@ -34,15 +34,16 @@ def main() -> None:
                 report = guard.preflight(pot, position)
                 seconds = time.perf_counter() - t0
             right, said = corpus.judge(case, report.events)
-            rows.append((case, precision, right, said, seconds))
+            located = corpus.judge(case, report.events, cause=False)[0]
+            rows.append((case, precision, right, said, seconds, located))
             mark = "ok " if right else "BAD"
             print(f"{mark} {case.name} [{precision}] {seconds:.2f} s: {said}", flush=True)
     clean = [r for r in rows if r[0].expect is None]
     faults = [r for r in rows if r[0].expect is not None]
     print()
     print(f"false alarms: {sum(not r[2] for r in clean)} of {len(clean)} correct-code runs")
-    print(f"attribution:  {sum(r[2] for r in faults)} of {len(faults)} fault runs named right "
-          "(kind, primitive, line, cause)")
+    print(f"attribution:  {sum(r[5] for r in faults)} of {len(faults)} fault runs at the right kind, primitive "
+          f"and line; {sum(r[2] for r in faults)} also with the right cause")
 
 
 if __name__ == "__main__":
