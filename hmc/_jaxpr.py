@@ -548,9 +548,9 @@ def eval_tapped(closed: Any, args: Sequence[Any], paths: Sequence[tuple]) -> tup
 
 @dataclasses.dataclass
 class Continuity:
-    """What :func:`continuity` saw: ``jumps`` crossings of the site's jumps, the largest
-    change of the energy across one (``largest``) against what the smooth part and
-    rounding explain (``allowed``)."""
+    """What :func:`continuity` saw: ``crossings`` of the site's jumps reached, the
+    largest change of the energy across one (``largest``) against what the smooth part
+    and rounding explain there (``allowed``)."""
 
     continuous: bool | None  # None: no jump reached from this state
     crossings: int

@@ -572,12 +572,16 @@ def _reach_masks(potential: Potential) -> Any:
     this state); a NaN cotangent pulled back through each term."""
     def one(position: PyTree) -> list[jax.Array]:
         masks = None
-        for fn in potential.terms.values():
-            value, pullback = jax.vjp(fn, position)
-            (ct,) = pullback(jnp.full(jnp.shape(value), jnp.nan, jnp.asarray(value).dtype))
+        for term, fn in potential.terms.items():
+            try:
+                value, pullback = jax.vjp(fn, position)
+                (ct,) = pullback(jnp.full(jnp.shape(value), jnp.nan, jnp.asarray(value).dtype))
+            except Exception as err:  # not differentiable at all: preflight reports it structurally
+                logger.debug("term %r has no gradient: %s", term, err)
+                continue
             leaves = [jnp.isnan(g) for g in jax.tree_util.tree_leaves(ct)]
             masks = leaves if masks is None else [a | b for a, b in zip(masks, leaves)]
-        return masks
+        return masks if masks is not None else []
 
     return one
 

@@ -5,8 +5,8 @@
 
 Structural faults are refused before the first step (preflight). Faults reached
 only mid-run are sampled with the default policy: the trajectories that reach
-them are rejected and attributed, and the run halts once more than 1 % of
-trajectories tripped. The models are in ``physics_models/broken.py``.
+them are rejected and attributed, and the run halts once more than 1 % of the
+sampling trajectories tripped. The models are in ``physics_models/broken.py``.
 """
 
 from __future__ import annotations
