@@ -202,9 +202,9 @@ def _tfd():
     return tfp.distributions
 
 
-def tfp_eight_schools(dtype, log_tau=0.0):
+def _tfp_eight_schools_model(dtype):
     """Centred eight schools as a JointDistributionCoroutineAutoBatched (its log_prob
-    traces a PRNG key into the program); tau on the log scale with its Jacobian."""
+    traces a PRNG key into the program), and the observations."""
     tfd = _tfd()
     y, sigma = (jnp.asarray(a, dtype) for a in (EIGHT_Y, EIGHT_SIGMA))
 
@@ -214,13 +214,18 @@ def tfp_eight_schools(dtype, log_tau=0.0):
         theta = yield tfd.Sample(tfd.Normal(mu, tau), 8, name="theta")
         yield tfd.Independent(tfd.Normal(theta, sigma), 1, name="y")
 
-    jd = tfd.JointDistributionCoroutineAutoBatched(model)
+    return tfd.JointDistributionCoroutineAutoBatched(model), y
+
+
+def tfp_eight_schools(dtype):
+    """Centred eight schools, tau on the log scale with its Jacobian."""
+    jd, y = _tfp_eight_schools_model(dtype)
 
     def posterior(q):
         tau = jnp.exp(q["log_tau"])
         return -(jd.log_prob(q["mu"], tau, q["theta"], y) + q["log_tau"])
 
-    position = {"mu": jnp.asarray(1.0, dtype), "log_tau": jnp.asarray(log_tau, dtype),
+    position = {"mu": jnp.asarray(1.0, dtype), "log_tau": jnp.asarray(0.0, dtype),
                 "theta": jnp.asarray(np.linspace(-2, 6, 8), dtype)}
     return hmc.Potential(terms={"posterior": posterior}, init=_dummy_init(position), name="tfp.eight_schools"), position
 
@@ -287,16 +292,7 @@ def tfp_stochastic_volatility(dtype, T=100):
 def tfp_eight_schools_negative_scale(dtype):
     """The constrained scale handed over without its transform (``tau < 0``): tfp's
     Normal log-density takes the log of a negative scale."""
-    tfd = _tfd()
-    y, sigma = (jnp.asarray(a, dtype) for a in (EIGHT_Y, EIGHT_SIGMA))
-
-    def model():
-        mu = yield tfd.Normal(jnp.asarray(0.0, dtype), 5.0, name="mu")
-        tau = yield tfd.HalfCauchy(jnp.asarray(0.0, dtype), 5.0, name="tau")
-        theta = yield tfd.Sample(tfd.Normal(mu, tau), 8, name="theta")
-        yield tfd.Independent(tfd.Normal(theta, sigma), 1, name="y")
-
-    jd = tfd.JointDistributionCoroutineAutoBatched(model)
+    jd, y = _tfp_eight_schools_model(dtype)
 
     def posterior(q):
         return -jd.log_prob(q["mu"], q["tau"], q["theta"], y)
