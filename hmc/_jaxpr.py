@@ -847,6 +847,9 @@ class _Replay:
         return carry + stacked
 
 
+MAX_ORIGINS_TRIED = 32
+
+
 def first_nonfinite(closed: Any, args: Sequence[Any]) -> NonfiniteOrigin | None:
     """The first equation, in program order, that turned finite inputs into NaN/Inf
     *whose non-finite values reach an output*.
@@ -867,7 +870,9 @@ def first_nonfinite(closed: Any, args: Sequence[Any]) -> NonfiniteOrigin | None:
         outs = _Replay(key, elements).run(closed, args)
         return not all(_all_finite(o) for o in outs)
 
-    for key, origin in survey.origins:
+    # each trial is one more op-by-op replay: test the first few origins (an origin
+    # inside a scan counts once per iteration)
+    for key, origin in survey.origins[:MAX_ORIGINS_TRIED]:
         if not reaches(key):
             continue
         name, invals, bad, fresh = survey.evidence[key]

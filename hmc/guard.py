@@ -588,10 +588,17 @@ def _reach_masks(potential: Potential) -> Any:
 
 def reach_codes(potential: Potential, position: PyTree) -> list[np.ndarray]:
     """Per leaf, the best reach code over all terms at ``position`` (host, op by op:
-    called only for a state where some element is not reached)."""
-    per_term = element_reach(potential, position)
-    leaves = list(zip(*per_term.values()))
-    return [np.maximum.reduce(codes) for codes in leaves]
+    called only for a state where some element is not reached). Where the open
+    evaluation fails, every element counts as :data:`UNREACHABLE` (refused, as a
+    detached element is)."""
+    leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(position)]
+    codes = [np.full(x.shape, UNREACHABLE, np.int8) for x in leaves]
+    try:
+        for per_leaf in element_reach(potential, position).values():
+            codes = [np.maximum(a, b) for a, b in zip(codes, per_leaf)]
+    except Exception as err:  # diagnostics only: fall back to the strict answer
+        logger.debug("open element reach failed: %s", err)
+    return codes
 
 
 def check_element_reach(
