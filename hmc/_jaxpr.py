@@ -700,6 +700,13 @@ def _sanitized(x: Any) -> Any:
 
 
 _POLES = {"div": (1,), "rem": (1,)}  # primitive -> the operands whose zero is a pole
+# primitives whose poles are not at zero: operand -> is it at a pole
+_POLES_ELSEWHERE = {
+    "log1p": lambda a: a == -1,
+    "atanh": lambda a: np.abs(a) == 1,
+    "lgamma": lambda a: (a <= 0) & (a == np.round(a)),
+    "digamma": lambda a: (a <= 0) & (a == np.round(a)),
+}
 
 
 def _fresh_nonfinite(invals: Sequence[Any], out: Any) -> np.ndarray | None:
@@ -733,7 +740,8 @@ def cause_of(primitive: str, invals: Sequence[Any], out: Any, element: tuple | N
     first bad element).
 
     ``singularity``: a pole, some input exactly zero there (``1/0``, ``0/0``, ``log(0)``,
-    ``rsqrt(0)``, ``0**-n``; for a division only the divisor counts). ``domain``: NaN
+    ``rsqrt(0)``, ``0**-n``; for a division only the divisor counts), or at the pole of
+    ``log1p`` (-1), ``atanh`` (+-1), ``lgamma``/``digamma`` (0, -1, ...). ``domain``: NaN
     from finite, non-zero inputs (``sqrt``/``log`` of a negative number, a fractional
     power of one). ``overflow``: an infinity from finite, non-zero inputs too large for
     the type (``exp``, ``x**12``, a product or sum of large numbers).
@@ -744,6 +752,7 @@ def cause_of(primitive: str, invals: Sequence[Any], out: Any, element: tuple | N
         if len(bad) == 0:
             return "domain"
         element = tuple(int(i) for i in bad[0])
+    at_pole = _POLES_ELSEWHERE.get(primitive, lambda a: a == 0)
     operands = _POLES.get(primitive, range(len(invals)))
     for k in operands:
         x = invals[k]
@@ -754,7 +763,7 @@ def cause_of(primitive: str, invals: Sequence[Any], out: Any, element: tuple | N
         if not np.issubdtype(a.dtype, np.number):
             continue
         value = a if a.ndim == 0 else (a[element] if a.shape == out.shape else None)
-        if value is not None and value == 0:
+        if value is not None and bool(at_pole(value)):
             return "singularity"
     return "domain" if np.isnan(out[element]) else "overflow"
 
