@@ -6,7 +6,9 @@ Layout (``../shared/DESIGN.md``, "Running")::
       config.yaml        the resolved configuration (every default filled in)
       draws.nc           ArviZ layout: groups posterior, sample_stats, warmup_sample_stats
       guard.jsonl        one guard event per line
-      log.jsonl          one record per chunk (and one per start, resume, stop, end)
+      log.jsonl          one record per chunk (and one per start, resume, stop, end), appended
+                         line by line; after a resume, the chunks past the checkpoint that
+                         the interrupted process logged stay, before the "resume" record
       summary.json       the summary table as data
       checkpoint/        state.npz (sampler state + counters) and one npz per chunk of output
       plots/             PNG figures (:mod:`hmc.plots`)
@@ -142,11 +144,43 @@ def write_jsonl(path: str, records: Iterable[Mapping[str, Any]]) -> None:
     write_text(path, "".join(json.dumps(_jsonable(dict(r))) + "\n" for r in records))
 
 
+def append_jsonl(path: str, records: Iterable[Mapping[str, Any]]) -> None:
+    """Append whole lines to ``path`` and fsync: the cost of a record does not grow with
+    the file, and a kill at any moment leaves at most a partial last line, which
+    :func:`read_jsonl` skips and :func:`repair_jsonl` removes before the next append."""
+    if not _WRITER:
+        return
+    text = "".join(json.dumps(_jsonable(dict(r))) + "\n" for r in records)
+    with open(path, "a") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def repair_jsonl(path: str) -> None:
+    """Cut ``path`` back to its last whole line (a write killed half-way)."""
+    if not _WRITER or not os.path.exists(path):
+        return
+    with open(path, "rb+") as fh:
+        data = fh.read()
+        end = data.rfind(b"\n") + 1
+        if end != len(data):
+            fh.truncate(end)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
 def read_jsonl(path: str) -> list[dict[str, Any]]:
+    """The records of ``path``; a last line without its newline (a write killed
+    half-way) is not a record yet."""
     if not os.path.exists(path):
         return []
     with open(path) as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+        text = fh.read()
+    lines = text.split("\n")
+    if lines and lines[-1].strip():  # unterminated: being written, or cut by a kill
+        lines = lines[:-1]
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def _savez(path: str, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None) -> None:
@@ -332,7 +366,7 @@ class RunDirectory:
         return os.path.exists(self.file("draws.nc"))
 
     # checkpoint ---------------------------------------------------------------
-    def save_checkpoint(self, checkpoint: Checkpoint, ident: Mapping[str, Any], log: list[dict]) -> None:
+    def save_checkpoint(self, checkpoint: Checkpoint, ident: Mapping[str, Any]) -> None:
         """Chunk files not yet on disk, then the state file that makes them part of the checkpoint."""
         if not _WRITER:
             return
@@ -342,7 +376,7 @@ class RunDirectory:
             for i in range(self._written_chunks[phase], len(chunks)):
                 _savez(os.path.join(folder, f"{phase}-{i:05d}.npz"), chunks[i])
             self._written_chunks[phase] = len(chunks)
-        meta = dict(checkpoint.meta, identity=dict(ident), log=log,
+        meta = dict(checkpoint.meta, identity=dict(ident),
                     num_warmup_chunks=len(checkpoint.warmup_chunks), num_sample_chunks=len(checkpoint.sample_chunks))
         _savez(os.path.join(folder, STATE_FILE), checkpoint.arrays, meta)
 
@@ -362,8 +396,8 @@ class RunDirectory:
                 os.unlink(os.path.join(folder, name))
         _fsync_dir(folder)
 
-    def load_checkpoint(self) -> tuple[Checkpoint, dict[str, Any], list[dict]]:
-        """The checkpoint, the identity it was written under, and the log records up to it."""
+    def load_checkpoint(self) -> tuple[Checkpoint, dict[str, Any]]:
+        """The checkpoint and the identity it was written under."""
         folder = self.checkpoint_dir
         state = os.path.join(folder, STATE_FILE)
         try:
@@ -375,7 +409,7 @@ class RunDirectory:
         except (OSError, ValueError, KeyError) as err:
             raise CheckpointMismatch(self.path, [f"the checkpoint cannot be read: {err}"]) from None
         ident = meta.pop("identity")
-        log = meta.pop("log")
+        meta.pop("log", None)  # checkpoints of earlier versions carried the log
         meta.pop("num_warmup_chunks")
         meta.pop("num_sample_chunks")
         if meta.get("draws_in") and not self.has_draws():
@@ -383,7 +417,7 @@ class RunDirectory:
                 "the run finished and its draws were moved into draws.nc, which is missing now; "
                 "sample again into a new directory"])
         return Checkpoint(meta=meta, arrays=arrays, warmup_chunks=chunks["warmup"],
-                          sample_chunks=chunks["sample"]), ident, log
+                          sample_chunks=chunks["sample"]), ident
 
     def load(self) -> dict[str, Any]:
         """What a run has produced, finished (``draws.nc``) or in progress (the checkpoint):
@@ -410,7 +444,7 @@ class RunDirectory:
 
     def checkpoint_draws(self) -> dict[str, Any]:
         """Draws and statistics stored in the checkpoint so far (a run in progress)."""
-        checkpoint, ident, _ = self.load_checkpoint()
+        checkpoint, ident = self.load_checkpoint()
 
         def stack(chunks: list[dict]) -> dict[str, np.ndarray]:
             if not chunks:

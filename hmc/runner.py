@@ -94,14 +94,15 @@ def _execute_locked(cfg: _config.RunConfig, config_dir: str | None, data: dict[s
                     run_dir: _rundir.RunDirectory, ident: dict[str, Any], out: TextIO, progress: bool) -> int:
     from hmc import sampler as _sampler
 
-    resume, log = None, []
+    resume = None
     run_dir.remove_stale_temporaries()
+    log_file = run_dir.file("log.jsonl")
+
+    def log(**record: Any) -> None:
+        _rundir.append_jsonl(log_file, [record])
+
     if run_dir.has_checkpoint():
-        resume, saved, log = run_dir.load_checkpoint()
-        # chunks after the checkpoint are sampled again; keep what was said after it (a stop, a refusal)
-        on_disk = _rundir.read_jsonl(run_dir.file("log.jsonl"))
-        if on_disk[: len(log)] == log:
-            log = log + [r for r in on_disk[len(log):] if r.get("event") != "chunk"]
+        resume, saved = run_dir.load_checkpoint()
         reasons = _rundir.mismatches(saved, ident)
         if reasons:
             raise _rundir.CheckpointMismatch(run_dir.path, reasons)
@@ -115,12 +116,15 @@ def _execute_locked(cfg: _config.RunConfig, config_dir: str | None, data: dict[s
     if _rundir.is_writer():
         os.makedirs(run_dir.path, exist_ok=True)
     _rundir.write_text(run_dir.file("config.yaml"), _rundir.dump_config(data))
-    log.append(dict(event="resume" if resume is not None else "start", time=_now(),
-                    iterations_done=(resume.meta["warmup_done"] + resume.meta["drawn"]) if resume else 0,
-                    config_hash=ident["config_hash"], pid=os.getpid(),
-                    slurm_job_id=os.environ.get("SLURM_JOB_ID"),
-                    slurm_array_task_id=os.environ.get("SLURM_ARRAY_TASK_ID")))
-    _rundir.write_jsonl(run_dir.file("log.jsonl"), log)
+    # log.jsonl is appended to: after a resume, the chunks past the checkpoint that the
+    # interrupted process had logged stay, and the "resume" record says where sampling
+    # picks up again (its iterations_done)
+    _rundir.repair_jsonl(log_file)
+    log(event="resume" if resume is not None else "start", time=_now(),
+        iterations_done=(resume.meta["warmup_done"] + resume.meta["drawn"]) if resume else 0,
+        config_hash=ident["config_hash"], pid=os.getpid(),
+        slurm_job_id=os.environ.get("SLURM_JOB_ID"),
+        slurm_array_task_id=os.environ.get("SLURM_ARRAY_TASK_ID"))
     if resume is not None:
         logger.info("resuming %s at %d warmup iterations and %d draws", run_dir.path,
                     resume.meta["warmup_done"], resume.meta["drawn"])
@@ -130,16 +134,17 @@ def _execute_locked(cfg: _config.RunConfig, config_dir: str | None, data: dict[s
     with stop_on_signals() as flag:
 
         def on_chunk(end: Any) -> bool:
-            log.append(dict(end.record, event="chunk", time=_now()))
+            # the record first: a kill between the two repeats a logged chunk after the
+            # resume, never loses one that the checkpoint holds
+            log(**dict(end.record, event="chunk", time=_now()))
             since[0] += 1
             final = end.record["halted"] or end.record["iterations_done"] >= end.record["iterations_total"]
             stop = _any_process(flag["signal"] is not None)
             if since[0] >= every or final or stop:
-                run_dir.save_checkpoint(end.snapshot(), ident, log)
+                run_dir.save_checkpoint(end.snapshot(), ident)
                 since[0] = 0
                 if stop:
                     _any_process(False)  # a barrier: nobody exits before process 0 has written
-            _rundir.write_jsonl(run_dir.file("log.jsonl"), log)
             _rundir.write_jsonl(run_dir.file("guard.jsonl"), [e.to_dict() for e in end.events])
             return stop
 
@@ -148,16 +153,14 @@ def _execute_locked(cfg: _config.RunConfig, config_dir: str | None, data: dict[s
                                      resume=resume, on_chunk=on_chunk)
         except _sampler.GuardRefused as refused:
             _rundir.write_jsonl(run_dir.file("guard.jsonl"), [e.to_dict() for e in refused.events])
-            log.append(dict(event="refused", time=_now(), guard_events=len(refused.events)))
-            _rundir.write_jsonl(run_dir.file("log.jsonl"), log)
+            log(event="refused", time=_now(), guard_events=len(refused.events))
             print(f"{run_dir.path}: the gradient guard refused to start sampling {potential.name}:", file=out)
             print(str(refused.report) if refused.report is not None else str(refused), file=out)
             print(f"(findings in {run_dir.file('guard.jsonl')}; accept one with guard.allow=[KIND:TERM])", file=out)
             return EXIT_GUARD
 
     if result.stopped:
-        log.append(dict(event="stopped", time=_now(), signal=flag["signal"]))
-        _rundir.write_jsonl(run_dir.file("log.jsonl"), log)
+        log(event="stopped", time=_now(), signal=flag["signal"])
         print(f"{run_dir.path}: stopped by {flag['signal']} and checkpointed; run the same command again to resume",
               file=out)
         return EXIT_STOPPED
@@ -168,9 +171,8 @@ def _execute_locked(cfg: _config.RunConfig, config_dir: str | None, data: dict[s
     _rundir.write_jsonl(run_dir.file("guard.jsonl"), [e.to_dict() for e in result.guard_events])
     run_dir.prune_checkpoint()
     summary = summarize_run(run_dir.path, potential, result=result)
-    log.append(dict(event="end", time=_now(), halted=result.halted, halt_reason=result.halt_reason,
-                    seconds=result.timing.get("total_seconds")))
-    _rundir.write_jsonl(run_dir.file("log.jsonl"), log)
+    log(event="end", time=_now(), halted=result.halted, halt_reason=result.halt_reason,
+        seconds=result.timing.get("total_seconds"))
     try:
         from hmc import plots
 

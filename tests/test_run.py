@@ -267,8 +267,27 @@ def test_sigkill_at_random_moments_then_resume_is_bit_exact(reference):
     final = hmc_cli("run", cfg_path, "--out", out, "--no-progress", cwd=tmp)
     assert final.returncode == 0, final.stderr
     assert_same_draws(nc(out), ref)
+    # log.jsonl was only ever appended to: every line whole, one start, a resume per restart
+    with open(os.path.join(out, "log.jsonl")) as fh:
+        events = [json.loads(line)["event"] for line in fh.read().splitlines()]
+    assert events[0] == "start" and events.count("start") == 1 and "resume" in events and events[-1] == "end"
     for folder in (out, os.path.join(out, "checkpoint")):
         assert not [f for f in os.listdir(folder) if f.startswith(".tmp-")]
+
+
+def test_log_is_appended_and_a_line_cut_by_a_kill_is_dropped(tmp_path):
+    path = str(tmp_path / "log.jsonl")
+    rundir.append_jsonl(path, [{"event": "start"}])
+    rundir.append_jsonl(path, [{"event": "chunk", "iterations_done": 5}])
+    with open(path, "a") as fh:
+        fh.write('{"event": "chu')  # killed half-way through a write
+    assert [r["event"] for r in rundir.read_jsonl(path)] == ["start", "chunk"]
+    rundir.repair_jsonl(path)
+    rundir.append_jsonl(path, [{"event": "resume"}])
+    with open(path) as fh:
+        text = fh.read()
+    assert text.endswith("\n")
+    assert [json.loads(line)["event"] for line in text.splitlines()] == ["start", "chunk", "resume"]
 
 
 def test_second_process_on_a_busy_run_directory_is_refused(reference):
