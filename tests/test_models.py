@@ -188,9 +188,13 @@ def test_lj13_quench_reaches_global_minimum():
 def test_validation_script_all_cases():
     import importlib.util
     import pathlib
+    import sys
 
     path = pathlib.Path(__file__).parents[1] / "scripts" / "validate.py"
     spec = importlib.util.spec_from_file_location("validate", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
-    assert module.main(["--quick"]) == 0
+    # ~96 rows, each |z| < 3 alone fails about one run in four: bound the family instead
+    # (Bonferroni at 1 % over 100 rows: |z| < 3.9)
+    assert module.main(["--quick", "--z-pass", "4.0"]) == 0
