@@ -82,9 +82,11 @@ def _user_frame(eqn: Any) -> Any:
     if _siu is None:
         return None
     try:
-        frames = _siu.user_frames(eqn.source_info.traceback)
+        traceback = eqn.source_info.traceback
+        if not hasattr(_siu, "user_frames"):
+            return _siu.user_frame(traceback)
         first = None
-        for frame in frames:
+        for frame in _siu.user_frames(traceback):
             first = first or frame
             if not any(part in frame.file_name for part in _WRAPPER_PATHS):
                 return frame
