@@ -206,6 +206,7 @@ def sample(
         warmup chunk in which most trajectories (more than half) tripped halts:
         the sampler is then stuck, not searching. ``"halt"``: stop at the end
         of the first chunk with a trip (any phase).
+        ``"off"``: no in-loop check and no preflight (benchmarks only).
     guard_check
         ``"trajectory"`` (default): the integrator carries no per-step check; a
         trajectory whose momentum ends non-finite tripped (NaN and Inf are
