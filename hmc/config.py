@@ -48,11 +48,13 @@ class ModelConfig(_Section):
 
 
 class SamplerConfig(_Section):
+    kernel: Literal["hmc", "ghmc"] = "hmc"
     integrator: Literal["leapfrog", "minimum_norm", "yoshida4"] = "minimum_norm"
     step_size: PositiveFloat | None = None
-    num_steps: PositiveInt | None = 10
+    num_steps: PositiveInt | None = 10  # kernel ghmc: 1 unless given
     trajectory_length: PositiveFloat | None = None
     jitter: float = Field(0.0, ge=0.0, lt=1.0)
+    persistence: float | None = Field(None, ge=0.0, lt=1.0)  # kernel ghmc: c in p <- c p + sqrt(1 - c^2) xi
     mass_matrix: Literal["identity", "diagonal", "dense"] = "diagonal"
     adaptation: Literal["pooled", "per_chain"] = "pooled"
     target_accept: float = Field(0.8, gt=0.0, lt=1.0)
@@ -61,6 +63,14 @@ class SamplerConfig(_Section):
     num_samples: PositiveInt = 1000
     thin: PositiveInt = 1
     record: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _kernel_settings(self) -> SamplerConfig:
+        if self.kernel == "ghmc" and "num_steps" not in self.model_fields_set:
+            self.num_steps = 1  # a few integrator steps per transition is what GHMC is for
+        if self.kernel != "ghmc" and self.persistence is not None:
+            raise ValueError(f"persistence applies to kernel ghmc only (kernel is {self.kernel!r})")
+        return self
 
 
 class GuardConfig(_Section):
@@ -291,7 +301,9 @@ def sample_kwargs(config: RunConfig) -> dict[str, Any]:
         num_chains=s.num_chains,
         num_warmup=s.num_warmup,
         num_samples=s.num_samples,
+        kernel=s.kernel,
         integrator=s.integrator,
+        persistence=s.persistence,
         step_size=s.step_size,
         num_steps=s.num_steps,
         trajectory_length=s.trajectory_length,

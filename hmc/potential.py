@@ -9,6 +9,7 @@ gradient; the sampler itself only ever sees their sum.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -162,3 +163,16 @@ def cast_tree(tree: PyTree, dtype: Any) -> PyTree:
         lambda x: jnp.asarray(x, dtype) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x,
         tree,
     )
+
+
+# Compiled programs per potential and hashable settings: a second ``sample`` call with
+# the same model and settings, and the guard's checks of the same model, do not recompile.
+_PROGRAMS: "weakref.WeakKeyDictionary[Potential, dict[Any, Any]]" = weakref.WeakKeyDictionary()
+
+
+def cached_program(potential: Potential, key: Any, build: Callable[[], Any]) -> Any:
+    """``build()`` once per ``potential`` and hashable ``key`` (dropped with the potential)."""
+    per_potential = _PROGRAMS.setdefault(potential, {})
+    if key not in per_potential:
+        per_potential[key] = build()
+    return per_potential[key]

@@ -36,11 +36,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from hmc.sampler import STAT_NAMES, STAT_PREFIX, Checkpoint
+from hmc.checkpoint import STAT_NAMES, STAT_PREFIX, WARMUP_STATS, Checkpoint
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.npz"
-WARMUP_STATS = ("acceptance_rate", "step_size", "diverging", "guard_tripped", "n_steps")
 
 
 class CheckpointMismatch(RuntimeError):
@@ -234,12 +233,16 @@ def device_layout(devices: Any = "auto", num_chains: int = 1) -> dict[str, Any]:
     """The devices this process samples on (``run.devices`` resolved for ``num_chains``)."""
     import jax
 
-    from hmc.sampler import resolve_devices
+    from hmc.devices import resolve_devices
 
     used = resolve_devices(devices, num_chains)
     return {"platform": used[0].platform, "device_kind": used[0].device_kind, "num_devices": len(used),
             "process_count": jax.process_count()}
 
+
+# Keys added since the first checkpoints were written, with the value that an older
+# checkpoint (which lacks them) ran with.
+_ADDED_KEYS = {"sampler.kernel": "hmc", "sampler.persistence": None}
 
 # Keys that may change between a run and its resumption without changing a single draw.
 _RESUMABLE_CHANGES = ("output.dir", "run.checkpoint_every")
@@ -283,7 +286,7 @@ def mismatches(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str
     a = {k: v for k, v in _flatten(saved["config"]).items() if k not in _RESUMABLE_CHANGES}
     b = {k: v for k, v in _flatten(current["config"]).items() if k not in _RESUMABLE_CHANGES}
     for key in sorted(set(a) | set(b)):
-        if a.get(key, "<absent>") != b.get(key, "<absent>"):
+        if a.get(key, _ADDED_KEYS.get(key, "<absent>")) != b.get(key, _ADDED_KEYS.get(key, "<absent>")):
             reasons.append(f"config {key}: checkpoint has {a.get(key, '<absent>')!r}, this run {b.get(key, '<absent>')!r}")
     for package, version in saved["versions"].items():
         if current["versions"].get(package) != version:

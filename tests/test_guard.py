@@ -12,7 +12,7 @@ from scipy import integrate
 
 import hmc
 import physics_models
-from hmc import guard
+from hmc import guard, rundir
 from physics_models import broken
 
 
@@ -209,7 +209,7 @@ def test_chunk_boundary_probe_finds_state_dependent_detachment():
     # the exp wall reaches every element, so give the probe a model where only dead_zone acts
     pot = hmc.Potential(terms={"dead_zone": dead_zone}, init=lambda key: {"x": 0.3 * jax.random.normal(key, (6,))})
     state = {"x": jnp.array([[0.0, -2.0, 0.0, 0.0, 0.0, -3.0]])}
-    _, masks = jax.jit(guard.batched_initial_checks(pot))(state)
+    _, masks = guard.checks_program(pot)(state)
     events = guard.check_element_reach(masks, ["x"], [7], phase="sampling", action="reported", draw=11)
     assert len(events) == 1
     (e,) = events
@@ -295,7 +295,7 @@ def test_guard_events_are_json_lines(tmp_path):
     pot = broken.round_term()
     report = guard.preflight(pot, pot.init(jax.random.key(0)))
     path = tmp_path / "guard.jsonl"
-    guard.write_jsonl(report.events, path)
+    rundir.write_jsonl(str(path), [e.to_dict() for e in report.events])
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(rows) == 1
     keys = {"kind", "phase", "term", "leaf", "indices", "primitive", "source", "chain", "draw", "leapfrog_step",
@@ -307,12 +307,11 @@ def test_guard_events_are_json_lines(tmp_path):
 def test_replay_program_is_built_only_after_a_trip():
     """Chunks run without the per-step replay until a trajectory trips; the chunk that
     tripped runs again with it (same states: a tripped trajectory is rejected either way)."""
-    from hmc import sampler
+    from hmc import potential as potential_module
     from physics_models import gaussian
 
     def replay_builds(pot):
-        return sorted(key[1] for key in sampler._CHUNK_CACHE.get(pot, {}) if isinstance(key, tuple)
-                      and len(key) == 2 and isinstance(key[1], bool))
+        return sorted(key[2] for key in potential_module._PROGRAMS.get(pot, {}) if key[0] == "chunks")
 
     healthy = gaussian(dim=3)
     hmc.sample(healthy, seed=0, num_chains=2, num_warmup=50, num_samples=50, progress=False)

@@ -1,0 +1,202 @@
+"""The compiled chunk programs: a chunk of transitions of all chains in one loop.
+
+Built from small pieces: :func:`all_chains` (one transition of every chain, with
+the trip location of :mod:`hmc.guard.replay`), :func:`masked_scan` (a fixed-size
+program for any chunk length up to ``chunk_size``), the adaptation update, and
+thinning. The driver calls ``warmup_chunk`` and ``sample_chunk`` without knowing
+the kernel. Programs are cached per potential and :class:`hmc.settings.Program`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from hmc import adaptation as _adaptation
+from hmc import rng as _rng
+from hmc.checkpoint import STAT_PREFIX
+from hmc.devices import ordered_mean
+from hmc.guard import replay as _replay
+from hmc.kernels.base import Kernel, Params
+from hmc.potential import Potential, cached_program
+from hmc.settings import Program
+
+PyTree = Any
+
+
+class Chunks(NamedTuple):
+    """``warmup_chunk(chain_keys, states, adapt_state, start, n)`` -> ``(states, adapt_state, trips, out)``
+    and ``sample_chunk(chain_keys, states, params, start, n)`` -> ``(states, trips, out)``."""
+
+    warmup: Callable
+    sample: Callable
+
+
+def chunk_programs(potential: Potential, program: Program, with_replay: bool = True) -> Chunks:
+    """The compiled chunk programs. With ``with_replay=False`` a trajectory-mode guard
+    only flags tripped transitions (no replay in the program): the driver runs such
+    chunks first and re-runs a chunk that tripped with ``with_replay=True``. A trip never
+    changes the chain states (a tripped transition is rejected, and the replay only
+    classifies it), so both give the same states; the program without the replay
+    compiles in about half the time."""
+    return cached_program(potential, ("chunks", program, with_replay),
+                          lambda: _build(potential, program, with_replay))
+
+
+def all_chains(kernel: Kernel, program: Program, with_replay: bool) -> Callable:
+    """``(keys, states, params) -> (states, info, trip)``: one transition of every chain,
+    and the first located guard trip of this iteration."""
+    axis = None if program.pooled else 0
+
+    def run(keys: jax.Array, states: Any, params: Params) -> tuple:
+        minv = None if program.mass_matrix == "identity" else params.inverse_mass_matrix
+        axes = Params(axis, None if minv is None else axis)
+        params = Params(params.step_size, minv)
+        new_states, info = jax.vmap(kernel.step, in_axes=(0, 0, axes))(keys, states, params)
+        if program.guard == "off" or (program.guard == "trajectory" and not with_replay):
+            return new_states, info, _replay.no_trip(states.position)
+        if program.guard == "step":
+            return new_states, info, _replay.first_located(info)
+        info, trip = _replay.replay_tripped(kernel, axes, keys, new_states, params, info)
+        return new_states, info, trip
+
+    return run
+
+
+def keys_at(chain_keys: jax.Array, t: jax.Array) -> jax.Array:
+    return jax.vmap(_rng.fold_in, in_axes=(0, None))(chain_keys, t)
+
+
+def masked_scan(one: Callable, carry: Any, n_valid: jax.Array, chunk_size: int) -> tuple:
+    """Run ``one`` for ``n_valid <= chunk_size`` iterations into fixed-size outputs (rows
+    ``>= n_valid`` stay zero), so a short final chunk reuses the compiled program. A
+    loop with a traced trip count rather than a scan with a ``cond`` per iteration:
+    the ``cond`` made XLA copy the chain states at every iteration."""
+    shapes = jax.eval_shape(lambda c: one(c, jnp.asarray(0, jnp.int32))[1], carry)
+    outs = jax.tree_util.tree_map(lambda s: jnp.zeros((chunk_size,) + s.shape, s.dtype), shapes)
+
+    def body(i, state):
+        carry, outs = state
+        carry, out = one(carry, i)
+        return carry, jax.tree_util.tree_map(lambda o, x: o.at[i].set(x), outs, out)
+
+    return jax.lax.fori_loop(0, jnp.minimum(n_valid, chunk_size), body, (carry, outs))
+
+
+def adapter(program: Program) -> Callable:
+    """``(adapt_state, t, info, states) -> adapt_state``: one warmup update, pooled over
+    chains (one update from the chain-averaged acceptance) or per chain."""
+    schedule = _adaptation.build_schedule(program.num_warmup)
+
+    def update(s, t, a, x):
+        return _adaptation.update(s, t, a, x, schedule=schedule, target_accept=program.target_accept,
+                                  adapt_step_size=program.adapt_step_size,
+                                  adapt_mass_matrix=program.mass_matrix != "identity")
+
+    def adapt(adapt_state, t, info, states):
+        flat = jax.vmap(lambda q: ravel_pytree(q)[0])(states.position)
+        if program.pooled:
+            return update(adapt_state, t, ordered_mean(info.acceptance_rate), flat)
+        return jax.vmap(update, in_axes=(0, None, 0, 0))(adapt_state, t, info.acceptance_rate, flat[:, None, :])
+
+    return adapt
+
+
+def _warmup_chunk(step: Callable, adapt: Callable, chunk_size: int) -> Callable:
+    @jax.jit
+    def warmup_chunk(chain_keys, states, adapt_state, start, n_valid):
+        def one(carry, i):
+            states, adapt_state, trips = carry
+            t = start + i
+            params = Params(adapt_state.step_size, adapt_state.inverse_mass_matrix)
+            states, info, trip = step(keys_at(chain_keys, t), states, params)
+            adapt_state = adapt(adapt_state, t, info, states)
+            out = {
+                "acceptance_rate": info.acceptance_rate,
+                "step_size": info.step_size,
+                "diverging": info.is_divergent,
+                "guard_tripped": info.guard_tripped,
+                "n_steps": info.num_steps,
+            }
+            return (states, adapt_state, _replay.record(trips, trip, t)), out
+
+        carry = (states, adapt_state, _replay.empty(states.position))
+        (states, adapt_state, trips), out = masked_scan(one, carry, n_valid, chunk_size)
+        return states, adapt_state, trips, out
+
+    return warmup_chunk
+
+
+def _thinned(step: Callable, chain_keys: jax.Array, params: Params, thin: int, start: jax.Array) -> Callable:
+    """``(states, trips, i, draw) -> carry``: the ``thin`` transitions of draw ``i`` of the
+    chunk, acceptance summed, divergence and trips or-ed, the last info kept."""
+
+    def transition(j, c, i, draw):
+        states, trips, acc, div, tripped, _ = c
+        states, info, trip = step(keys_at(chain_keys, start + i * thin + j), states, params)
+        return (states, _replay.record(trips, trip, draw), acc + info.acceptance_rate,
+                div | info.is_divergent, tripped | info.guard_tripped, info)
+
+    def run(states, trips, i, draw):
+        n = states.potential_energy.shape[0]
+        zeros = jnp.zeros((n,), states.potential_energy.dtype)
+        false = jnp.zeros((n,), bool)
+        carry = transition(0, (states, trips, zeros, false, false, None), i, draw)
+        if thin > 1:
+            carry = jax.lax.fori_loop(1, thin, lambda j, c: transition(j, c, i, draw), carry)
+        return carry
+
+    return run
+
+
+def _draw_record(potential: Potential, program: Program, states: Any, info: Any, acc, div, tripped) -> dict:
+    """One draw's outputs: observables, recorded leaves and statistics (``stat:`` keys:
+    an observable may share a name with a statistic, as lennard_jones' ``energy``)."""
+    out = dict(jax.vmap(potential.observe)(states.position))
+    leaves = dict(zip(program.names, jax.tree_util.tree_leaves(states.position)))
+    out.update({name: leaves[name] for name in program.record})
+    stats = dict(
+        lp=-states.potential_energy,
+        energy=info.energy,
+        acceptance_rate=acc / program.thin,
+        diverging=div,
+        step_size=info.step_size,
+        n_steps=info.num_steps,
+        guard_tripped=tripped,
+    )
+    out.update({STAT_PREFIX + k: v for k, v in stats.items()})
+    return out
+
+
+def _sample_chunk(potential: Potential, program: Program, step: Callable) -> Callable:
+    thin, num_warmup = program.thin, program.num_warmup
+
+    @jax.jit
+    def sample_chunk(chain_keys, states, params, start, n_valid):
+        run = _thinned(step, chain_keys, params, thin, start)
+
+        def one(carry, i):
+            states, trips = carry
+            draw = num_warmup + (start - num_warmup) // thin + i
+            states, trips, acc, div, tripped, info = run(states, trips, i, draw)
+            return (states, trips), _draw_record(potential, program, states, info, acc, div, tripped)
+
+        (states, trips), out = masked_scan(one, (states, _replay.empty(states.position)), n_valid,
+                                           program.chunk_size)
+        return states, trips, out
+
+    return sample_chunk
+
+
+def _build(potential: Potential, program: Program, with_replay: bool) -> Chunks:
+    kernel = program.kernel.build(potential.energy, program.guard)
+    step = all_chains(kernel, program, with_replay)
+    return Chunks(_warmup_chunk(step, adapter(program), program.chunk_size),
+                  _sample_chunk(potential, program, step))
+
+
+__all__ = ["Chunks", "all_chains", "chunk_programs", "keys_at", "masked_scan"]

@@ -1,0 +1,302 @@
+"""Preflight: before any step, is every term's gradient connected, and are energy and
+gradient finite at every chain's initial state?
+
+One code path: the structural checks run once on one state (connectivity is a
+property of the program), the state checks run in one compiled program over a
+batch of states (:func:`checks_program`), which the driver's chunk-boundary
+probe reuses. :func:`preflight` is the same on a batch of one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hmc.guard import _jaxpr
+from hmc.guard.attribution import attribute
+from hmc.guard.events import GuardEvent, allowed
+from hmc.guard.reach import check_element_reach, reach_codes, reach_masks
+from hmc.potential import Potential, cached_program, leaf_names
+
+logger = logging.getLogger("hmc.guard")
+
+PyTree = Any
+
+STATUSES = ("connected", "partially_detached", "cut", "unused")
+
+
+@dataclasses.dataclass
+class PreflightReport:
+    """What preflight found for one state.
+
+    ``status[(term, leaf)]`` is ``connected``, ``partially_detached`` (a gradient
+    path exists but another path through the same leaf is cut), ``cut`` (the
+    term's value depends on the leaf, its gradient does not) or ``unused``.
+    ``ok`` is ``False`` when any finding was not allowed.
+    """
+
+    terms: list[str]
+    leaves: list[str]
+    status: dict[tuple[str, str], str]
+    events: list[GuardEvent]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return not any(e.action == "refused" for e in self.events)
+
+    def table(self) -> str:
+        width = max([len("term \\ leaf")] + [len(t) for t in self.terms])
+        cols = [max(len(leaf), max(len(self.status[(t, leaf)]) for t in self.terms)) for leaf in self.leaves]
+        lines = ["term \\ leaf".ljust(width) + "  " + "  ".join(l.ljust(c) for l, c in zip(self.leaves, cols))]
+        for t in self.terms:
+            lines.append(t.ljust(width) + "  " + "  ".join(self.status[(t, l)].ljust(c) for l, c in zip(self.leaves, cols)))
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        head = f"preflight: {'ok' if self.ok else 'REFUSED'} ({len(self.events)} finding(s), {self.seconds:.2f} s)"
+        body = [head, self.table()]
+        body += [str(e) for e in self.events]
+        return "\n".join(body)
+
+
+def _site_text(site: _jaxpr.CutSite) -> str:
+    text = repr(site.primitive)
+    if site.function:
+        text += f" in {site.function}()"
+    if site.via:
+        text += f" [via {site.via}]"
+    return text
+
+
+def _connectivity(fn: Any, position: PyTree) -> tuple[list[bool], list[bool], _jaxpr.Cuts, dict]:
+    """(value depends on leaf, gradient reaches leaf, the cuts, continuity per tested site).
+
+    Each piecewise-constant cut site (``round``, ``floor``, a comparison used as a
+    number) is tested at ``position`` with :func:`hmc._jaxpr.continuity`: a site across
+    whose jumps the term's value is continuous (a periodic wrap) is dropped.
+    """
+    flat, leaves = _jaxpr.as_flat_function(fn, position)
+    n = len(leaves)
+    primal = jax.make_jaxpr(flat)(*leaves)
+    value_deps = _jaxpr.dependencies(primal, [frozenset({i}) for i in range(n)])[0]
+    out_aval = primal.out_avals[0]
+
+    def pullback(ct: Any) -> Any:
+        return jax.vjp(flat, *leaves)[1](ct)
+
+    vjp = jax.make_jaxpr(pullback)(jnp.ones(out_aval.shape, out_aval.dtype))
+    grads = _jaxpr.dependencies(vjp, [frozenset({"ct"})])
+    _, cuts = _jaxpr.locate_cuts(primal, [frozenset({i}) for i in range(n)])
+    tested = _drop_wraps(primal, leaves, cuts)
+    return [i in value_deps for i in range(n)], ["ct" in g for g in grads], cuts, tested
+
+
+def _drop_wraps(primal: Any, leaves: list[Any], cuts: _jaxpr.Cuts) -> dict:
+    """Test each piecewise-constant site for a jump of the energy; drop the wraps."""
+    tested: dict[_jaxpr.CutSite, _jaxpr.Continuity] = {}
+    for site, paths in list(cuts.jumps.items()):
+        if paths is None:
+            continue
+        try:
+            seen = _jaxpr.continuity(primal, leaves, paths)
+        except Exception as err:  # cannot evaluate the watch: keep the cut
+            logger.debug("continuity of %s not tested: %s", site, err)
+            continue
+        tested[site] = seen
+        if seen.continuous:
+            logger.debug("%s is a wrap: the energy is continuous across its jumps (%s)", site, seen)
+            cuts.drop(site)
+    return tested
+
+
+def _jump_text(seen: _jaxpr.Continuity | None) -> str:
+    if seen is None:
+        return ""
+    if seen.continuous is None:
+        return "; no jump of it was reached from this state to test whether the energy is continuous there"
+    return f"; the energy jumps by {seen.largest:.3g} across it (rounding and slope explain {seen.allowed:.2g})"
+
+
+class _Findings:
+    """The events of one preflight: each refused unless ``allow`` accepts it."""
+
+    def __init__(self, allow: Sequence[str], chain: int | None):
+        self.allow, self.chain, self.events = list(allow), chain, []
+
+    def add(self, event: GuardEvent) -> None:
+        if allowed(event, self.allow):
+            event.action = "allowed"
+        self.events.append(event)
+
+    def emit(self, **fields: Any) -> None:
+        self.add(GuardEvent(phase="preflight", chain=self.chain, action="refused", **fields))
+
+
+def _sorted_sites(sites: Any) -> list[_jaxpr.CutSite]:
+    return sorted(sites or set(), key=lambda s: (s.source or "", s.primitive))
+
+
+def _cut_findings(findings: _Findings, term: str, leaf: str, sites: list, tested: dict) -> None:
+    for site in sites or [None]:
+        findings.emit(
+            kind="disconnected", term=term, leaf=leaf,
+            primitive=site.primitive if site else None, source=site.source if site else None,
+            message=f"term {term!r} depends on leaf {leaf!r} but its gradient does not"
+            + (f": cut by {_site_text(site)}" if site else "")
+            + "; the sampler would feel no force from this dependence" + _jump_text(tested.get(site)),
+        )
+
+
+def _partial_findings(findings: _Findings, term: str, leaf: str, sites: list, tested: dict) -> None:
+    for site in sites:
+        findings.emit(
+            kind="partially_detached", term=term, leaf=leaf, primitive=site.primitive, source=site.source,
+            message=f"one path from leaf {leaf!r} into term {term!r} is cut by {_site_text(site)} "
+            "while another still carries gradient: the force misses part of the energy"
+            + _jump_text(tested.get(site)),
+        )
+
+
+def _term_status(findings: _Findings, term: str, fn: Any, position: PyTree, names: list[str]) -> list[str]:
+    """The status of ``term`` against each leaf, its findings added to ``findings``."""
+    try:
+        value_dep, grad_dep, cuts, tested = _connectivity(fn, position)
+    except Exception as err:
+        findings.emit(kind="disconnected", term=term, message=f"term {term!r} cannot be reverse-differentiated: {err}")
+        return ["cut"] * len(names)
+    status = []
+    for i, leaf in enumerate(names):
+        sites = _sorted_sites(cuts.sites.get(i))
+        if grad_dep[i]:
+            status.append("partially_detached" if sites else "connected")
+            _partial_findings(findings, term, leaf, sites, tested)
+        elif value_dep[i] and cuts.wrapped.get(i) and not sites:
+            status.append("unused")  # continuous across every jump: locally constant
+        elif value_dep[i]:
+            status.append("cut")
+            _cut_findings(findings, term, leaf, sites or _sorted_sites(cuts.named.get(i)), tested)
+        else:
+            status.append("unused")
+    return status
+
+
+def structure(potential: Potential, position: PyTree, findings: _Findings) -> dict[tuple[str, str], str]:
+    """Connectivity of every term to every leaf, and the leaves no term reaches."""
+    names = leaf_names(position)
+    status = {}
+    for term, fn in potential.terms.items():
+        status.update({(term, leaf): s for leaf, s in zip(names, _term_status(findings, term, fn, position, names))})
+    for leaf in names:
+        if not any(status[(term, leaf)] in ("connected", "partially_detached") for term in potential.terms):
+            findings.emit(kind="orphan_leaf", leaf=leaf,
+                          message=f"no term has a gradient path to leaf {leaf!r}: this coordinate would drift without bound")
+    return status
+
+
+def checks_program(potential: Potential) -> Any:
+    """One compiled ``positions -> ({term: (values, grads)}, reach masks)`` over a chain
+    axis: the state checks of preflight, and the driver's chunk-boundary probe."""
+
+    def build() -> Any:
+        per_term = jax.vmap(lambda q: {n: jax.value_and_grad(f)(q) for n, f in potential.terms.items()})
+        reach = jax.vmap(reach_masks(potential))
+        return jax.jit(lambda positions: (per_term(positions), reach(positions)))
+
+    return cached_program(potential, "guard_checks", build)
+
+
+def _nonfinite_terms(potential: Potential, positions: PyTree, chains: Sequence[int], per_term: dict) -> list[GuardEvent]:
+    """Energy and gradient finite, per term, at each chain's state (attributed where not)."""
+    events: list[GuardEvent] = []
+    for term, (values, grads) in per_term.items():
+        bad = ~np.isfinite(np.asarray(values))
+        for g in jax.tree_util.tree_leaves(grads):
+            g = np.asarray(g)
+            bad |= ~np.all(np.isfinite(g.reshape(g.shape[0], -1)), axis=1)
+        for c in np.flatnonzero(bad):
+            position = jax.tree_util.tree_map(lambda x: x[c], positions)
+            for event in attribute(potential, position, phase="preflight", chain=int(chains[c]), action="refused"):
+                # "the sum overflowed" needs the total: the sampler's first step checks it
+                if event.term in (None, term) and event not in events and not (
+                        event.term is None and event.kind == "nonfinite_gradient"):
+                    events.append(event)
+    return events
+
+
+def state_checks(potential: Potential, positions: PyTree, chains: Sequence[int], findings: _Findings,
+                 elementwise: bool = True) -> None:
+    """Finite energy and gradient per term, and element reach, at a batch of states."""
+    try:
+        per_term, masks = checks_program(potential)(positions)
+    except Exception as err:  # a term without a gradient at all: the structural report names it
+        logger.debug("batched state checks failed: %s", err)
+        return
+    found = _nonfinite_terms(potential, positions, chains, per_term)
+    if elementwise:
+        first = jax.tree_util.tree_map(lambda x: x[0], positions)
+
+        def classify(c: int) -> list[np.ndarray]:
+            return reach_codes(potential, jax.tree_util.tree_map(lambda x: x[c], positions))
+
+        found += check_element_reach(masks, leaf_names(first), chains, phase="preflight", action="refused",
+                                     classify=classify)
+    for event in found:
+        findings.add(event)
+
+
+def preflight_batch(potential: Potential, positions: PyTree, chains: Sequence[int] | None = None,
+                    allow: Sequence[str] = (), elementwise: bool = True) -> PreflightReport:
+    """Preflight of a batch of states (leading chain axis): the structure once, on the
+    first state, and the state checks on every one."""
+    started = time.perf_counter()
+    n = jax.tree_util.tree_leaves(positions)[0].shape[0]
+    chains = list(range(n)) if chains is None else [int(c) for c in chains]
+    first = jax.tree_util.tree_map(lambda x: x[0], positions)
+    findings = _Findings(allow, chains[0])
+    status = structure(potential, first, findings)
+    state_checks(potential, positions, chains, findings, elementwise)
+    names = leaf_names(first)
+    return PreflightReport(list(potential.terms), names, status, findings.events, time.perf_counter() - started)
+
+
+def preflight(
+    potential: Potential,
+    position: PyTree,
+    *,
+    allow: Sequence[str] = (),
+    chain: int | None = None,
+    elementwise: bool = True,
+) -> PreflightReport:
+    """Check, before any step, that every term's gradient is connected and finite.
+
+    For every term and state leaf: is the gradient structurally connected under
+    JAX's own reverse-mode AD (custom rules included, looking inside jit, scan,
+    while and cond)? Each cut is reported with the primitive that cut it and the
+    user's source line. A leaf that no term reaches is an ``orphan_leaf`` (it would
+    drift without bound); with ``elementwise`` each element that no term reaches at
+    this state is reported too (one detached particle). Finally each term's energy
+    and gradient must be finite at ``position``.
+
+    Parameters
+    ----------
+    position
+        One state, like ``potential.init(key)``.
+    allow
+        Findings to accept: ``"kind"``, ``"kind:term"`` or ``"kind:term:leaf"``
+        (e.g. ``"orphan_leaf"``); they are reported with action ``allowed``.
+    chain
+        Recorded in the events.
+    """
+    batch = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], position)
+    report = preflight_batch(potential, batch, [0], allow, elementwise)
+    for event in report.events:
+        event.chain = chain
+    return report

@@ -1,0 +1,108 @@
+"""The kernel interface the driver runs: pure, per chain, told apart by nothing.
+
+A kernel *specification* is a hashable object (a frozen dataclass) with
+``build(potential_fn, guard) -> Kernel``. The built :class:`Kernel` holds three
+pure functions of one chain:
+
+``init(position) -> state``
+    The chain state at ``position``. It has at least ``position``,
+    ``potential_energy`` and ``potential_energy_grad``.
+``step(key, state, params) -> (state, info)``
+    One transition. ``params`` is :class:`Params` (the adapted step size and
+    inverse mass matrix). ``info`` has at least the fields of :class:`Info`;
+    ``guard_tripped`` is the trip flag.
+``replay(key, state, params) -> info``
+    Re-runs a tripped transition with the per-step check: ``state`` is the state
+    the tripped transition left the chain in (a tripped transition is rejected),
+    ``key`` the same key. ``info.guard_step`` and ``info.guard_position`` locate
+    the first failing gradient; ``guard_tripped`` tells a broken gradient from a
+    blow-up (``is_divergent``).
+
+``guard`` is ``"trajectory"`` (the step only flags; the driver replays tripped
+transitions), ``"step"`` (the step locates itself) or ``"off"``.
+
+The driver vmaps the kernel over chains, shards the chain axis, runs chunks of
+transitions in one compiled loop, thins, adapts ``params`` in warmup and
+replays tripped transitions, without knowing which kernel it runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from jax import Array
+
+from hmc import integrators as _integrators
+
+PyTree = Any
+GUARD_MODES = ("step", "trajectory", "off")
+
+
+class Params(NamedTuple):
+    """What warmup adapts: the step size and the inverse mass matrix (``None``: identity)."""
+
+    step_size: Array
+    inverse_mass_matrix: Array | None
+
+
+class Info(NamedTuple):
+    """The per-transition fields the driver reads (a kernel's info may hold more)."""
+
+    acceptance_rate: Array
+    is_accepted: Array
+    is_divergent: Array
+    energy: Array
+    delta_energy: Array
+    num_steps: Array
+    step_size: Array
+    guard_tripped: Array
+    guard_step: Array
+    guard_position: PyTree
+
+
+class Kernel(NamedTuple):
+    """A built kernel: pure per-chain functions (see the module docstring)."""
+
+    init: Callable[[PyTree], Any]
+    step: Callable[[Array, Any, Params], tuple[Any, Any]]
+    replay: Callable[[Array, Any, Params], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Trajectory:
+    """Settings shared by kernels that integrate Hamilton's equations.
+
+    Exactly one of ``num_steps`` (integrator steps per transition) and
+    ``trajectory_length`` (``ceil(tau / step_size)`` steps); ``jitter`` in
+    ``[0, 1)`` scales the step size (fixed ``num_steps``) or the length by
+    ``1 + jitter * u`` with ``u ~ U(-1, 1)`` drawn per transition.
+    """
+
+    integrator: str = "minimum_norm"
+    num_steps: int | None = 10
+    trajectory_length: float | None = None
+    jitter: float = 0.0
+    divergence_threshold: float = 1000.0
+
+    def __post_init__(self) -> None:
+        _integrators.coefficients(self.integrator)
+        if (self.num_steps is None) == (self.trajectory_length is None):
+            raise ValueError("give exactly one of num_steps and trajectory_length")
+        if self.num_steps is not None and int(self.num_steps) < 1:
+            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+        if self.trajectory_length is not None and not self.trajectory_length > 0:
+            raise ValueError(f"trajectory_length must be > 0, got {self.trajectory_length}")
+        if not 0.0 <= self.jitter < 1.0:
+            raise ValueError(f"jitter must be in [0, 1), got {self.jitter}")
+
+    @property
+    def gradients_per_step(self) -> int:
+        """Gradient evaluations per integrator step (``info.num_steps`` counts steps)."""
+        return _integrators.gradient_evaluations_per_step(self.integrator)
+
+
+def check_guard(guard: str) -> None:
+    if guard not in GUARD_MODES:
+        raise ValueError(f"guard must be one of {GUARD_MODES}, got {guard!r}")

@@ -1,0 +1,270 @@
+"""Fixed-length HMC: pure ``(rng_key, state, params) -> (state, info)``.
+
+One trajectory: draw a Gaussian momentum, integrate, Metropolis-test on the
+true energy ``H = U + K``. A non-finite energy is a rejection, never an
+exception; a trajectory whose gradient went non-finite at any step ("tripped"
+the guard flag) is rejected and reported in :class:`HMCInfo` with the first
+failing gradient evaluation and the position there, for attribution on the
+host (see :mod:`hmc.guard`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from hmc import integrators as _integrators
+from hmc import rng as _rng
+from hmc.kernels.base import GUARD_MODES, Kernel, Params, Trajectory, check_guard
+
+PyTree = Any
+
+
+class HMCState(NamedTuple):
+    """State of one chain: position and the potential energy and gradient there."""
+
+    position: PyTree
+    potential_energy: Array
+    potential_energy_grad: PyTree
+
+
+class HMCInfo(NamedTuple):
+    """Per-trajectory diagnostics.
+
+    Attributes
+    ----------
+    acceptance_rate
+        ``min(1, exp(-delta_energy))``; 0 for a tripped or non-finite trajectory.
+    is_accepted
+        Whether the proposal became the new state.
+    is_divergent
+        ``delta_energy`` above the divergence threshold or non-finite; or the
+        gradient went non-finite at a state whose energy was already more than
+        the threshold above the start, +inf included (an unstable integration
+        that overflowed, or a step into a region of zero density: not a broken
+        gradient).
+    energy
+        Hamiltonian ``U + K`` of the state kept (Stan's ``energy__``).
+    delta_energy
+        ``H(proposal) - H(start)``.
+    num_steps, step_size
+        What this trajectory used (after jitter).
+    guard_tripped
+        Some gradient in the trajectory was non-finite at a state whose energy
+        was still within the divergence threshold of the start, or NaN: a broken
+        gradient.
+    guard_step
+        Index of the first non-finite gradient evaluation (``-1`` if none).
+    guard_position
+        The position where it was evaluated (the start position if none).
+    """
+
+    acceptance_rate: Array
+    is_accepted: Array
+    is_divergent: Array
+    energy: Array
+    delta_energy: Array
+    num_steps: Array
+    step_size: Array
+    guard_tripped: Array
+    guard_step: Array
+    guard_position: PyTree
+
+
+
+def init(position: PyTree, potential_fn: Callable[[PyTree], Array]) -> HMCState:
+    """Build the state at ``position`` (one chain; ``vmap`` for many)."""
+    energy, grad = jax.value_and_grad(potential_fn)(position)
+    return HMCState(position, energy, grad)
+
+
+def _num_steps_for(trajectory_length: float, step_size: Array) -> Array:
+    return jnp.maximum(1, jnp.ceil(trajectory_length / step_size)).astype(jnp.int32)
+
+
+def jittered(settings: Trajectory, key: Array, step_size: Array, dtype: Any) -> tuple[Array, Array | int]:
+    """``(step size, number of steps)`` of one transition, jitter applied."""
+    u = _rng.uniform(key, dtype, -1.0, 1.0) if settings.jitter > 0 else jnp.zeros((), dtype)
+    if settings.num_steps is not None:
+        return step_size * (1.0 + settings.jitter * u), int(settings.num_steps)
+    return step_size, _num_steps_for(settings.trajectory_length * (1.0 + settings.jitter * u), step_size)
+
+
+class Outcome(NamedTuple):
+    """One integrated trajectory and its Metropolis test (see :func:`metropolis`)."""
+
+    end: _integrators.IntegratorState
+    potential: Array
+    is_accepted: Array
+    acceptance_rate: Array
+    is_divergent: Array
+    energy_start: Array
+    energy_end: Array
+    delta: Array
+    guard_tripped: Array
+    flags: _integrators.GuardFlags
+
+
+def metropolis(potential_fn: Callable[[PyTree], Array], settings: Trajectory, guard: str, metric: Any,
+               state: Any, momentum: PyTree, eps: Array, n_steps: Array | int, key_accept: Array) -> Outcome:
+    """Integrate from ``(state.position, momentum)`` and test the end on the true energy.
+
+    A non-finite proposal energy is a rejection; a trajectory whose gradient went
+    non-finite tripped and is rejected: a broken gradient (``guard_tripped``) unless the
+    energy had already risen past the divergence threshold (a divergence).
+    """
+    per_step = guard == "step"
+    dtype = state.potential_energy.dtype
+    start = _integrators.IntegratorState(state.position, momentum, state.potential_energy_grad)
+    end, flags, potential_end = _integrators.integrate_to_energy(
+        settings.integrator, potential_fn, metric.velocity, start, eps, n_steps, guard=per_step
+    )
+    energy_start = state.potential_energy + metric.kinetic_energy(momentum)
+    kinetic_end = metric.kinetic_energy(end.momentum)
+    tripped = _tripped(guard, flags, end)
+    # A tripped trajectory ends in NaN; the energy at the trip position tells a blow-up
+    # from a broken gradient. The end point keeps the energy its last gradient came
+    # with, so both guard modes accept the same trajectories bit for bit.
+    new_potential = jnp.where(tripped, potential_fn(flags.position), potential_end) if per_step else potential_end
+    energy_end = new_potential + kinetic_end
+    delta = energy_end - energy_start
+    # A non-finite proposal energy is a rejection, -inf included: in float32 a blown-up
+    # trajectory can end where U overflows to -inf, which a bare Metropolis test accepts.
+    delta = jnp.where(jnp.isfinite(energy_end), delta, jnp.inf)
+    blew_up = _blew_up(metric, flags, new_potential, energy_start, settings.divergence_threshold) if per_step \
+        else jnp.zeros((), bool)  # unknown without the per-step record
+    diverged_trip = tripped & blew_up
+    guard_tripped = tripped & ~blew_up
+    acceptance_rate = jnp.where(tripped, 0.0, jnp.minimum(1.0, jnp.exp(-delta))).astype(dtype)
+    log_u = jnp.log(_rng.uniform(key_accept, dtype))
+    is_accepted = (log_u < -delta) & ~tripped
+    threshold = settings.divergence_threshold
+    is_divergent = (((delta > threshold) | ~jnp.isfinite(delta)) & ~tripped) | diverged_trip
+    return Outcome(end, new_potential, is_accepted, acceptance_rate, is_divergent, energy_start, energy_end, delta,
+                   guard_tripped, flags)
+
+
+def _tripped(guard: str, flags: _integrators.GuardFlags, end: _integrators.IntegratorState) -> Array:
+    if guard == "step":
+        return ~flags.ok
+    if guard == "trajectory":
+        # not the kinetic energy: p**2 overflows for a finite (if huge) momentum
+        return ~jnp.isfinite(_integrators.tree_sum(end.momentum))
+    return jnp.zeros((), bool)
+
+
+def _blew_up(metric: Any, flags: _integrators.GuardFlags, potential: Array, energy_start: Array,
+             threshold: float) -> Array:
+    """A gradient that overflowed because the integrator had already blown up (the energy
+    at the trip point far above the start) is a divergence, not a broken gradient: the
+    guard only reports gradients that break at a sane state."""
+    kinetic_at_trip = metric.kinetic_energy(flags.momentum)
+    energy_at_trip = potential + kinetic_at_trip
+    # a non-finite position with finite gradients at every earlier step: the
+    # integration itself overflowed (momentum inf, then inf - inf)
+    state_broken = ~jnp.isfinite(_integrators.tree_sum(flags.position))
+    # ``>`` holds for +inf (an energy that overflowed, a wall of infinite height:
+    # the proposal has zero density) and fails for NaN (a broken program)
+    return (
+        state_broken
+        | (kinetic_at_trip - energy_start > threshold)
+        | (energy_at_trip - energy_start > threshold)
+    )
+
+
+def info_of(outcome: Outcome, eps: Array, n_steps: Array | int) -> HMCInfo:
+    return HMCInfo(
+        acceptance_rate=outcome.acceptance_rate,
+        is_accepted=outcome.is_accepted,
+        is_divergent=outcome.is_divergent,
+        energy=jnp.where(outcome.is_accepted, outcome.energy_end, outcome.energy_start),
+        delta_energy=outcome.delta,
+        num_steps=jnp.asarray(n_steps, jnp.int32),
+        step_size=eps,
+        guard_tripped=outcome.guard_tripped,
+        guard_step=outcome.flags.first_step,
+        guard_position=outcome.flags.position,
+    )
+
+
+def _transition(potential_fn: Callable[[PyTree], Array], settings: Trajectory, guard: str) -> Callable:
+    def step(rng_key: Array, state: HMCState, params: Params) -> tuple[HMCState, HMCInfo]:
+        key_momentum, key_jitter, key_accept = _rng.split(rng_key, 3)
+        dtype = state.potential_energy.dtype
+        eps, n_steps = jittered(settings, key_jitter, jnp.asarray(params.step_size, dtype), dtype)
+        metric = _integrators.euclidean_metric(params.inverse_mass_matrix, state.position)
+        momentum = metric.sample_momentum(key_momentum, state.position)
+        out = metropolis(potential_fn, settings, guard, metric, state, momentum, eps, n_steps, key_accept)
+        new_state = jax.tree_util.tree_map(
+            lambda new, old: jnp.where(out.is_accepted, new, old),
+            HMCState(out.end.position, out.potential, out.end.potential_energy_grad),
+            state,
+        )
+        return new_state, info_of(out, eps, n_steps)
+
+    return step
+
+
+@dataclasses.dataclass(frozen=True)
+class HMC(Trajectory):
+    """Fixed-length HMC (``kernel="hmc"``): a fresh Gaussian momentum per transition,
+    ``num_steps`` integrator steps (or ``trajectory_length``), a Metropolis test on
+    the true energy. See :class:`hmc.kernels.base.Trajectory` for the settings."""
+
+    name: str = dataclasses.field(default="hmc", init=False)
+
+    def build(self, potential_fn: Callable[[PyTree], Array], guard: str = "trajectory") -> Kernel:
+        check_guard(guard)
+        located = _transition(potential_fn, self, "step")
+        return Kernel(
+            init=lambda position: init(position, potential_fn),
+            step=_transition(potential_fn, self, guard),
+            # a tripped transition is rejected: the state it left is its start
+            replay=lambda key, state, params: located(key, state, params)[1],
+        )
+
+
+def build_kernel(
+    potential_fn: Callable[[PyTree], Array],
+    integrator: str = "leapfrog",
+    *,
+    num_steps: int | None = 10,
+    trajectory_length: float | None = None,
+    jitter: float = 0.0,
+    divergence_threshold: float = 1000.0,
+    guard: str = "step",
+) -> Callable[..., tuple[HMCState, HMCInfo]]:
+    """Build ``kernel(rng_key, state, step_size, inverse_mass_matrix=None)``: one HMC
+    transition of one chain (the function form of :class:`HMC`).
+
+    ``integrator``: ``"leapfrog"``, ``"minimum_norm"`` or ``"yoshida4"``;
+    ``num_steps``/``trajectory_length``/``jitter``: see :class:`hmc.kernels.base.Trajectory`
+    (jitter breaks the resonances of fixed-length HMC on near-Gaussian modes, Mackenzie,
+    PLB 226 (1989) 369); ``divergence_threshold``: ``delta_energy`` above which a
+    trajectory is divergent.
+
+    ``guard`` is how the kernel notices a non-finite gradient. ``"step"``: every fresh
+    gradient is checked (``isfinite(sum(g))``) and the first failing evaluation, with the
+    position and momentum there, is carried out of the integrator; a trip whose energy
+    had already risen past the divergence threshold is classified as a divergence.
+    ``"trajectory"``: nothing is checked inside the integrator; a non-finite gradient
+    makes the momentum non-finite for the rest of the trajectory (NaN and Inf are
+    absorbing under ``p - eps * g``), so the end tells. ``guard_step`` is -1 and
+    ``guard_position`` the start; the driver replays tripped trajectories with a
+    ``"step"`` kernel to locate and classify them. Costs nothing per step. ``"off"``:
+    no guard (benchmarks only): a non-finite trajectory is a divergence.
+    """
+    check_guard(guard)
+    settings = HMC(integrator, num_steps, trajectory_length, jitter, divergence_threshold)
+    step = _transition(potential_fn, settings, guard)
+
+    def kernel(rng_key: Array, state: HMCState, step_size: Array | float,
+               inverse_mass_matrix: Array | None = None) -> tuple[HMCState, HMCInfo]:
+        return step(rng_key, state, Params(step_size, inverse_mass_matrix))
+
+    return kernel

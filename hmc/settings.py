@@ -1,0 +1,145 @@
+"""The settings of one :func:`hmc.sample` call: validated once, frozen, hashable.
+
+:class:`Settings` replaces a block of checks at the top of the driver: every
+argument is checked here with a message that names it, and what the compiled
+chunk programs depend on is one hashable :class:`Program` (the key of their cache).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from hmc import adaptation as _adaptation
+from hmc import kernels as _kernels
+from hmc.guard import POLICIES
+
+PRECISIONS = {"float32": jnp.float32, "float64": jnp.float64}
+
+
+def _one_of(name: str, value: Any, allowed: Sequence[Any]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything :func:`hmc.sample` was asked for, checked (see its docstring)."""
+
+    kernel: Any
+    seed: int = 0
+    num_chains: int = 4
+    num_warmup: int = 500
+    num_samples: int = 1000
+    thin: int = 1
+    step_size: float | None = None
+    mass_matrix: str = "diagonal"
+    target_accept: float = 0.8
+    adaptation: str = "pooled"
+    guard: str = "reject"
+    max_trip_fraction: float = 0.01
+    allow: tuple[str, ...] = ()
+    guard_check: str = "trajectory"
+    probe_chains: int = 4
+    chunk_size: int = 100
+    precision: str | None = None
+    devices: int | str | None = None
+
+    def __post_init__(self) -> None:
+        _one_of("guard", self.guard, POLICIES)
+        _one_of("guard_check", self.guard_check, ["trajectory", "step"])
+        _one_of("mass_matrix", self.mass_matrix, _adaptation.MASS_MATRIX_KINDS)
+        _one_of("adaptation", self.adaptation, ["pooled", "per_chain"])
+        if self.precision is not None:
+            _one_of("precision", self.precision, list(PRECISIONS))
+        for name, low in (("num_chains", 1), ("num_samples", 1), ("num_warmup", 0), ("thin", 1), ("chunk_size", 1)):
+            value = getattr(self, name)
+            if int(value) != value or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.step_size is None and self.num_warmup == 0:
+            raise ValueError("step_size=None needs num_warmup > 0 to adapt it; give a float step_size")
+        if self.step_size is not None and not self.step_size > 0:
+            raise ValueError(f"step_size must be > 0, got {self.step_size!r}")
+        if not 0.0 < self.target_accept < 1.0:
+            raise ValueError(f"target_accept must be in (0, 1), got {self.target_accept!r}")
+        if not 0.0 <= self.max_trip_fraction <= 1.0:
+            raise ValueError(f"max_trip_fraction must be in [0, 1], got {self.max_trip_fraction!r}")
+
+    @classmethod
+    def from_arguments(cls, kernel: Any = "hmc", *, integrator: str, num_steps: int | None,
+                       trajectory_length: float | None, jitter: float, divergence_threshold: float,
+                       persistence: float | None = None, **rest: Any) -> Settings:
+        """The settings of ``hmc.sample(**arguments)``; the trajectory arguments go to a
+        kernel named by a string (a kernel object carries its own)."""
+        extra = {} if persistence is None else {"persistence": float(persistence)}
+        if extra and kernel != "ghmc":
+            raise ValueError(f"persistence applies to kernel='ghmc' only, not to kernel={kernel!r}")
+        spec = _kernels.resolve(kernel, integrator=integrator, num_steps=num_steps,
+                                trajectory_length=trajectory_length, jitter=float(jitter),
+                                divergence_threshold=float(divergence_threshold), **extra)
+        rest["allow"] = tuple(rest.get("allow", ()))
+        return cls(kernel=spec, **rest)
+
+    @property
+    def guard_on(self) -> bool:
+        return self.guard != "off"
+
+    @property
+    def pooled(self) -> bool:
+        return self.adaptation == "pooled"
+
+    @property
+    def in_loop_guard(self) -> str:
+        """How the kernel notices a trip: ``"trajectory"``, ``"step"`` or ``"off"``."""
+        return self.guard_check if self.guard_on else "off"
+
+    @property
+    def total(self) -> int:
+        return self.num_warmup + self.num_samples
+
+    def dtype(self, positions: Any) -> Any:
+        return working_dtype(self.precision, positions)
+
+
+def working_dtype(precision: str | None, positions: Any) -> Any:
+    """The working dtype: ``precision``, or that of the initial states."""
+    if precision is None:
+        leaves = jax.tree_util.tree_leaves(positions)
+        return jnp.result_type(*[jnp.asarray(x).dtype for x in leaves])
+    _one_of("precision", precision, list(PRECISIONS))
+    if precision == "float64" and not jax.config.read("jax_enable_x64"):
+        # A process-wide switch: every array created afterwards may be 64-bit.
+        jax.config.update("jax_enable_x64", True)
+    return PRECISIONS[precision]
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """What the compiled chunk programs depend on besides array shapes (their cache key)."""
+
+    kernel: Any
+    guard: str
+    mass_matrix: str
+    pooled: bool
+    adapt_step_size: bool
+    target_accept: float
+    num_warmup: int
+    thin: int
+    names: tuple[str, ...]
+    record: tuple[str, ...]
+    chunk_size: int
+
+    @classmethod
+    def of(cls, settings: Settings, mass_matrix: str, names: Sequence[str], record: Sequence[str]) -> Program:
+        return cls(kernel=settings.kernel, guard=settings.in_loop_guard, mass_matrix=mass_matrix,
+                   pooled=settings.pooled, adapt_step_size=settings.step_size is None,
+                   target_accept=float(settings.target_accept), num_warmup=int(settings.num_warmup),
+                   thin=int(settings.thin), names=tuple(names), record=tuple(record),
+                   chunk_size=int(settings.chunk_size))
+
+
+__all__ = ["PRECISIONS", "Program", "Settings", "working_dtype"]
