@@ -54,6 +54,8 @@ CASES = [
          ("v", "v2", "abs_x"), expected_failure="centred funnel: fixed-metric HMC cannot enter the neck"),
     Case("harmonic_oscillator", dict(n_sites=64, a=0.5), dict(trajectory_length=1.5, jitter=0.2),
          ("x2", "x4", "correlator", "action")),
+    Case("harmonic_oscillator", dict(n_sites=64, a=0.5), dict(kernel="ghmc", persistence=0.9, jitter=0.2),
+         ("x2", "x4", "correlator", "action")),
     Case("harmonic_oscillator", dict(n_sites=16, a=1.0), dict(trajectory_length=1.5, jitter=0.2), ("x2", "correlator")),
     Case("harmonic_oscillator", dict(n_sites=32, a=0.1), dict(trajectory_length=1.5, jitter=0.2), ("x2", "correlator")),
     Case("anharmonic_oscillator", dict(n_sites=64, a=0.5, g=1.0), dict(trajectory_length=1.5, jitter=0.2),
@@ -109,6 +111,8 @@ def run_case(case: Case, chains: int, warmup: int, samples: int, seed: int) -> l
     elapsed = time.perf_counter() - started
     summary = result.summary()
     label = f"{case.model}({', '.join(f'{k}={v}' for k, v in case.params.items())})"
+    if "kernel" in case.sampler:
+        label += f" [{case.sampler['kernel']}]"
     rows = []
     for name in checks:
         s = summary.observables[name]

@@ -24,6 +24,7 @@ SCRIPT = textwrap.dedent('''
         "pooled_diagonal": {},
         "per_chain_dense": dict(adaptation="per_chain", mass_matrix="dense"),
         "step_guard_jitter": dict(guard_check="step", trajectory_length=1.0, jitter=0.3),
+        "ghmc": dict(kernel="ghmc", num_steps=2, persistence=0.8),
     }
     for name, extra in cases.items():
         one = hmc.sample(pot, **base, **extra)
@@ -62,7 +63,7 @@ def test_four_cpu_devices_exist(four_devices):
     assert four_devices["devices"] == 4
 
 
-@pytest.mark.parametrize("case", ["pooled_diagonal", "per_chain_dense", "step_guard_jitter"])
+@pytest.mark.parametrize("case", ["pooled_diagonal", "per_chain_dense", "step_guard_jitter", "ghmc"])
 def test_sharded_draws_are_bit_identical(four_devices, case):
     # the pooled mean over chains is summed in chain order, so even adaptation agrees to the bit
     assert four_devices[case] == 0.0
