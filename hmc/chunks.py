@@ -9,6 +9,7 @@ the kernel. Programs are cached per potential and :class:`hmc.settings.Program`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -173,17 +174,16 @@ def _draw_record(potential: Potential, program: Program, states: Any, info: Any,
 
 
 def _sample_chunk(potential: Potential, program: Program, step: Callable) -> Callable:
-    thin, num_warmup = program.thin, program.num_warmup
-
     @jax.jit
     def sample_chunk(chain_keys, states, params, start, n_valid):
-        run = _thinned(step, chain_keys, params, thin, start)
+        run = _thinned(step, chain_keys, params, program.thin, start)
+        record = functools.partial(_draw_record, potential, program)
 
         def one(carry, i):
             states, trips = carry
-            draw = num_warmup + (start - num_warmup) // thin + i
+            draw = program.num_warmup + (start - program.num_warmup) // program.thin + i
             states, trips, acc, div, tripped, info = run(states, trips, i, draw)
-            return (states, trips), _draw_record(potential, program, states, info, acc, div, tripped)
+            return (states, trips), record(states, info, acc, div, tripped)
 
         (states, trips), out = masked_scan(one, (states, _replay.empty(states.position)), n_valid,
                                            program.chunk_size)

@@ -216,6 +216,35 @@ def _check(flags: GuardFlags, g: PyTree, q: PyTree, p: PyTree, index: Array) -> 
     )
 
 
+class _Scheme(NamedTuple):
+    """One integrator step's coefficients and the functions it calls."""
+
+    kicks: tuple
+    drifts: tuple
+    step_size: Array
+    guard: bool
+    grad_fn: Callable
+    value_and_grad_fn: Callable
+    velocity_fn: Callable
+
+
+def _one_step(s: _Scheme, q: PyTree, p: PyTree, g: PyTree, flags: GuardFlags, step: Array, last: bool) -> tuple:
+    """One step (kicks merged across steps, see :func:`_trajectory`)."""
+    value = None
+    n_grads = len(s.drifts)
+    for i in range(n_grads):
+        q = _tree_axpy(s.drifts[i] * s.step_size, s.velocity_fn(p), q)
+        if last and i == n_grads - 1:
+            value, g = s.value_and_grad_fn(q)
+        else:
+            g = s.grad_fn(q)
+        if s.guard:
+            flags = _check(flags, g, q, p, step * n_grads + i)
+        kick = s.kicks[i + 1] + (s.kicks[0] if (i == n_grads - 1 and not last) else 0.0)
+        p = _tree_axpy(-kick * s.step_size, g, p)
+    return q, p, g, flags, value
+
+
 def _trajectory(
     integrator: str,
     grad_fn: Callable[[PyTree], PyTree],
@@ -237,30 +266,13 @@ def _trajectory(
     failing one can be located.
     """
     coeffs = coefficients(integrator)
-    kicks = coeffs[0::2]
-    drifts = coeffs[1::2]
-    n_grads = len(drifts)
-
-    def one_step(q, p, g, flags, step, last):
-        value = None
-        for i in range(n_grads):
-            q = _tree_axpy(drifts[i] * step_size, velocity_fn(p), q)
-            if last and i == n_grads - 1:
-                value, g = value_and_grad_fn(q)
-            else:
-                g = grad_fn(q)
-            if guard:
-                flags = _check(flags, g, q, p, step * n_grads + i)
-            kick = kicks[i + 1] + (kicks[0] if (i == n_grads - 1 and not last) else 0.0)
-            p = _tree_axpy(-kick * step_size, g, p)
-        return q, p, g, flags, value
+    scheme = _Scheme(coeffs[0::2], coeffs[1::2], step_size, guard, grad_fn, value_and_grad_fn, velocity_fn)
 
     def body(step: Array, carry: tuple) -> tuple:
-        q, p, g, flags = carry
-        return one_step(q, p, g, flags, step, last=False)[:4]
+        return _one_step(scheme, *carry, step, last=False)[:4]
 
     q, p, g = state
-    p = _tree_axpy(-kicks[0] * step_size, g, p)
+    p = _tree_axpy(-scheme.kicks[0] * step_size, g, p)
     carry = (q, p, g, init_guard_flags(q, state.momentum))
     first = 0
     if isinstance(num_steps, int) and num_steps >= 2:
@@ -268,7 +280,7 @@ def _trajectory(
         # and XLA need not copy the start point (kept for a rejection) into its carry
         carry, first = body(0, carry), 1
     carry = jax.lax.fori_loop(first, num_steps - 1, body, carry)
-    q, p, g, flags, value = one_step(*carry, num_steps - 1, last=True)
+    q, p, g, flags, value = _one_step(scheme, *carry, num_steps - 1, last=True)
     return IntegratorState(q, p, g), flags, value
 
 

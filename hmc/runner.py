@@ -94,85 +94,103 @@ def _execute_locked(cfg: _config.RunConfig, config_dir: str | None, data: dict[s
                     run_dir: _rundir.RunDirectory, ident: dict[str, Any], out: TextIO, progress: bool) -> int:
     from hmc import sampler as _sampler
 
-    resume = None
     run_dir.remove_stale_temporaries()
-    log_file = run_dir.file("log.jsonl")
-
-    def log(**record: Any) -> None:
-        _rundir.append_jsonl(log_file, [record])
-
-    if run_dir.has_checkpoint():
-        resume, saved = run_dir.load_checkpoint()
-        reasons = _rundir.mismatches(saved, ident)
-        if reasons:
-            raise _rundir.CheckpointMismatch(run_dir.path, reasons)
+    resume = _checkpoint_to_resume(run_dir, ident)
     potential = _config.make_potential(cfg.model, config_dir)
     if resume is not None and resume.complete and run_dir.has_draws():
         print(f"{run_dir.path}: this run is complete; its summary:", file=out)
-        summary = summarize_run(run_dir.path, potential)
-        print(summary["text"], file=out)
-        return EXIT_GUARD if resume.meta.get("halted") else EXIT_OK
+        print(summarize_run(run_dir.path, potential)["text"], file=out)
+        return EXIT_GUARD if resume.counters.halted else EXIT_OK
+    _open_log(run_dir, data, ident, resume)
+    with stop_on_signals() as flag:
+        saver = _ChunkSaver(run_dir, ident, cfg.run.checkpoint_every, flag)
+        try:
+            result = _sampler.sample(potential, **_config.sample_kwargs(cfg), progress=progress,
+                                     resume=resume, on_chunk=saver.on_chunk)
+        except _sampler.GuardRefused as refused:
+            _rundir.write_jsonl(run_dir.file("guard.jsonl"), [e.to_dict() for e in refused.events])
+            saver.log(event="refused", time=_now(), guard_events=len(refused.events))
+            print(f"{run_dir.path}: the gradient guard refused to start sampling {potential.name}:", file=out)
+            print(str(refused.report) if refused.report is not None else str(refused), file=out)
+            print(f"(findings in {run_dir.file('guard.jsonl')}; accept one with guard.allow=[KIND:TERM])", file=out)
+            return EXIT_GUARD
+    if result.stopped:
+        saver.log(event="stopped", time=_now(), signal=flag["signal"])
+        print(f"{run_dir.path}: stopped by {flag['signal']} and checkpointed; run the same command again to resume",
+              file=out)
+        return EXIT_STOPPED
+    return _finish(cfg, data, ident, run_dir, potential, result, out)
 
+
+def _checkpoint_to_resume(run_dir: _rundir.RunDirectory, ident: dict[str, Any]) -> Any:
+    """The run directory's checkpoint, if it has one written under the same identity."""
+    if not run_dir.has_checkpoint():
+        return None
+    resume, saved = run_dir.load_checkpoint()
+    reasons = _rundir.mismatches(saved, ident)
+    if reasons:
+        raise _rundir.CheckpointMismatch(run_dir.path, reasons)
+    return resume
+
+
+def _open_log(run_dir: _rundir.RunDirectory, data: dict[str, Any], ident: dict[str, Any], resume: Any) -> None:
+    """``config.yaml``, and the ``start`` or ``resume`` record of ``log.jsonl``."""
     if _rundir.is_writer():
         os.makedirs(run_dir.path, exist_ok=True)
     _rundir.write_text(run_dir.file("config.yaml"), _rundir.dump_config(data))
     # log.jsonl is appended to: after a resume, the chunks past the checkpoint that the
     # interrupted process had logged stay, and the "resume" record says where sampling
     # picks up again (its iterations_done)
+    log_file = run_dir.file("log.jsonl")
     _rundir.repair_jsonl(log_file)
-    log(event="resume" if resume is not None else "start", time=_now(),
-        iterations_done=(resume.meta["warmup_done"] + resume.meta["drawn"]) if resume else 0,
-        config_hash=ident["config_hash"], pid=os.getpid(),
-        slurm_job_id=os.environ.get("SLURM_JOB_ID"),
-        slurm_array_task_id=os.environ.get("SLURM_ARRAY_TASK_ID"))
-    if resume is not None:
-        logger.info("resuming %s at %d warmup iterations and %d draws", run_dir.path,
-                    resume.meta["warmup_done"], resume.meta["drawn"])
+    counters = resume.counters if resume is not None else None
+    _rundir.append_jsonl(log_file, [dict(
+        event="resume" if resume is not None else "start", time=_now(),
+        iterations_done=counters.done if counters else 0, config_hash=ident["config_hash"], pid=os.getpid(),
+        slurm_job_id=os.environ.get("SLURM_JOB_ID"), slurm_array_task_id=os.environ.get("SLURM_ARRAY_TASK_ID"))])
+    if counters is not None:
+        logger.info("resuming %s at %d warmup iterations and %d draws", run_dir.path, counters.warmup_done,
+                    counters.drawn)
 
-    every = cfg.run.checkpoint_every
-    since = [0]
-    with stop_on_signals() as flag:
 
-        def on_chunk(end: Any) -> bool:
-            # the record first: a kill between the two repeats a logged chunk after the
-            # resume, never loses one that the checkpoint holds
-            log(**dict(end.record, event="chunk", time=_now()))
-            since[0] += 1
-            final = end.record["halted"] or end.record["iterations_done"] >= end.record["iterations_total"]
-            stop = _any_process(flag["signal"] is not None)
-            if since[0] >= every or final or stop:
-                run_dir.save_checkpoint(end.snapshot(), ident)
-                since[0] = 0
-                if stop:
-                    _any_process(False)  # a barrier: nobody exits before process 0 has written
-            _rundir.write_jsonl(run_dir.file("guard.jsonl"), [e.to_dict() for e in end.events])
-            return stop
+class _ChunkSaver:
+    """After every chunk: its ``log.jsonl`` record, the guard events, and every
+    ``checkpoint_every`` chunks (and at the end, or on a signal) the checkpoint."""
 
-        try:
-            result = _sampler.sample(potential, **_config.sample_kwargs(cfg), progress=progress,
-                                     resume=resume, on_chunk=on_chunk)
-        except _sampler.GuardRefused as refused:
-            _rundir.write_jsonl(run_dir.file("guard.jsonl"), [e.to_dict() for e in refused.events])
-            log(event="refused", time=_now(), guard_events=len(refused.events))
-            print(f"{run_dir.path}: the gradient guard refused to start sampling {potential.name}:", file=out)
-            print(str(refused.report) if refused.report is not None else str(refused), file=out)
-            print(f"(findings in {run_dir.file('guard.jsonl')}; accept one with guard.allow=[KIND:TERM])", file=out)
-            return EXIT_GUARD
+    def __init__(self, run_dir: _rundir.RunDirectory, ident: dict[str, Any], every: int, flag: dict):
+        self.run_dir, self.ident, self.every, self.flag, self.since = run_dir, ident, every, flag, 0
 
-    if result.stopped:
-        log(event="stopped", time=_now(), signal=flag["signal"])
-        print(f"{run_dir.path}: stopped by {flag['signal']} and checkpointed; run the same command again to resume",
-              file=out)
-        return EXIT_STOPPED
+    def log(self, **record: Any) -> None:
+        _rundir.append_jsonl(self.run_dir.file("log.jsonl"), [record])
 
+    def on_chunk(self, end: Any) -> bool:
+        # the record first: a kill between the two repeats a logged chunk after the
+        # resume, never loses one that the checkpoint holds
+        self.log(**dict(end.record, event="chunk", time=_now()))
+        self.since += 1
+        final = end.record["halted"] or end.record["iterations_done"] >= end.record["iterations_total"]
+        stop = _any_process(self.flag["signal"] is not None)
+        if self.since >= self.every or final or stop:
+            self.run_dir.save_checkpoint(end.snapshot(), self.ident)
+            self.since = 0
+            if stop:
+                _any_process(False)  # a barrier: nobody exits before process 0 has written
+        _rundir.write_jsonl(self.run_dir.file("guard.jsonl"), [e.to_dict() for e in end.events])
+        return stop
+
+
+def _finish(cfg: _config.RunConfig, data: dict[str, Any], ident: dict[str, Any], run_dir: _rundir.RunDirectory,
+            potential: Any, result: Any, out: TextIO) -> int:
+    """Draws, guard events, summary and plots of a finished (or halted) run."""
     attrs = provenance(cfg, data, ident, potential.name)
     _rundir.write_draws(run_dir.file("draws.nc"), result.draws, result.stats, result.warmup_stats,
                         result.exact, attrs, observables=result.settings["observables"])
     _rundir.write_jsonl(run_dir.file("guard.jsonl"), [e.to_dict() for e in result.guard_events])
     run_dir.prune_checkpoint()
     summary = summarize_run(run_dir.path, potential, result=result)
-    log(event="end", time=_now(), halted=result.halted, halt_reason=result.halt_reason,
-        seconds=result.timing.get("total_seconds"))
+    _rundir.append_jsonl(run_dir.file("log.jsonl"), [dict(
+        event="end", time=_now(), halted=result.halted, halt_reason=result.halt_reason,
+        seconds=result.timing.get("total_seconds"))])
     try:
         from hmc import plots
 

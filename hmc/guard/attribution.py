@@ -114,45 +114,7 @@ def attribute(
             ]
     events = []
     for term, (value, grads) in term_report(potential, position).items():
-        fn = potential.terms[term]
-        energy_finite = bool(np.isfinite(value))
-        if not energy_finite:
-            origin = _origin(fn, position, gradient=False)
-            events.append(
-                GuardEvent(
-                    kind="nonfinite_energy",
-                    term=term,
-                    primitive=origin.primitive if origin else None,
-                    source=origin.source if origin else None,
-                    cause=origin.cause if origin else None,
-                    message=f"energy of term {term!r} is {float(value)}; " + _hint(origin, False, None),
-                    **context,
-                )
-            )
-        bad_leaves = [(leaf, g) for leaf, g in zip(names, grads) if not np.all(np.isfinite(g))]
-        if bad_leaves:
-            origin = _origin(fn, position, gradient=True)
-            for leaf, g in bad_leaves:
-                n_bad = int(np.sum(~np.isfinite(g)))
-                where = ""
-                if origin is not None and origin.function:
-                    where = f" in {origin.function}()"
-                events.append(
-                    GuardEvent(
-                        kind="nonfinite_gradient",
-                        term=term,
-                        leaf=leaf,
-                        indices=_nonfinite_indices(g),
-                        primitive=origin.primitive if origin else None,
-                        source=origin.source if origin else None,
-                        cause=origin.cause if origin else None,
-                        message=f"{n_bad} non-finite gradient element(s) of leaf {leaf!r} from term {term!r}"
-                        + (f", first produced by {origin.primitive!r}{where} ({origin.cause})" if origin else "")
-                        + "; "
-                        + _hint(origin, energy_finite, g),
-                        **context,
-                    )
-                )
+        events += _term_events(potential.terms[term], term, position, names, value, grads, context)
     if not events:
         events.append(
             GuardEvent(
@@ -161,4 +123,33 @@ def attribute(
                 **context,
             )
         )
+    return events
+
+
+def _term_events(fn: Any, term: str, position: PyTree, names: list[str], value: np.ndarray,
+                 grads: list[np.ndarray], context: dict[str, Any]) -> list[GuardEvent]:
+    """The events of one term: a non-finite energy, and each leaf with a non-finite gradient."""
+    events = []
+    energy_finite = bool(np.isfinite(value))
+    if not energy_finite:
+        origin = _origin(fn, position, gradient=False)
+        events.append(GuardEvent(
+            kind="nonfinite_energy", term=term, primitive=origin.primitive if origin else None,
+            source=origin.source if origin else None, cause=origin.cause if origin else None,
+            message=f"energy of term {term!r} is {float(value)}; " + _hint(origin, False, None), **context,
+        ))
+    bad_leaves = [(leaf, g) for leaf, g in zip(names, grads) if not np.all(np.isfinite(g))]
+    origin = _origin(fn, position, gradient=True) if bad_leaves else None
+    where = f" in {origin.function}()" if origin is not None and origin.function else ""
+    for leaf, g in bad_leaves:
+        n_bad = int(np.sum(~np.isfinite(g)))
+        events.append(GuardEvent(
+            kind="nonfinite_gradient", term=term, leaf=leaf, indices=_nonfinite_indices(g),
+            primitive=origin.primitive if origin else None, source=origin.source if origin else None,
+            cause=origin.cause if origin else None,
+            message=f"{n_bad} non-finite gradient element(s) of leaf {leaf!r} from term {term!r}"
+            + (f", first produced by {origin.primitive!r}{where} ({origin.cause})" if origin else "")
+            + "; " + _hint(origin, energy_finite, g),
+            **context,
+        ))
     return events

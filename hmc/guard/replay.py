@@ -10,12 +10,12 @@ fixed slots (:class:`Trips`) for attribution on the host.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from hmc.kernels.base import Kernel, Params
 
 PyTree = Any
 SLOTS = 8  # located trips kept per chunk (attributed on the host, deduplicated)
@@ -75,8 +75,8 @@ def first_located(info: Any) -> Trip:
                 jax.tree_util.tree_map(lambda x: x[c], info.guard_position))
 
 
-def _replay_some(kernel: Kernel, axes: Params, keys: jax.Array, states: Any, params: Params, info: Any,
-                 capacity: int, no: Trip) -> tuple[tuple, Trip]:
+def _replay_some(kernel: Any, axes: Any, keys: jax.Array, states: Any, params: Any, info: Any,
+                 capacity: int) -> tuple[tuple, Trip]:
     """Replay up to ``capacity`` tripped chains; their flags, divergences and steps
     corrected, and the first genuine trip located."""
     tripped, divergent, step = info
@@ -84,7 +84,7 @@ def _replay_some(kernel: Kernel, axes: Params, keys: jax.Array, states: Any, par
     idx = jnp.nonzero(tripped, size=capacity, fill_value=0)[0]
     valid = jnp.arange(capacity) < jnp.sum(tripped)
     take = lambda x: x[idx]  # noqa: E731
-    picked = Params(*(p if a is None else p[idx] for p, a in zip(params, axes)))
+    picked = type(params)(*(p if a is None else p[idx] for p, a in zip(params, axes)))
     # a tripped transition is rejected, so the state it left is the chain's new state;
     # reading that (not the loop-carried old state) spares XLA a copy of every chain
     # state per iteration
@@ -104,7 +104,7 @@ def _replay_some(kernel: Kernel, axes: Params, keys: jax.Array, states: Any, par
             put(step, again.guard_step)), trip
 
 
-def replay_tripped(kernel: Kernel, axes: Params, keys: jax.Array, new_states: Any, params: Params,
+def replay_tripped(kernel: Any, axes: Any, keys: jax.Array, new_states: Any, params: Any,
                    info: Any) -> tuple[Any, Trip]:
     """``info`` with the tripped chains replayed and classified, and the first located trip.
 
@@ -116,11 +116,10 @@ def replay_tripped(kernel: Kernel, axes: Params, keys: jax.Array, new_states: An
     n = info.guard_tripped.shape[0]
     few = min(n, max(8, n // 16))
     count = jnp.sum(info.guard_tripped)
+    replay = functools.partial(_replay_some, kernel, axes, keys, new_states, params)
     (tripped, divergent, step), trip = jax.lax.switch(
         jnp.where(count == 0, 0, jnp.where(count <= few, 1, 2)),
-        [lambda o: (o, no),
-         lambda o: _replay_some(kernel, axes, keys, new_states, params, o, few, no),
-         lambda o: _replay_some(kernel, axes, keys, new_states, params, o, n, no)],
+        [lambda o: (o, no), lambda o: replay(o, few), lambda o: replay(o, n)],
         operand,
     )
     return info._replace(guard_tripped=tripped, is_divergent=divergent, guard_step=step), trip
