@@ -11,6 +11,7 @@ against the sampler).
 
     python scripts/bench.py                 # full table, written to BENCHMARKS.md
     python scripts/bench.py --quick         # a smaller table, printed only
+    python scripts/bench.py --only phi4 --chains 16,256   # some rows, printed only
     python scripts/bench.py --guard         # only the guard's costs (in-loop, preflight, probe)
     python scripts/bench.py --scaling       # throughput vs chains and lattice size, compile time
     python scripts/bench.py --memory        # peak memory of one run: this package, blackjax, numpyro
@@ -209,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory", action="store_true", help="only the peak-memory section")
     parser.add_argument("--memory-worker", nargs=3, metavar=("SAMPLER", "TARGET", "CHAINS"),
                         help=argparse.SUPPRESS)
+    parser.add_argument("--only", default=None, help="rows whose target contains this text (printed only)")
+    parser.add_argument("--chains", default=None, help="comma-separated chain counts (printed only)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "BENCHMARKS.md"))
     args = parser.parse_args(argv)
 
@@ -228,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         write(args.out, lines, GUARD_BEGIN, GUARD_END, "Guard costs (`scripts/bench.py --guard`)")
         return 0
     chain_counts = (16,) if args.quick else (1, 16, 256)
+    if args.chains:
+        chain_counts = tuple(int(c) for c in args.chains.split(","))
+    print_only = args.quick or args.only is not None or args.chains is not None
     rows = []
     header = (
         "| target | chains | limit ns per chain-gradient | ours (guard) | ours (no guard) | guard cost "
@@ -236,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     print(versions())
     print(header)
     for name, (U, shape, eps) in targets().items():
-        if args.quick and name == "phi4 64x64":
+        if (args.quick and name == "phi4 64x64") or (args.only and args.only not in name):
             continue
         for chains in chain_counts:
             m = measure(name, U, shape, eps, chains, args.repeats, args.budget)
@@ -247,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             rows.append(row)
             print(row, flush=True)
-    if not args.quick:
+    if not print_only:
         lines = [
             f"Command: `python scripts/bench.py` ({time.strftime('%Y-%m-%d')}). {versions()}.",
             "",

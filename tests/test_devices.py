@@ -50,6 +50,29 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
+SMALL = textwrap.dedent('''
+    import json
+    import jax, numpy as np, hmc, physics_models as pm
+
+    pot = pm.gaussian(dim=3)
+    kw = dict(seed=3, num_chains=4, num_warmup=30, num_samples=20, chunk_size=10, num_steps=4, progress=False)
+    one, two = hmc.sample(pot, **kw), hmc.sample(pot, **kw, devices=2)
+    same = all(np.array_equal(one.draws[k], two.draws[k]) for k in one.draws)
+    same &= all(np.array_equal(one.stats[k], two.stats[k]) for k in one.stats)
+    print("RESULT", json.dumps({"devices": len(jax.devices()), "same": bool(same), "used": two.settings["devices"]}))
+''')
+
+
+def test_two_devices_give_the_draws_of_one():
+    """The default tier's device case: a small pooled run sharded over two forced CPU
+    devices equals the one-device run bit for bit (the slow tier runs the full matrix)."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    done = subprocess.run([sys.executable, "-c", SMALL], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(next(l for l in done.stdout.splitlines() if l.startswith("RESULT "))[len("RESULT "):])
+    assert out == {"devices": 2, "same": True, "used": 2}
+
+
 @pytest.fixture(scope="module")
 def four_devices():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
@@ -59,10 +82,12 @@ def four_devices():
     return json.loads(line[len("RESULT "):])
 
 
+@pytest.mark.slow
 def test_four_cpu_devices_exist(four_devices):
     assert four_devices["devices"] == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["pooled_diagonal", "per_chain_dense", "step_guard_jitter", "ghmc"])
 def test_sharded_draws_are_bit_identical(four_devices, case):
     # the pooled mean over chains is summed in chain order, so even adaptation agrees to the bit
@@ -71,16 +96,19 @@ def test_sharded_draws_are_bit_identical(four_devices, case):
     assert four_devices[case + "_devices"] == 4
 
 
+@pytest.mark.slow
 def test_guard_trips_located_on_sharded_chains(four_devices):
     assert four_devices["broken_trips"] > 0
     assert four_devices["broken_same"] and four_devices["broken_events"]
 
 
+@pytest.mark.slow
 def test_device_count_must_divide_chains(four_devices):
     assert four_devices["auto_devices_for_6_chains"] == 3  # the largest count that divides 6
     assert "num_chains=6 is not a multiple of devices=4" in four_devices["indivisible"]
 
 
+@pytest.mark.slow
 def test_cli_run_on_four_devices_and_refusal_to_resume_on_another_layout(tmp_path):
     """A run checkpointed on one device (run.devices: auto) is not resumed on four."""
     import signal
@@ -124,6 +152,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_draws_of_one_process_with_two_devices(tmp_path):
     """jax.distributed with two local CPU processes (coordinator on 127.0.0.1): process 0
     writes the run directory, and the draws equal a one-process run on two devices."""

@@ -111,6 +111,7 @@ MID_RUN = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("factory,term,primitive", MID_RUN, ids=[m[0].__name__ for m in MID_RUN])
 def test_midrun_fault_rejected_and_named(factory, term, primitive):
     pot = factory()
@@ -148,6 +149,7 @@ def test_where_trap_hint_and_exp_hint():
     assert "overflow" in event.message
 
 
+@pytest.mark.slow
 def test_good_region_distribution_under_reject():
     """Trajectories that touch the trap are rejected; the chain samples the target
     restricted to x < WALL (each coordinate independent), compared by quadrature."""
@@ -187,6 +189,7 @@ def test_healthy_models_have_no_finding(factory, params, precision):
         assert set(report.status.values()) == {"connected"}
 
 
+@pytest.mark.slow
 def test_healthy_sampling_reports_nothing():
     r = hmc.sample(physics_models.phi4(shape=(8, 8), m2=-1.0, lam=0.5), seed=0, num_chains=4, num_warmup=200,
                    num_samples=200, chunk_size=50, progress=False)

@@ -143,6 +143,7 @@ def _check(result, names):
         assert np.all(np.isfinite(z)) and np.all(np.abs(z) < Z_MAX), (name, s[name].mean, s[name].exact, z)
 
 
+@pytest.mark.slow
 def test_u1_strong_finite_volume_case():
     pot = physics_models.u1_gauge(L=4, beta=4.0)
     r = hmc.sample(pot, seed=0, num_chains=8, num_warmup=300, num_samples=1500, trajectory_length=1.0,
@@ -150,6 +151,7 @@ def test_u1_strong_finite_volume_case():
     _check(r, ["plaquette", "topological_susceptibility"])
 
 
+@pytest.mark.slow
 def test_anharmonic_oscillator_against_transfer_matrix():
     pot = physics_models.anharmonic_oscillator(n_sites=32, a=0.5, g=1.0)
     r = hmc.sample(pot, seed=1, num_chains=8, num_warmup=300, num_samples=800, trajectory_length=1.5,
@@ -157,6 +159,7 @@ def test_anharmonic_oscillator_against_transfer_matrix():
     _check(r, ["x2", "x4", "correlator"])
 
 
+@pytest.mark.slow
 def test_free_field_phi2_and_susceptibility():
     pot = physics_models.phi4(shape=(8, 8), m2=0.25, lam=0.0)
     r = hmc.sample(pot, seed=2, num_chains=8, num_warmup=300, num_samples=1000, trajectory_length=1.5,
@@ -166,6 +169,7 @@ def test_free_field_phi2_and_susceptibility():
     assert np.isfinite(binder.mean) and binder.mcse > 0
 
 
+@pytest.mark.slow
 def test_classical_double_well_and_rosenbrock():
     r = hmc.sample(physics_models.classical_double_well(height=1.0, dim=4), seed=3, num_chains=8, num_warmup=300,
                    num_samples=1000, trajectory_length=2.0, jitter=0.3, progress=False)
@@ -175,6 +179,7 @@ def test_classical_double_well_and_rosenbrock():
     _check(r, ["x", "y"])
 
 
+@pytest.mark.slow
 def test_lj13_quench_reaches_global_minimum():
     pot = physics_models.lennard_jones(n_atoms=13, temperature=0.2)
     r = hmc.sample(pot, seed=4, num_chains=4, num_warmup=300, num_samples=300, trajectory_length=1.0, jitter=0.2,

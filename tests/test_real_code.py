@@ -133,6 +133,7 @@ def test_prng_key_in_the_term_does_not_stop_the_replay():
 
 
 # -- 6. divergences are divergences -----------------------------------------------------------------
+@pytest.mark.slow
 def test_blown_up_funnel_trajectories_are_divergences_not_trips():
     """The centred funnel with a step far too large: the energy overflows to +inf where
     the integration blew up. Every such trajectory is a divergence."""
@@ -143,6 +144,7 @@ def test_blown_up_funnel_trajectories_are_divergences_not_trips():
     assert [e for e in r.guard_events if e.phase != "preflight"] == []
 
 
+@pytest.mark.slow
 def test_tfp_eight_schools_divergences_are_divergences():
     if not corpus.available("tfp"):
         pytest.skip("tensorflow_probability is not installed")

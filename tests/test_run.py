@@ -222,6 +222,7 @@ def reference(tmp_path_factory):
     return tmp, cfg_path, nc(str(tmp / "ref"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGUSR1"])
 def test_signal_checkpoints_at_chunk_boundary_then_resumes_bit_exact(reference, signame):
     tmp, cfg_path, ref = reference
@@ -244,6 +245,7 @@ def test_signal_checkpoints_at_chunk_boundary_then_resumes_bit_exact(reference, 
     assert events[0] == "start" and "stopped" in events and "resume" in events and events[-1] == "end"
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_is_bit_exact(reference):
     tmp, cfg_path, ref = reference
     out = str(tmp / "killed")
@@ -290,6 +292,7 @@ def test_log_is_appended_and_a_line_cut_by_a_kill_is_dropped(tmp_path):
     assert [json.loads(line)["event"] for line in text.splitlines()] == ["start", "chunk", "resume"]
 
 
+@pytest.mark.slow
 def test_second_process_on_a_busy_run_directory_is_refused(reference):
     tmp, cfg_path, _ = reference
     out = str(tmp / "busy")
@@ -433,6 +436,7 @@ def test_factory_file_relative_to_config_and_resolved_absolute(tmp_path):
 # -- the SLURM template ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_array_template_forwards_usr1_and_requeues(reference, tmp_path):
     """scripts/slurm/array.sbatch under bash with SLURM's variables and a stand-in scontrol:
     USR1 to the batch shell reaches hmc, which checkpoints and exits 75; the script requeues."""

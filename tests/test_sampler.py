@@ -36,6 +36,7 @@ def test_correlated_gaussian_dense_mass():
     assert np.all(np.isfinite(r.stats["lp"]))
 
 
+@pytest.mark.slow
 def test_harmonic_oscillator_x2_exact():
     pot = harmonic_oscillator(n_sites=64, a=0.5)
     r = hmc.sample(
@@ -51,6 +52,7 @@ def test_harmonic_oscillator_x2_exact():
     assert np.all(np.abs(corr.z[:9]) < Z_MAX)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", [0.6, 0.9])
 def test_warmup_reaches_target_acceptance(target):
     pot = gaussian(dim=50, condition_number=10.0)
@@ -225,3 +227,24 @@ def test_minus_infinite_proposal_energy_is_rejected():
                    integrator="leapfrog", guard="off", progress=False)
     assert np.all(np.abs(r.draws["x"][..., 0]) <= 50.0)
     assert np.all(np.isfinite(r.stats["lp"]))
+
+
+def test_stop_and_resume_in_process_is_bit_exact():
+    """The default tier's stand-in for the kill-and-resume runs: stop after a warmup
+    chunk and after a sampling chunk, resume from each snapshot, get the same draws."""
+    pot = gaussian(dim=3)
+    kw = dict(seed=5, num_chains=3, num_warmup=40, num_samples=45, chunk_size=20, num_steps=4, progress=False)
+    whole = hmc.sample(pot, **kw)
+    for stop_at in (1, 4):  # in warmup; in sampling
+        saved = []
+
+        def stop(end, stop_at=stop_at):
+            saved.append(end.snapshot())
+            return len(saved) == stop_at
+
+        assert hmc.sample(pot, **kw, on_chunk=stop).stopped
+        again = hmc.sample(pot, **kw, resume=saved[-1])
+        for group in ("draws", "stats", "warmup_stats"):
+            for k, v in getattr(whole, group).items():
+                np.testing.assert_array_equal(v, getattr(again, group)[k], err_msg=f"{group}[{k}] after {stop_at}")
+        np.testing.assert_array_equal(whole.step_size, again.step_size)
