@@ -219,12 +219,28 @@ def test_chunk_boundary_probe_finds_state_dependent_detachment():
     assert (e.kind, e.leaf, e.indices, e.chain, e.draw) == ("disconnected", "x", [[1], [5]], 7, 11)
 
 
+def _replay_builds(pot):
+    """The chunk programs compiled for ``pot``: without (False) and with (True) the replay."""
+    from hmc import potential as potential_module
+
+    return sorted(key[2] for key in potential_module._PROGRAMS.get(pot, {}) if key[0] == "chunks")
+
+
+def test_a_model_that_never_trips_never_compiles_the_replay():
+    healthy = physics_models.gaussian(dim=3)
+    hmc.sample(healthy, seed=0, num_chains=2, num_warmup=0, step_size=0.5, num_samples=20, progress=False)
+    assert _replay_builds(healthy) == [False]
+
+
 def test_trajectory_and_step_checks_agree():
     """The default end-of-trajectory check with replay rejects exactly the trajectories the
     per-step check rejects, and locates the same leapfrog step, chain and draw."""
     pot = broken.division_by_zero()
     kw = dict(seed=2, num_chains=4, num_warmup=100, num_samples=200, max_trip_fraction=0.9, progress=False)
     a = hmc.sample(pot, guard_check="trajectory", **kw)
+    # chunks run without the per-step replay until a trajectory trips; the chunk that
+    # tripped runs again with it (same states: a tripped trajectory is rejected either way)
+    assert _replay_builds(pot) == [False, True]
     b = hmc.sample(pot, guard_check="step", **kw)
     np.testing.assert_array_equal(a.draws["x"], b.draws["x"])
     for name in ("guard_tripped", "diverging", "acceptance_rate"):
@@ -305,24 +321,3 @@ def test_guard_events_are_json_lines(tmp_path):
             "action", "message"}
     assert keys <= set(rows[0])
     assert rows[0]["kind"] == "disconnected" and rows[0]["primitive"] == "round"
-
-
-def test_replay_program_is_built_only_after_a_trip():
-    """Chunks run without the per-step replay until a trajectory trips; the chunk that
-    tripped runs again with it (same states: a tripped trajectory is rejected either way)."""
-    from hmc import potential as potential_module
-    from physics_models import gaussian
-
-    def replay_builds(pot):
-        return sorted(key[2] for key in potential_module._PROGRAMS.get(pot, {}) if key[0] == "chunks")
-
-    healthy = gaussian(dim=3)
-    hmc.sample(healthy, seed=0, num_chains=2, num_warmup=50, num_samples=50, progress=False)
-    assert replay_builds(healthy) == [False]
-
-    pot = broken.division_by_zero()
-    r = hmc.sample(pot, seed=2, num_chains=4, num_warmup=100, num_samples=200, max_trip_fraction=0.9,
-                   chunk_size=50, progress=False)
-    assert replay_builds(pot) == [False, True]
-    located = [e for e in r.guard_events if e.phase != "preflight"]
-    assert located and all(e.leapfrog_step is not None for e in located)

@@ -63,6 +63,7 @@ def finished_run(tmp_path_factory):
     return tmp, cfg_path, str(tmp / "out")
 
 
+@pytest.mark.xdist_group("finished_run")
 def test_run_directory_has_every_file(finished_run):
     _, _, out = finished_run
     for name in ("config.yaml", "draws.nc", "guard.jsonl", "log.jsonl", "summary.json", "checkpoint/state.npz"):
@@ -85,6 +86,7 @@ def test_run_directory_has_every_file(finished_run):
     assert summary["sampler"]["num_draws"] == 60
 
 
+@pytest.mark.xdist_group("finished_run")
 def test_draws_nc_is_arviz_layout_and_matches_library(finished_run):
     tmp, cfg_path, out = finished_run
     with xr.open_datatree(os.path.join(out, "draws.nc"), engine="h5netcdf") as tree:
@@ -114,6 +116,7 @@ def test_draws_nc_is_arviz_layout_and_matches_library(finished_run):
         np.testing.assert_array_equal(saved["stats"][name], x, err_msg=name)
 
 
+@pytest.mark.xdist_group("finished_run")
 def test_arviz_opens_draws_untouched(finished_run):
     az = pytest.importorskip("arviz")
     _, _, out = finished_run
@@ -122,6 +125,7 @@ def test_arviz_opens_draws_untouched(finished_run):
     assert len(table) == 1
 
 
+@pytest.mark.xdist_group("finished_run")
 def test_plots_are_valid_pngs(finished_run):
     import matplotlib.image
 
@@ -140,6 +144,7 @@ def test_plots_are_valid_pngs(finished_run):
     assert os.path.isfile(os.path.join(folder, "energy.png"))
 
 
+@pytest.mark.xdist_group("finished_run")
 def test_rerun_of_finished_run_reports_it(finished_run, capsys):
     _, cfg_path, out = finished_run
     before = os.stat(os.path.join(out, "draws.nc")).st_mtime_ns
@@ -151,6 +156,7 @@ def test_rerun_of_finished_run_reports_it(finished_run, capsys):
     assert "status: complete" in text and "susceptibility" in text and "3 chains x 60 draws" in text
 
 
+@pytest.mark.xdist_group("finished_run")
 def test_resume_refused_on_a_different_config(finished_run, capsys):
     _, cfg_path, out = finished_run
     assert cli.main(["run", cfg_path, "sampler.num_steps=7", "--no-progress"]) == 4

@@ -67,6 +67,7 @@ def test_warmup_reaches_target_acceptance(target):
     np.testing.assert_allclose(r.inverse_mass_matrix, np.diag(cov), rtol=0.35)
 
 
+@pytest.mark.slow
 def test_per_chain_adaptation():
     pot = gaussian(dim=5, condition_number=4.0)
     # jittered steps: with a fixed L = 10 on a Gaussian the chains come out near-periodic and the
@@ -82,7 +83,8 @@ def test_per_chain_adaptation():
 
 def test_same_seed_bit_identical_and_chunk_size_independent():
     pot = harmonic_oscillator(n_sites=16, a=0.5)
-    kw = dict(seed=7, num_chains=3, num_warmup=60, num_samples=50, progress=False, jitter=0.1)
+    kw = dict(seed=7, num_chains=3, num_warmup=60, num_samples=50, progress=False, jitter=0.1, integrator="leapfrog",
+              num_steps=4)
     a = hmc.sample(pot, chunk_size=100, **kw)
     b = hmc.sample(pot, chunk_size=100, **kw)
     c = hmc.sample(pot, chunk_size=17, **kw)
@@ -197,21 +199,21 @@ def test_midrun_trap_rejected_draws_finite_and_named():
     assert named and all(e.term == "barrier" and e.leaf == "x" for e in named)
     assert all(e.action == "rejected" and e.leapfrog_step is not None and e.leapfrog_step >= 0 for e in named)
     # the halt policy stops at the end of the first chunk with a trip
-    h = hmc.sample(pot, seed=0, num_chains=4, num_warmup=100, num_samples=300, guard="halt", chunk_size=50,
-                   progress=False)
+    h = hmc.sample(pot, seed=0, num_chains=4, num_warmup=100, num_samples=300, guard="halt", progress=False)
     assert h.halted and "halt" in h.halt_reason
     assert all(e.action == "halted" for e in h.guard_events)
 
 
 def test_summary_table_and_dict():
     pot = harmonic_oscillator(n_sites=8, a=0.5)
-    r = hmc.sample(pot, seed=0, num_chains=2, num_warmup=50, num_samples=100, progress=False)
+    # the settings of test_result_shapes_record_and_thin: its programs come from the compilation cache
+    r = hmc.sample(pot, seed=0, num_chains=2, num_warmup=20, num_samples=30, thin=3, record=[], progress=False)
     s = r.summary()
     text = s.table()
     assert "x2" in text and "exact" in text and "E-BFMI" in text
     d = s.to_dict()
     assert set(d["observables"]) == {"x2", "x4", "correlator", "action"}
-    assert d["sampler"]["num_chains"] == 2 and d["sampler"]["num_draws"] == 100
+    assert d["sampler"]["num_chains"] == 2 and d["sampler"]["num_draws"] == 30
     assert isinstance(diagnostics.ebfmi(r.stats["energy"]), np.ndarray)
 
 
