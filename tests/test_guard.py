@@ -236,7 +236,8 @@ def test_trajectory_and_step_checks_agree():
     """The default end-of-trajectory check with replay rejects exactly the trajectories the
     per-step check rejects, and locates the same leapfrog step, chain and draw."""
     pot = broken.division_by_zero()
-    kw = dict(seed=2, num_chains=4, num_warmup=100, num_samples=200, max_trip_fraction=0.9, progress=False)
+    kw = dict(seed=2, num_chains=4, num_warmup=100, num_samples=200, max_trip_fraction=0.9, progress=False,
+              integrator="leapfrog", num_steps=6)
     a = hmc.sample(pot, guard_check="trajectory", **kw)
     # chunks run without the per-step replay until a trajectory trips; the chunk that
     # tripped runs again with it (same states: a tripped trajectory is rejected either way)

@@ -54,7 +54,7 @@ def assert_same_draws(a, b):
 # -- one run, its files --------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per test process, whatever order tests run in
 def finished_run(tmp_path_factory):
     """``hmc run`` in-process (main(argv)) once, shared by the file checks below."""
     tmp = tmp_path_factory.mktemp("run")

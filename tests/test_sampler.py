@@ -151,7 +151,8 @@ def test_pytree_state_with_several_leaves():
         observables={"a2": lambda q: q["a"] ** 2, "b2": lambda q: q["b"] ** 2},
         exact={"a2": 4.0, "b2": 1.0},
     )
-    r = hmc.sample(pot, seed=0, num_chains=4, num_warmup=300, num_samples=600, mass_matrix="dense", progress=False)
+    r = hmc.sample(pot, seed=0, num_chains=4, num_warmup=300, num_samples=600, mass_matrix="dense", progress=False,
+                   integrator="leapfrog", num_steps=6, jitter=0.2)
     assert r.draws["b"].shape == (4, 600, 2, 2)
     assert r.inverse_mass_matrix.shape == (6, 6)
     assert_z(r, "a2")

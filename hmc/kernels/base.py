@@ -48,7 +48,35 @@ class Params(NamedTuple):
 
 
 class Info(NamedTuple):
-    """The per-transition fields the driver reads (a kernel's info may hold more)."""
+    """The per-transition fields the driver reads (a kernel's info may hold more).
+
+    Attributes
+    ----------
+    acceptance_rate
+        ``min(1, exp(-delta_energy))``; 0 for a tripped or non-finite trajectory.
+    is_accepted
+        Whether the proposal became the new state.
+    is_divergent
+        ``delta_energy`` above the divergence threshold or non-finite; or the
+        gradient went non-finite at a state whose energy was already more than
+        the threshold above the start, +inf included (an unstable integration
+        that overflowed, or a step into a region of zero density: not a broken
+        gradient).
+    energy
+        Hamiltonian ``U + K`` of the state kept (Stan's ``energy__``).
+    delta_energy
+        ``H(proposal) - H(start)``.
+    num_steps, step_size
+        What this trajectory used (after jitter).
+    guard_tripped
+        Some gradient in the trajectory was non-finite at a state whose energy
+        was still within the divergence threshold of the start, or NaN: a broken
+        gradient.
+    guard_step
+        Index of the first non-finite gradient evaluation (``-1`` if none).
+    guard_position
+        The position where it was evaluated (the start position if none).
+    """
 
     acceptance_rate: Array
     is_accepted: Array
