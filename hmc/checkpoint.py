@@ -79,6 +79,33 @@ class Checkpoint:
         return Counters.from_meta(self.meta)
 
 
+@dataclasses.dataclass
+class LoopState:
+    """What the host loop carries from chunk to chunk: the counters, the chain and
+    adaptation states (on the devices) and the per-chunk outputs so far."""
+
+    counters: Counters
+    states: Any
+    adapt_state: Any
+    warmup_chunks: list[dict[str, np.ndarray]]
+    sample_chunks: list[dict[str, np.ndarray]]
+
+    @classmethod
+    def begin(cls, states: Any, adapt_state: Any, resume: Checkpoint | None) -> LoopState:
+        """A fresh loop, or the one ``resume`` left (its states already restored by the caller)."""
+        if resume is None:
+            return cls(Counters(), states, adapt_state, [], [])
+        return cls(resume.counters, states, adapt_state, list(resume.warmup_chunks), list(resume.sample_chunks))
+
+    def to_checkpoint(self, host: Any = np.asarray) -> Checkpoint:
+        """The checkpoint of this state; ``host`` brings device arrays to this host
+        (an all-gather with several processes)."""
+        arrays = flat_arrays("state", host(self.states))
+        arrays.update(flat_arrays("adapt", host(self.adapt_state)))
+        return Checkpoint(meta=self.counters.to_meta(), arrays=arrays, warmup_chunks=list(self.warmup_chunks),
+                          sample_chunks=list(self.sample_chunks))
+
+
 def flat_arrays(prefix: str, tree: PyTree) -> dict[str, np.ndarray]:
     """``tree``'s leaves as ``{f"{prefix}/{i}": leaf}``."""
     return {f"{prefix}/{i}": x for i, x in enumerate(jax.tree_util.tree_leaves(tree))}
@@ -109,5 +136,5 @@ def stack_chunks(chunks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.swapaxes(np.concatenate([c[k] for c in chunks]), 0, 1) for k in chunks[0]}
 
 
-__all__ = ["STAT_NAMES", "STAT_PREFIX", "WARMUP_STATS", "Checkpoint", "Counters", "flat_arrays", "restore_leaves",
-           "stack_chunks"]
+__all__ = ["STAT_NAMES", "STAT_PREFIX", "WARMUP_STATS", "Checkpoint", "Counters", "LoopState", "flat_arrays",
+           "restore_leaves", "stack_chunks"]

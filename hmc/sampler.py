@@ -24,7 +24,7 @@ from hmc import devices as _devices
 from hmc import diagnostics as _diagnostics
 from hmc import guard as _guard
 from hmc import initial as _initial
-from hmc.checkpoint import STAT_NAMES, STAT_PREFIX, Checkpoint, Counters, flat_arrays, stack_chunks
+from hmc.checkpoint import STAT_NAMES, STAT_PREFIX, Checkpoint, LoopState, stack_chunks
 from hmc.chunks import chunk_programs
 from hmc.devices import resolve_devices
 from hmc.guard.monitor import Monitor
@@ -221,7 +221,7 @@ def sample(
 
 class _Run:
     """The host loop of one :func:`sample` call: the chain and adaptation states, the
-    counters (:class:`hmc.checkpoint.Counters`) and the guard's monitor, chunk by chunk."""
+    loop state (:class:`hmc.checkpoint.LoopState`: counters, chain and adaptation states, outputs) and the guard's monitor, chunk by chunk."""
 
     def __init__(self, potential: Potential, settings: Settings, program: Program, begin: _initial.Start,
                  mesh: list, resume: Checkpoint | None, on_chunk: Callable | None):
@@ -230,10 +230,9 @@ class _Run:
         states, keys, adapt_state = begin.states, begin.chain_keys, begin.adapt_state
         if len(mesh) > 1:
             states, keys, adapt_state = _devices.shard(mesh, states, keys, adapt_state, settings.pooled)
-        self.states, self.chain_keys, self.adapt_state = states, keys, adapt_state
-        self.counters = resume.counters if resume is not None else Counters()
-        self.chunks_out = {"warmup": list(resume.warmup_chunks) if resume else [],
-                           "sampling": list(resume.sample_chunks) if resume else []}
+        self.chain_keys = keys
+        self.loop = LoopState.begin(states, adapt_state, resume)
+        self.counters = self.loop.counters
         self.events = begin.events
         self.monitor = Monitor(potential, settings, begin.names, self.counters, self.events,
                                lambda positions: _guard.checks_program(potential)(positions)[1])
@@ -255,17 +254,18 @@ class _Run:
         c, s = self.counters, self.settings
         while self.running and c.warmup_done < s.num_warmup:
             start, n = c.warmup_done, min(s.chunk_size, s.num_warmup - c.warmup_done)
-            args = (self.chain_keys, self.states, self.adapt_state, start, n)
-            (self.states, self.adapt_state, trips, out), seconds = self._chunk("warmup", args, n)
+            args = (self.chain_keys, self.loop.states, self.loop.adapt_state, start, n)
+            (self.loop.states, self.loop.adapt_state, trips, out), seconds = self._chunk("warmup", args, n)
             c.warmup_done += n
             self._after_chunk("warmup", trips, out, n * s.num_chains, start + n - 1, seconds)
 
     def sampling(self) -> None:
         c, s = self.counters, self.settings
-        params = Params(self.adapt_state.step_size, self.adapt_state.inverse_mass_matrix)
+        params = Params(self.loop.adapt_state.step_size, self.loop.adapt_state.inverse_mass_matrix)
         while self.running and c.drawn < s.num_samples:
             start, n = s.num_warmup + c.drawn * s.thin, min(s.chunk_size, s.num_samples - c.drawn)
-            (self.states, trips, out), seconds = self._chunk("sampling", (self.chain_keys, self.states, params, start, n), n)
+            args = (self.chain_keys, self.loop.states, params, start, n)
+            (self.loop.states, trips, out), seconds = self._chunk("sampling", args, n)
             c.drawn += n
             self._after_chunk("sampling", trips, out, n * s.thin * s.num_chains, c.drawn - 1, seconds)
 
@@ -277,7 +277,7 @@ class _Run:
         if self.lazy_replay and np.any(out[_tripped_key(phase)]):
             results = self._program(phase, True)(*args)
             out = {k: v[:n] for k, v in _devices.host(results[-1]).items()}
-        self.chunks_out[phase].append(out)
+        (self.loop.warmup_chunks if phase == "warmup" else self.loop.sample_chunks).append(out)
         return (*results[:-1], out), time.perf_counter() - t0
 
     def _program(self, phase: str, replay: bool) -> Callable:
@@ -293,7 +293,8 @@ class _Run:
             c.judged_trajectories += n_traj
             c.judged_trips += new
         events_before = len(self.events)
-        positions = _devices.host(self.states.position) if jax.process_count() > 1 else self.states.position
+        positions = self.loop.states.position
+        positions = _devices.host(positions) if jax.process_count() > 1 else positions
         self.monitor.after_chunk(phase, trips, new, positions, draw)
         self.bar.update(c.done, phase, c.tripped_total)
         reason = self.monitor.verdict(phase, new, n_traj)
@@ -332,26 +333,23 @@ class _Run:
         c.complete = bool(c.halted or c.drawn >= self.settings.num_samples)
         c.elapsed = self._elapsed()
         c.events = [e.to_dict() for e in self.events]
-        arrays = flat_arrays("state", _devices.host(self.states))
-        arrays.update(flat_arrays("adapt", _devices.host(self.adapt_state)))
-        return Checkpoint(meta=c.to_meta(), arrays=arrays, warmup_chunks=list(self.chunks_out["warmup"]),
-                          sample_chunks=list(self.chunks_out["sampling"]))
+        return self.loop.to_checkpoint(_devices.host)
 
     def result(self) -> SampleResult:
         c, s = self.counters, self.settings
         if c.halted:
             logger.error("sampling halted: %s", c.halt_reason)
-        sampled = stack_chunks(self.chunks_out["sampling"]) or self._no_draws()
-        adapt_state = _devices.host(self.adapt_state)
+        sampled = stack_chunks(self.loop.sample_chunks) or self._no_draws()
+        adapt_state = _devices.host(self.loop.adapt_state)
         return SampleResult(
             draws={k: v for k, v in sampled.items() if not k.startswith(STAT_PREFIX)},
             stats={k: sampled[STAT_PREFIX + k] for k in STAT_NAMES},
-            warmup_stats=stack_chunks(self.chunks_out["warmup"]),
+            warmup_stats=stack_chunks(self.loop.warmup_chunks),
             guard_events=self.events,
             step_size=np.asarray(adapt_state.step_size),
             inverse_mass_matrix=None if self.program.mass_matrix == "identity"
             else np.asarray(adapt_state.inverse_mass_matrix),
-            final_positions=_devices.host(self.states.position),
+            final_positions=_devices.host(self.loop.states.position),
             settings=self._settings_record(),
             exact={k: np.asarray(v) for k, v in self.potential.exact.items()},
             halted=c.halted, halt_reason=c.halt_reason,
@@ -363,9 +361,10 @@ class _Run:
     def _no_draws(self) -> dict[str, np.ndarray]:
         """Halted before the first draw: empty ``(chain, 0, ...)`` arrays with the right names."""
         n, dtype = self.settings.num_chains, self.begin.dtype
-        shapes = jax.eval_shape(lambda q: jax.vmap(self.potential.observe)(q), self.states.position)
+        positions = self.loop.states.position
+        shapes = jax.eval_shape(lambda q: jax.vmap(self.potential.observe)(q), positions)
         empty = {k: np.zeros((n, 0) + v.shape[1:], v.dtype) for k, v in shapes.items()}
-        leaves = dict(zip(self.begin.names, jax.tree_util.tree_leaves(self.states.position)))
+        leaves = dict(zip(self.begin.names, jax.tree_util.tree_leaves(positions)))
         empty.update({k: np.zeros((n, 0) + leaves[k].shape[1:], leaves[k].dtype) for k in self.begin.record})
         for k in STAT_NAMES:
             kind = bool if k in ("diverging", "guard_tripped") else (np.int32 if k == "n_steps" else dtype)

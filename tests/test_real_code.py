@@ -15,11 +15,20 @@ import real_code_cases as corpus
 from hmc import guard
 from hmc.guard import _jaxpr
 
-# correct library code in float64 repeats float32 at twice the compile time: slow tier
+# correct library code in float64 repeats float32 at twice the compile time, and two of the
+# clean jax-md systems repeat what the neighbour-list and Morse ones show: slow tier
+SLOW_CLEAN = ("jaxmd_lj_free", "jaxmd_soft_sphere_periodic")
+
+
+def _slow(case, precision):
+    clean = case.expect is None
+    return clean and ((precision == "float64" and case.library in ("jax_md", "tfp"))
+                      or case.build.__name__ in SLOW_CLEAN)
+
+
 PARAMS = [
     pytest.param(case, precision, id=f"{case.build.__name__}-{precision}",
-                 marks=[pytest.mark.slow] if precision == "float64" and case.library in ("jax_md", "tfp")
-                 and case.expect is None else [])
+                 marks=[pytest.mark.slow] if _slow(case, precision) else [])
     for case in corpus.CASES
     for precision in case.dtypes
 ]
