@@ -220,8 +220,8 @@ def sample(
 
 
 class _Run:
-    """The host loop of one :func:`sample` call: the chain and adaptation states, the
-    loop state (:class:`hmc.checkpoint.LoopState`: counters, chain and adaptation states, outputs) and the guard's monitor, chunk by chunk."""
+    """The host loop of one :func:`sample` call: the loop state (:class:`hmc.checkpoint.LoopState`:
+    counters, chain and adaptation states, outputs so far) and the guard's monitor, chunk by chunk."""
 
     def __init__(self, potential: Potential, settings: Settings, program: Program, begin: _initial.Start,
                  mesh: list, resume: Checkpoint | None, on_chunk: Callable | None):

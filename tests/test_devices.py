@@ -55,8 +55,8 @@ SMALL = textwrap.dedent('''
     import jax, numpy as np, hmc, physics_models as pm
 
     pot = pm.phi4(shape=(4, 4))
-    kw = dict(seed=3, num_chains=4, num_warmup=20, num_samples=20, chunk_size=10, num_steps=4, progress=False,
-              integrator="leapfrog")
+    kw = dict(seed=3, num_chains=4, num_warmup=0, step_size=0.2, num_samples=20, chunk_size=10, num_steps=4,
+              progress=False, integrator="leapfrog")
     one, two = hmc.sample(pot, **kw), hmc.sample(pot, **kw, devices=2)
     same = all(np.array_equal(one.draws[k], two.draws[k]) for k in one.draws)
     same &= all(np.array_equal(one.stats[k], two.stats[k]) for k in one.stats)
@@ -65,8 +65,9 @@ SMALL = textwrap.dedent('''
 
 
 def test_two_devices_give_the_draws_of_one():
-    """The default tier's device case: a small pooled run sharded over two forced CPU
-    devices equals the one-device run bit for bit (the slow tier runs the full matrix).
+    """The default tier's device case: a small run sharded over two forced CPU devices
+    equals the one-device run bit for bit (the slow tier runs the full matrix, warmup's
+    pooled adaptation across devices included).
     An elementwise model: a dense quadratic form (gaussian) rounds its dot product
     differently at another per-device batch size, by an ulp, which warmup amplifies."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")

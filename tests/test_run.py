@@ -54,16 +54,37 @@ def assert_same_draws(a, b):
 # -- one run, its files --------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")  # once per test process, whatever order tests run in
+@pytest.fixture(scope="session")
 def finished_run(tmp_path_factory):
-    """``hmc run`` in-process (main(argv)) once, shared by the file checks below."""
-    tmp = tmp_path_factory.mktemp("run")
-    cfg_path = write_config(tmp, out=str(tmp / "out"))
-    assert cli.main(["run", cfg_path, "--no-progress"]) == 0
-    return tmp, cfg_path, str(tmp / "out")
+    """``hmc run`` in-process (main(argv)) once per test session, shared by the file
+    checks below; under pytest-xdist the first worker to take the lock runs it and the
+    others read it. Tests that run the CLI on it again work on a copy (:func:`own_copy`)."""
+    import fcntl
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the session's folder, above each worker's own
+    tmp = base / "finished_run"
+    with open(base / "finished_run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (tmp / "complete").exists():
+            tmp.mkdir(exist_ok=True)
+            cfg_path = write_config(tmp, out=str(tmp / "out"))
+            assert cli.main(["run", cfg_path, "--no-progress"]) == 0
+            (tmp / "complete").write_text("")
+    return tmp, str(tmp / "phi4.yaml"), str(tmp / "out")
 
 
-@pytest.mark.xdist_group("finished_run")
+def own_copy(finished_run, tmp_path):
+    """The finished run directory copied into this test's folder: ``(config, out)``."""
+    import shutil
+
+    _, cfg_path, out = finished_run
+    copy = str(tmp_path / "out")
+    shutil.copytree(out, copy)
+    return cfg_path, copy
+
+
 def test_run_directory_has_every_file(finished_run):
     _, _, out = finished_run
     for name in ("config.yaml", "draws.nc", "guard.jsonl", "log.jsonl", "summary.json", "checkpoint/state.npz"):
@@ -86,7 +107,6 @@ def test_run_directory_has_every_file(finished_run):
     assert summary["sampler"]["num_draws"] == 60
 
 
-@pytest.mark.xdist_group("finished_run")
 def test_draws_nc_is_arviz_layout_and_matches_library(finished_run):
     tmp, cfg_path, out = finished_run
     with xr.open_datatree(os.path.join(out, "draws.nc"), engine="h5netcdf") as tree:
@@ -116,7 +136,6 @@ def test_draws_nc_is_arviz_layout_and_matches_library(finished_run):
         np.testing.assert_array_equal(saved["stats"][name], x, err_msg=name)
 
 
-@pytest.mark.xdist_group("finished_run")
 def test_arviz_opens_draws_untouched(finished_run):
     az = pytest.importorskip("arviz")
     _, _, out = finished_run
@@ -125,7 +144,6 @@ def test_arviz_opens_draws_untouched(finished_run):
     assert len(table) == 1
 
 
-@pytest.mark.xdist_group("finished_run")
 def test_plots_are_valid_pngs(finished_run):
     import matplotlib.image
 
@@ -144,11 +162,10 @@ def test_plots_are_valid_pngs(finished_run):
     assert os.path.isfile(os.path.join(folder, "energy.png"))
 
 
-@pytest.mark.xdist_group("finished_run")
-def test_rerun_of_finished_run_reports_it(finished_run, capsys):
-    _, cfg_path, out = finished_run
+def test_rerun_of_finished_run_reports_it(finished_run, capsys, tmp_path):
+    cfg_path, out = own_copy(finished_run, tmp_path)
     before = os.stat(os.path.join(out, "draws.nc")).st_mtime_ns
-    assert cli.main(["run", cfg_path, "--no-progress"]) == 0
+    assert cli.main(["run", cfg_path, "--out", out, "--no-progress"]) == 0
     assert "complete" in capsys.readouterr().out
     assert os.stat(os.path.join(out, "draws.nc")).st_mtime_ns == before
     assert cli.main(["summary", out]) == 0
@@ -156,13 +173,12 @@ def test_rerun_of_finished_run_reports_it(finished_run, capsys):
     assert "status: complete" in text and "susceptibility" in text and "3 chains x 60 draws" in text
 
 
-@pytest.mark.xdist_group("finished_run")
-def test_resume_refused_on_a_different_config(finished_run, capsys):
-    _, cfg_path, out = finished_run
-    assert cli.main(["run", cfg_path, "sampler.num_steps=7", "--no-progress"]) == 4
+def test_resume_refused_on_a_different_config(finished_run, capsys, tmp_path):
+    cfg_path, out = own_copy(finished_run, tmp_path)
+    assert cli.main(["run", cfg_path, "sampler.num_steps=7", "--out", out, "--no-progress"]) == 4
     err = capsys.readouterr().err
     assert "sampler.num_steps" in err and "checkpoint has 5" in err and "this run 7" in err
-    assert cli.main(["run", cfg_path, "run.precision=float64", "--no-progress"]) == 4
+    assert cli.main(["run", cfg_path, "run.precision=float64", "--out", out, "--no-progress"]) == 4
     err = capsys.readouterr().err
     assert "run.precision" in err and "jax_enable_x64" in err
     import jax
