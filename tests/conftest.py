@@ -1,3 +1,5 @@
+import fcntl
+import json
 import logging
 import os
 import tempfile
@@ -19,3 +21,17 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 def _quiet_jax_logs():
     logging.getLogger("jax").setLevel(logging.WARNING)
     yield
+
+
+def once_per_session(tmp_path_factory, name, compute):
+    """``compute()`` (a JSON-able result) once per test session, shared by the
+    pytest-xdist workers: the first to take the lock computes, the others read."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the session's folder, above each worker's own
+    result = base / f"{name}.json"
+    with open(base / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not result.exists():
+            result.write_text(json.dumps(compute()))
+    return json.loads(result.read_text())

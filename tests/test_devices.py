@@ -77,13 +77,19 @@ def test_two_devices_give_the_draws_of_one():
     assert out == {"devices": 2, "same": True, "used": 2}
 
 
-@pytest.fixture(scope="module")
-def four_devices():
+def _run_four_devices():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     line = next(l for l in done.stdout.splitlines() if l.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
+
+
+@pytest.fixture(scope="session")
+def four_devices(tmp_path_factory):
+    from conftest import once_per_session
+
+    return once_per_session(tmp_path_factory, "four_devices", _run_four_devices)
 
 
 @pytest.mark.slow
