@@ -336,7 +336,7 @@ class _Run:
         return self.loop.to_checkpoint(_devices.host)
 
     def result(self) -> SampleResult:
-        c, s = self.counters, self.settings
+        c = self.counters
         if c.halted:
             logger.error("sampling halted: %s", c.halt_reason)
         sampled = stack_chunks(self.loop.sample_chunks) or self._no_draws()

@@ -20,7 +20,7 @@ from jax import Array
 
 from hmc import integrators as _integrators
 from hmc import rng as _rng
-from hmc.kernels.base import GUARD_MODES, Info, Kernel, Params, Trajectory, check_guard
+from hmc.kernels.base import Info, Kernel, Params, Trajectory, check_guard
 
 PyTree = Any
 
