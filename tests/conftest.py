@@ -24,8 +24,9 @@ def _quiet_jax_logs():
 
 
 def once_per_session(tmp_path_factory, name, compute):
-    """``compute()`` (a JSON-able result) once per test session, shared by the
-    pytest-xdist workers: the first to take the lock computes, the others read."""
+    """``compute(folder)`` (a JSON-able result; ``folder`` is its own, shared) once per
+    test session, shared by the pytest-xdist workers: the first to take the lock
+    computes, the others read."""
     base = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         base = base.parent  # the session's folder, above each worker's own
@@ -33,5 +34,7 @@ def once_per_session(tmp_path_factory, name, compute):
     with open(base / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not result.exists():
-            result.write_text(json.dumps(compute()))
+            folder = base / name
+            folder.mkdir(exist_ok=True)
+            result.write_text(json.dumps(compute(folder)))
     return json.loads(result.read_text())

@@ -77,7 +77,7 @@ def test_two_devices_give_the_draws_of_one():
     assert out == {"devices": 2, "same": True, "used": 2}
 
 
-def _run_four_devices():
+def _run_four_devices(_folder):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]

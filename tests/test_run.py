@@ -3,6 +3,7 @@ SIGTERM and SIGKILL, refusal to resume a different run, sweeps, exit codes, plot
 
 import json
 import os
+import pathlib
 import random
 import signal
 import subprocess
@@ -54,25 +55,21 @@ def assert_same_draws(a, b):
 # -- one run, its files --------------------------------------------------------------------
 
 
+def _finish_a_run(folder):
+    cfg_path = write_config(folder, out=str(folder / "out"))
+    assert cli.main(["run", cfg_path, "--no-progress"]) == 0
+    return [str(folder), cfg_path, str(folder / "out")]
+
+
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory):
     """``hmc run`` in-process (main(argv)) once per test session, shared by the file
-    checks below; under pytest-xdist the first worker to take the lock runs it and the
-    others read it. Tests that run the CLI on it again work on a copy (:func:`own_copy`)."""
-    import fcntl
+    checks below (and by the pytest-xdist workers). Tests that run the CLI on it again
+    work on a copy (:func:`own_copy`)."""
+    from conftest import once_per_session
 
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        base = base.parent  # the session's folder, above each worker's own
-    tmp = base / "finished_run"
-    with open(base / "finished_run.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (tmp / "complete").exists():
-            tmp.mkdir(exist_ok=True)
-            cfg_path = write_config(tmp, out=str(tmp / "out"))
-            assert cli.main(["run", cfg_path, "--no-progress"]) == 0
-            (tmp / "complete").write_text("")
-    return tmp, str(tmp / "phi4.yaml"), str(tmp / "out")
+    folder, cfg_path, out = once_per_session(tmp_path_factory, "finished_run", _finish_a_run)
+    return pathlib.Path(folder), cfg_path, out
 
 
 def own_copy(finished_run, tmp_path):
