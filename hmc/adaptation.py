@@ -12,7 +12,19 @@ Schedule (Stan reference manual, "HMC algorithm parameters"): an initial fast
 buffer (step size only), slow windows of doubling length in which the mass
 matrix is estimated and replaced at each window end (and the step size
 adaptation restarted around ``log(10 * step_size)``), and a final fast buffer.
-At the end of warmup the step size is the dual-averaging iterate average.
+
+The step size. *Per chain* (Stan's choice) it is numpyro's dual averaging,
+restarted at every window end; at the end of warmup it is the iterate average.
+*Pooled*, the chain-averaged acceptance is almost free of noise, and dual
+averaging's gain (made for one noisy chain) makes the step jump by factors of 3
+between iterations; its average then lands well below the target. Pooled warmup
+uses a proportional controller on ``log eps`` whose gain comes from a model of
+the energy error (see :func:`pooled_gain`): it converges in a few iterations, is
+not restarted when the mass matrix changes, and its iterates over the final fast
+window are averaged. Both are capped at :data:`STABILITY_FRACTION` of the
+integrator's stability limit, from the largest frequency of the preconditioned
+Hessian (:func:`max_frequency`), re-estimated whenever the mass matrix changes:
+the acceptance of a stiff mode falls off a cliff there, not smoothly.
 """
 
 from __future__ import annotations
@@ -24,27 +36,49 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
+from jax.flatten_util import ravel_pytree
+from jax.scipy.special import ndtri
 from numpyro.infer.hmc_util import build_adaptation_schedule, dual_averaging, welford_covariance
+
+from hmc import integrators as _integrators
 
 PyTree = Any
 
 MASS_MATRIX_KINDS = ("identity", "diagonal", "dense")
 
+#: The adapted step never exceeds this fraction of the integrator's stability limit.
+STABILITY_FRACTION = 0.9
+#: Loop gain of the pooled controller on a target whose energy error is Gaussian.
+POOLED_DAMPING = 0.5
+#: Iterations at the start of the final fast window left out of the pooled average.
+SETTLE = 10
+POWER_ITERATIONS = 20
+
 
 class AdaptationState(NamedTuple):
-    """Warmup state (for one chain, or shared by all chains when pooled)."""
+    """Warmup state (for one chain, or shared by all chains when pooled).
+
+    ``step_state`` is numpyro's dual-averaging state per chain, and
+    ``(log step, sum of averaged log steps, their count)`` pooled; ``step_limit`` is
+    the cap on the step (``inf`` until estimated, or where no limit was found).
+    """
 
     step_size: Array
     inverse_mass_matrix: Array
-    dual_averaging_state: tuple
+    step_state: tuple
     welford_state: tuple
+    step_limit: Array
 
 
 class Schedule(NamedTuple):
-    """Per-iteration flags of the windowed schedule (host arrays of length ``num_warmup``)."""
+    """Per-iteration flags of the windowed schedule (host arrays of length ``num_warmup``):
+    in a slow (mass matrix) window, at a slow window's end, and averaged by the pooled
+    step-size controller (the final fast window but its first :data:`SETTLE` iterations;
+    the second half of warmup when it has no slow window)."""
 
     in_slow_window: np.ndarray
     slow_window_end: np.ndarray
+    averaged: np.ndarray
 
     @property
     def num_warmup(self) -> int:
@@ -55,13 +89,101 @@ def build_schedule(num_warmup: int) -> Schedule:
     """Flags for each warmup iteration, from numpyro's Stan window schedule."""
     in_slow = np.zeros(num_warmup, bool)
     slow_end = np.zeros(num_warmup, bool)
+    averaged = np.zeros(num_warmup, bool)
     if num_warmup <= 0:
-        return Schedule(in_slow, slow_end)
+        return Schedule(in_slow, slow_end, averaged)
     windows = build_adaptation_schedule(num_warmup)
     for window in windows[1:-1]:
         in_slow[window.start : window.end + 1] = True
         slow_end[window.end] = True
-    return Schedule(in_slow, slow_end)
+    if slow_end.any():
+        final = int(np.flatnonzero(slow_end)[-1]) + 1
+        averaged[min(final + SETTLE, (final + num_warmup) // 2):] = True
+    else:
+        averaged[num_warmup // 2:] = True
+    return Schedule(in_slow, slow_end, averaged)
+
+
+def pooled_gain(target_accept: float, order: int) -> float:
+    """Gain ``g`` of the pooled controller ``log eps += g (a - target)``.
+
+    Model: the energy error of a trajectory is Gaussian with mean ``mu`` and variance
+    ``2 mu`` (which makes ``<exp(-dH)> = 1``), so the mean acceptance is
+    ``a = 2 Phi(-sqrt(mu / 2))``, and ``mu`` grows as ``eps^(2 order)`` for an integrator
+    of order ``order``. Then ``d a / d log eps = 2 order / (d log mu / d a)``, and
+    ``g = POOLED_DAMPING / |d a / d log eps|`` at the target: on such a target every
+    iteration removes half of the error. The controller is linear in ``a``, so its fixed
+    point is where the *expected* acceptance is the target, however few chains.
+    """
+    z = float(ndtri(target_accept / 2.0))
+    density = float(np.exp(-0.5 * z * z) / np.sqrt(2.0 * np.pi))
+    dlogmu_da = 1.0 / (z * density)  # negative: more acceptance, smaller energy error
+    return POOLED_DAMPING * abs(dlogmu_da) / (2.0 * order)
+
+
+def max_frequency(grad_fn: Callable[[PyTree], PyTree], position: PyTree, inverse_mass_matrix: Array | None,
+                  key: Array, iterations: int = POWER_ITERATIONS) -> Array:
+    """The largest frequency ``omega`` of the dynamics at ``position``: the square root of
+    the largest eigenvalue of ``L^T H L`` (``H`` the Hessian of the potential, ``L L^T``
+    the inverse mass matrix), by power iteration on Hessian-vector products.
+
+    The products are central differences of ``grad_fn`` (the gradient the integrator
+    uses, whatever differentiation rules the model's code carries). Power iteration
+    approaches the eigenvalue from below. Returns 0 (no limit known) where the largest
+    eigenvalue in magnitude is negative or anything is non-finite.
+    """
+    flat, unravel = ravel_pytree(position)
+    dtype = flat.dtype
+    if inverse_mass_matrix is None:
+        scale = lambda v: v  # noqa: E731
+    elif inverse_mass_matrix.ndim == 1:
+        root = jnp.sqrt(inverse_mass_matrix)
+        scale = lambda v: root * v  # noqa: E731
+    else:
+        chol = jnp.linalg.cholesky(inverse_mass_matrix)
+        scale = lambda v: chol @ v  # noqa: E731
+    scale_t = scale if inverse_mass_matrix is None or inverse_mass_matrix.ndim == 1 else (lambda v: chol.T @ v)
+    h = jnp.asarray(1e-3 * np.sqrt(flat.size), dtype)
+
+    def gradient(x: Array) -> Array:
+        return ravel_pytree(grad_fn(unravel(x)))[0]
+
+    def product(v: Array) -> Array:
+        u = scale(v)
+        return scale_t((gradient(flat + h * u) - gradient(flat - h * u)) / (2.0 * h))
+
+    def normalized(v: Array) -> Array:
+        return v / jnp.maximum(jnp.linalg.norm(v), jnp.finfo(dtype).tiny)
+
+    v = normalized(jax.random.normal(key, flat.shape, dtype))
+    v = jax.lax.fori_loop(0, iterations, lambda _, v: normalized(product(v)), v)
+    curvature = jnp.vdot(v, product(v))
+    ok = jnp.isfinite(curvature) & (curvature > 0)
+    return jnp.where(ok, jnp.sqrt(jnp.where(ok, curvature, 1.0)), 0.0).astype(dtype)
+
+
+def step_limit(omega: Array, integrator: str, jitter_factor: float = 1.0) -> Array:
+    """:data:`STABILITY_FRACTION` of the largest stable step at frequency ``omega``
+    (``inf`` for ``omega = 0``), divided by ``jitter_factor`` (the largest factor a
+    step-size jitter applies)."""
+    bound = STABILITY_FRACTION * _integrators.stability_limit(integrator) / jitter_factor
+    return jnp.where(omega > 0, bound / jnp.where(omega > 0, omega, 1.0), jnp.inf).astype(omega.dtype)
+
+
+def jitter_factor(num_steps: int | None, jitter: float | None) -> float:
+    """The largest factor a step-size jitter applies: ``1 + jitter`` with a fixed number of
+    steps; 1 with a trajectory length (its steps are never longer than the adapted one)."""
+    return 1.0 + float(jitter or 0.0) if num_steps is not None else 1.0
+
+
+def with_limit(state: AdaptationState, limit: Array, pooled: bool) -> AdaptationState:
+    """``state`` with a new step cap, its step (and the pooled controller's) clipped to it."""
+    limit = jnp.asarray(limit, state.step_size.dtype)
+    step = jnp.minimum(state.step_size, limit)
+    control = state.step_state
+    if pooled:
+        control = (jnp.minimum(control[0], jnp.log(limit)),) + tuple(control[1:])
+    return state._replace(step_size=step, step_state=control, step_limit=limit)
 
 
 def _da_init(step_size: Array) -> tuple:
@@ -72,14 +194,21 @@ def _da_init(step_size: Array) -> tuple:
     return tuple(jnp.asarray(x, dtype) if i != 3 else x for i, x in enumerate(state))
 
 
+def _pooled_init(step_size: Array) -> tuple:
+    zero = jnp.zeros((), step_size.dtype)
+    return (jnp.log(step_size), zero, zero)
+
+
 def init(
     step_size: Array | float,
     dimension: int,
     mass_matrix: str = "diagonal",
     dtype: Any = jnp.float32,
     inverse_mass_matrix: Array | None = None,
+    pooled: bool = False,
 ) -> AdaptationState:
-    """Initial warmup state; ``dimension`` is the number of scalar coordinates."""
+    """Initial warmup state; ``dimension`` is the number of scalar coordinates; ``pooled``:
+    one state for all chains, with the pooled step-size controller."""
     if mass_matrix not in MASS_MATRIX_KINDS:
         raise ValueError(f"mass_matrix must be one of {MASS_MATRIX_KINDS}, got {mass_matrix!r}")
     step_size = jnp.asarray(step_size, dtype)
@@ -91,9 +220,36 @@ def init(
     return AdaptationState(
         step_size,
         jnp.asarray(inverse_mass_matrix, dtype),
-        _da_init(step_size),
+        _pooled_init(step_size) if pooled else _da_init(step_size),
         (mean.astype(dtype), m2.astype(dtype), n),
+        jnp.asarray(jnp.inf, dtype),
     )
+
+
+def _dual_averaging_step(state: AdaptationState, acceptance_rate: Array, target_accept: float,
+                         is_last: Array) -> tuple[Array, tuple]:
+    dtype = state.step_size.dtype
+    _, da_update = dual_averaging()
+    da_state = da_update(jnp.asarray(target_accept - acceptance_rate, dtype), state.step_state)
+    da_state = tuple(jnp.asarray(x, dtype) if i != 3 else x for i, x in enumerate(da_state))
+    log_step, log_step_avg = da_state[0], da_state[1]
+    finfo = jnp.finfo(dtype)
+    step = jnp.clip(jnp.exp(jnp.where(is_last, log_step_avg, log_step)), finfo.tiny,
+                    jnp.minimum(state.step_limit, finfo.max))
+    return step, da_state
+
+
+def _pooled_step(state: AdaptationState, acceptance_rate: Array, gain: float, target_accept: float,
+                 averaged: Array, is_last: Array) -> tuple[Array, tuple]:
+    dtype = state.step_size.dtype
+    log_step, total, count = state.step_state
+    move = jnp.clip(gain * (acceptance_rate - target_accept), -np.log(2.0), np.log(2.0))
+    move = jnp.where(jnp.isfinite(move), move, -np.log(2.0))
+    finfo = jnp.finfo(dtype)
+    log_step = jnp.clip(log_step + move.astype(dtype), jnp.log(finfo.tiny), jnp.log(state.step_limit))
+    total, count = total + jnp.where(averaged, log_step, 0.0), count + averaged.astype(dtype)
+    final = jnp.where(count > 0, total / jnp.maximum(count, 1.0), log_step)
+    return jnp.exp(jnp.where(is_last, final, log_step)), (log_step, total, count)
 
 
 def update(
@@ -106,6 +262,7 @@ def update(
     target_accept: float = 0.8,
     adapt_step_size: bool = True,
     adapt_mass_matrix: bool = True,
+    pooled_gain: float | None = None,
 ) -> AdaptationState:
     """Advance the warmup by one iteration.
 
@@ -114,26 +271,27 @@ def update(
     iteration
         Warmup iteration index ``t`` in ``[0, num_warmup)``.
     acceptance_rate
-        Scalar statistic for dual averaging (the mean over chains when pooled).
+        Scalar statistic for the step size (the mean over chains when pooled).
     samples
         ``(n, d)`` flat positions after this iteration: the chains feeding the
         mass-matrix estimate (``n = 1`` per chain, ``n = num_chains`` pooled).
+    pooled_gain
+        The pooled controller's gain (:func:`pooled_gain`; the state must come from
+        ``init(..., pooled=True)``); ``None``: dual averaging.
     """
     dense = state.inverse_mass_matrix.ndim == 2
-    dtype = state.step_size.dtype
-    _, da_update = dual_averaging()
+    pooled = pooled_gain is not None
     _, welford_update, welford_final = welford_covariance(diagonal=not dense)
     in_slow = jnp.asarray(schedule.in_slow_window)[iteration]
     at_window_end = jnp.asarray(schedule.slow_window_end)[iteration]
     is_last = iteration == schedule.num_warmup - 1
 
-    step_size, da_state = state.step_size, state.dual_averaging_state
-    if adapt_step_size:
-        da_state = da_update(jnp.asarray(target_accept - acceptance_rate, dtype), da_state)
-        da_state = tuple(jnp.asarray(x, dtype) if i != 3 else x for i, x in enumerate(da_state))
-        log_step, log_step_avg = da_state[0], da_state[1]
-        finfo = jnp.finfo(dtype)
-        step_size = jnp.clip(jnp.exp(jnp.where(is_last, log_step_avg, log_step)), finfo.tiny, finfo.max)
+    step_size, control = state.step_size, state.step_state
+    if adapt_step_size and pooled:
+        averaged = jnp.asarray(schedule.averaged)[iteration]
+        step_size, control = _pooled_step(state, acceptance_rate, pooled_gain, target_accept, averaged, is_last)
+    elif adapt_step_size:
+        step_size, control = _dual_averaging_step(state, acceptance_rate, target_accept, is_last)
 
     minv, welford_state = state.inverse_mass_matrix, state.welford_state
     if adapt_mass_matrix:
@@ -145,19 +303,43 @@ def update(
         welford_state = jax.lax.cond(in_slow, accumulate, lambda ws: ws, welford_state)
 
         def finish_window(args: tuple) -> tuple:
-            ws, minv, step, da = args
+            ws, minv, step, control = args
             cov, _, _ = welford_final(ws, regularize=True)
             mean, m2, n = ws
             fresh = (jnp.zeros_like(mean), jnp.zeros_like(m2), jnp.zeros_like(n))
-            return fresh, cov.astype(minv.dtype), step, _da_init(step)
+            # dual averaging restarts around the new metric (Stan); the pooled controller
+            # carries on from where it is
+            return fresh, cov.astype(minv.dtype), step, control if pooled else _da_init(step)
 
-        welford_state, minv, step_size, da_state = jax.lax.cond(
+        welford_state, minv, step_size, control = jax.lax.cond(
             at_window_end,
             finish_window,
             lambda args: args,
-            (welford_state, minv, step_size, da_state),
+            (welford_state, minv, step_size, control),
         )
-    return AdaptationState(step_size, minv, da_state, welford_state)
+    return AdaptationState(step_size, minv, control, welford_state, state.step_limit)
+
+
+def limit_report(warmup_stats: dict[str, np.ndarray], target_accept: float, integrator: str | None,
+                 jitter_factor: float = 1.0) -> str | None:
+    """A sentence for the log and the summary when the adapted step sits at the stability
+    cap with an acceptance well above ``target_accept`` (the target is out of reach: the
+    acceptance stays high up to the limit and falls to zero beyond it); ``None`` otherwise.
+    Read from the warmup record (``step_limit``, ``adapted_step``, ``acceptance_rate``)."""
+    limits = np.asarray(warmup_stats.get("step_limit", []))
+    if integrator is None or limits.size == 0 or not np.all(np.isfinite(limits[:, -1])):
+        return None
+    limit, step = float(np.max(limits[:, -1])), float(np.max(np.asarray(warmup_stats["adapted_step"])[:, -1]))
+    schedule = build_schedule(limits.shape[1])
+    acceptance = float(np.mean(np.asarray(warmup_stats["acceptance_rate"])[:, schedule.averaged]))
+    if step < 0.98 * limit or acceptance < target_accept + 0.05:
+        return None
+    unstable = limit / STABILITY_FRACTION
+    omega = _integrators.stability_limit(integrator) / (unstable * jitter_factor)
+    return (f"the acceptance target {target_accept:g} is out of reach: acceptance {acceptance:.3f} at the step cap, "
+            f"{STABILITY_FRACTION:g} x the stability limit of {integrator} (unstable beyond eps ~ {unstable:.4g}, "
+            f"eps * omega_max = {_integrators.stability_limit(integrator):.4g} with omega_max ~ {omega:.4g}); "
+            f"using eps = {step:.4g}")
 
 
 def find_reasonable_step_size(

@@ -15,9 +15,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from hmc import adaptation as _adaptation
+from hmc import integrators as _integrators
 from hmc import rng as _rng
 from hmc.checkpoint import STAT_PREFIX
 from hmc.devices import ordered_mean
@@ -27,6 +29,7 @@ from hmc.potential import Potential, cached_program
 from hmc.settings import Program
 
 PyTree = Any
+LIMIT_STREAM = 2**31 - 2  # an iteration index no transition uses: the step cap's random vectors
 
 
 class Chunks(NamedTuple):
@@ -92,11 +95,13 @@ def adapter(program: Program) -> Callable:
     """``(adapt_state, t, info, states) -> adapt_state``: one warmup update, pooled over
     chains (one update from the chain-averaged acceptance) or per chain."""
     schedule = _adaptation.build_schedule(program.num_warmup)
+    order = _integrators.ORDER.get(getattr(program.kernel, "integrator", None), 2)
+    gain = _adaptation.pooled_gain(program.target_accept, order) if program.pooled else None
 
     def update(s, t, a, x):
         return _adaptation.update(s, t, a, x, schedule=schedule, target_accept=program.target_accept,
                                   adapt_step_size=program.adapt_step_size,
-                                  adapt_mass_matrix=program.mass_matrix != "identity")
+                                  adapt_mass_matrix=program.mass_matrix != "identity", pooled_gain=gain)
 
     def adapt(adapt_state, t, info, states):
         flat = jax.vmap(lambda q: ravel_pytree(q)[0])(states.position)
@@ -107,14 +112,46 @@ def adapter(program: Program) -> Callable:
     return adapt
 
 
-def _warmup_chunk(step: Callable, adapt: Callable, chunk_size: int) -> Callable:
+def limiter(program: Program, potential_fn: Callable) -> Callable:
+    """``(adapt_state, t, keys, states) -> adapt_state``: before warmup iteration ``t``, at the
+    start and after every change of the mass matrix, the step cap from the largest frequency
+    of the chains' states (the largest over chains when pooled)."""
+    integrator = getattr(program.kernel, "integrator", None)
+    if not program.adapt_step_size or integrator is None:
+        return lambda adapt_state, t, keys, states: adapt_state
+    schedule = _adaptation.build_schedule(program.num_warmup)
+    changed = jnp.asarray(np.concatenate([[True], schedule.slow_window_end[:-1]]))
+    factor = _adaptation.jitter_factor(program.kernel.num_steps, program.kernel.jitter)
+    grad_fn = jax.grad(potential_fn)
+
+    def estimate(adapt_state, keys, states):
+        minv = None if program.mass_matrix == "identity" else adapt_state.inverse_mass_matrix
+        in_axes = (0, None if program.pooled or minv is None else 0, 0)
+        keys = jax.vmap(_rng.fold_in, in_axes=(0, None))(keys, LIMIT_STREAM)
+        frequency = functools.partial(_adaptation.max_frequency, grad_fn)
+        omega = jax.vmap(frequency, in_axes=in_axes)(states.position, minv, keys)
+        if program.pooled:
+            omega = jnp.max(omega)
+        limit = _adaptation.step_limit(omega, integrator, factor)
+        update = functools.partial(_adaptation.with_limit, pooled=program.pooled)
+        return update(adapt_state, limit) if program.pooled else jax.vmap(update)(adapt_state, limit)
+
+    def limit(adapt_state, t, keys, states):
+        return jax.lax.cond(changed[t], estimate, lambda a, k, s: a, adapt_state, keys, states)
+
+    return limit
+
+
+def _warmup_chunk(step: Callable, adapt: Callable, limit: Callable, chunk_size: int) -> Callable:
     @jax.jit
     def warmup_chunk(chain_keys, states, adapt_state, start, n_valid):
         def one(carry, i):
             states, adapt_state, trips = carry
             t = start + i
+            keys = keys_at(chain_keys, t)
+            adapt_state = limit(adapt_state, t, keys, states)
             params = Params(adapt_state.step_size, adapt_state.inverse_mass_matrix)
-            states, info, trip = step(keys_at(chain_keys, t), states, params)
+            states, info, trip = step(keys, states, params)
             adapt_state = adapt(adapt_state, t, info, states)
             out = {
                 "acceptance_rate": info.acceptance_rate,
@@ -122,6 +159,9 @@ def _warmup_chunk(step: Callable, adapt: Callable, chunk_size: int) -> Callable:
                 "diverging": info.is_divergent,
                 "guard_tripped": info.guard_tripped,
                 "n_steps": info.num_steps,
+                # the cap in force, and the step adaptation sets for the next iteration
+                "step_limit": jnp.broadcast_to(adapt_state.step_limit, info.step_size.shape),
+                "adapted_step": jnp.broadcast_to(adapt_state.step_size, info.step_size.shape),
             }
             return (states, adapt_state, _replay.record(trips, trip, t)), out
 
@@ -195,7 +235,9 @@ def _sample_chunk(potential: Potential, program: Program, step: Callable) -> Cal
 def _build(potential: Potential, program: Program, with_replay: bool) -> Chunks:
     kernel = program.kernel.build(potential.energy, program.guard)
     step = all_chains(kernel, program, with_replay)
-    return Chunks(_warmup_chunk(step, adapter(program), program.chunk_size),
+    warmup = _warmup_chunk(step, adapter(program), limiter(program, potential.energy),
+                           program.chunk_size)
+    return Chunks(warmup,
                   _sample_chunk(potential, program, step))
 
 

@@ -153,7 +153,7 @@ def start(potential: Potential, settings: Settings, init_positions: PyTree | Non
         eps0 = jnp.full(shape, settings.step_size, dtype)
 
     def make_adapt_state(eps: jax.Array) -> _adaptation.AdaptationState:
-        return _adaptation.init(eps, dimension, mass_matrix, dtype, minv0)
+        return _adaptation.init(eps, dimension, mass_matrix, dtype, minv0, pooled=settings.pooled)
 
     adapt_state = jax.jit(make_adapt_state if settings.pooled else jax.vmap(make_adapt_state))(eps0)
     if resume is not None:

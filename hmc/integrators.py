@@ -20,11 +20,13 @@ References
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 from jax.flatten_util import ravel_pytree
 
@@ -58,6 +60,32 @@ ORDER = {"leapfrog": 2, "minimum_norm": 2, "yoshida4": 4}
 def gradient_evaluations_per_step(integrator: str) -> int:
     """Number of fresh gradients one step of ``integrator`` needs."""
     return len(coefficients(integrator)) // 2
+
+
+@functools.lru_cache(maxsize=None)
+def stability_limit(integrator: str) -> float:
+    """The largest ``eps * omega`` at which ``integrator`` is stable on a harmonic mode of
+    frequency ``omega`` (2 for leapfrog, 2.553 for 2MN, 1.573 for Yoshida4).
+
+    One step maps ``(q, p)`` of ``H = (p^2 + q^2) / 2`` linearly, with determinant 1; it is
+    stable while ``|trace| < 2``. Found from the coefficient table: a scan for the first
+    ``eps`` where ``|trace|`` reaches 2, then bisection.
+    """
+
+    def trace(eps: float) -> float:
+        m = np.eye(2)
+        for i, c in enumerate(coefficients(integrator)):
+            # kicks (even i): p -= c eps q; drifts (odd i): q += c eps p
+            m = (np.array([[1.0, 0.0], [-c * eps, 1.0]]) if i % 2 == 0 else np.array([[1.0, c * eps], [0.0, 1.0]])) @ m
+        return abs(np.trace(m)) - 2.0
+
+    grid = np.linspace(1e-3, 8.0, 8000)
+    first = next(e for e in grid if trace(e) >= 0.0)
+    low, high = first - (grid[1] - grid[0]), first
+    for _ in range(60):
+        mid = 0.5 * (low + high)
+        low, high = (mid, high) if trace(mid) < 0.0 else (low, mid)
+    return float(low)
 
 
 def coefficients(integrator: str) -> tuple[float, ...]:

@@ -267,6 +267,7 @@ def summarize_run(path: str, potential: Any = None, result: Any = None) -> dict[
     from hmc import diagnostics
 
     run_dir = _rundir.RunDirectory(path)
+    config = None
     if result is not None:
         draws, stats, warmup, exact = result.draws, result.stats, result.warmup_stats, result.exact
         observables = result.settings["observables"]
@@ -281,6 +282,7 @@ def summarize_run(path: str, potential: Any = None, result: Any = None) -> dict[
         if observables is None:  # in progress: the model says which are observables
             observables = list(potential.observables) if potential is not None else list(draws)
         integrator = data["config"]["sampler"]["integrator"]
+        config = data["config"]
     derived = dict(potential.derived) if potential is not None else {}
     shown = {k: np.asarray(v) for k, v in draws.items() if k in observables}
     summary = diagnostics.summarize(shown, stats, exact, {"integrator": integrator, "num_guard_events": len(events)},
@@ -296,6 +298,10 @@ def summarize_run(path: str, potential: Any = None, result: Any = None) -> dict[
         acc = np.asarray(warmup["acceptance_rate"])
         tail = acc[:, -max(1, acc.shape[1] // 10):]
         text += f"\nwarmup: {acc.shape[1]} iterations, mean acceptance over its last tenth {float(tail.mean()):.3f}"
+        note = result.step_note if result is not None else _step_note(config, warmup)
+        if note:
+            text += f"\nstep size: {note}"
+            summary.sampler["step_size_note"] = note
     text = f"status: {status}\n" + text
     if not status.startswith("in progress"):
         payload = dict(summary.to_dict(), status=status, guard_events_by_kind=kinds)
@@ -304,6 +310,17 @@ def summarize_run(path: str, potential: Any = None, result: Any = None) -> dict[
             payload["halt_reason"] = result.halt_reason
         _rundir.write_json(run_dir.file("summary.json"), payload)
     return {"summary": summary, "text": text, "status": status}
+
+
+def _step_note(config: dict | None, warmup: dict) -> str | None:
+    """The adaptation's note on a step held at the stability cap, from the warmup record."""
+    from hmc import adaptation
+
+    sampler = (config or {}).get("sampler") or {}
+    if sampler.get("step_size") is not None or "integrator" not in sampler:
+        return None
+    return adaptation.limit_report(warmup, sampler.get("target_accept", 0.8), sampler["integrator"],
+                                   adaptation.jitter_factor(sampler.get("num_steps"), sampler.get("jitter")))
 
 
 def potential_for(path: str) -> Any:

@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from hmc import adaptation as _adaptation
 from hmc import devices as _devices
 from hmc import diagnostics as _diagnostics
 from hmc import guard as _guard
@@ -60,6 +61,7 @@ class SampleResult:
     timing: dict[str, float] = dataclasses.field(default_factory=dict)
     derived: dict[str, Any] = dataclasses.field(default_factory=dict)
     stopped: bool = False
+    step_note: str | None = None
 
     def halted_reason_text(self) -> str:
         return self.halt_reason if self.halted else "no"
@@ -258,6 +260,20 @@ class _Run:
             (self.loop.states, self.loop.adapt_state, trips, out), seconds = self._chunk("warmup", args, n)
             c.warmup_done += n
             self._after_chunk("warmup", trips, out, n * s.num_chains, start + n - 1, seconds)
+            if c.warmup_done == s.num_warmup and s.step_size is None:
+                note = self.step_note()
+                if note:
+                    logger.info("warmup: %s", note)
+
+    def step_note(self) -> str | None:
+        """What :func:`hmc.adaptation.limit_report` says of this run's warmup."""
+        kernel = self.settings.kernel
+        if not self.loop.warmup_chunks or self.settings.step_size is not None:
+            return None
+        return _adaptation.limit_report(stack_chunks(self.loop.warmup_chunks), self.settings.target_accept,
+                                        getattr(kernel, "integrator", None),
+                                        _adaptation.jitter_factor(getattr(kernel, "num_steps", None),
+                                                                  getattr(kernel, "jitter", 0.0)))
 
     def sampling(self) -> None:
         c, s = self.counters, self.settings
@@ -356,6 +372,7 @@ class _Run:
             timing={"total_seconds": self._elapsed(), "guard_host_seconds": c.guard_seconds},
             derived=dict(self.potential.derived),
             stopped=self.stopped,
+            step_note=self.step_note(),
         )
 
     def _no_draws(self) -> dict[str, np.ndarray]:

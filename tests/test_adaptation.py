@@ -71,3 +71,99 @@ def test_initial_step_heuristic_brackets_the_target():
     # the first one above it: either way the step is within a factor 2 below log 2
     for eps in (up, down):
         assert float(acceptance(eps)) > 0.5 and float(acceptance(2 * eps)) < 0.5
+
+
+def test_stability_limits_of_the_integrators():
+    from hmc import integrators
+
+    # eps * omega at which one step on a harmonic mode stops being stable
+    assert abs(integrators.stability_limit("leapfrog") - 2.0) < 1e-9
+    assert abs(integrators.stability_limit("minimum_norm") - 2.5531) < 1e-3
+    assert abs(integrators.stability_limit("yoshida4") - 1.5734) < 1e-3
+
+
+def test_max_frequency_of_a_preconditioned_quadratic():
+    # U = sum k_i x_i^2 / 2 with inverse mass m_i: omega_i^2 = k_i m_i, the largest 25
+    rng = np.random.default_rng(3)
+    k = jnp.asarray(rng.uniform(0.5, 5.0, 50), jnp.float32).at[7].set(50.0)
+    minv = jnp.asarray(rng.uniform(0.5, 2.0, 50), jnp.float32).at[7].set(12.5)
+    position = {"x": jnp.asarray(rng.normal(size=50), jnp.float32)}
+    grad = jax.grad(lambda q: 0.5 * jnp.sum(k * q["x"] ** 2))
+    omega = adaptation.max_frequency(grad, position, minv, jax.random.key(0))
+    assert abs(float(omega) - 25.0) < 0.25, float(omega)
+    dense = adaptation.max_frequency(grad, position, jnp.diag(minv), jax.random.key(0))
+    assert abs(float(dense) - 25.0) < 0.25, float(dense)
+    # a gradient that is NaN everywhere gives no limit, not a NaN
+    nan = adaptation.max_frequency(lambda q: {"x": q["x"] * jnp.nan}, position, minv, jax.random.key(0))
+    assert float(nan) == 0.0 and float(adaptation.step_limit(nan, "leapfrog")) == np.inf
+
+
+def _pooled(acceptance_of, num_warmup=400, step=1.0, target=0.8, limit=None, order=2):
+    schedule = adaptation.build_schedule(num_warmup)
+    state = adaptation.init(step, 2, "diagonal", pooled=True)
+    if limit is not None:
+        state = adaptation.with_limit(state, limit, pooled=True)
+    gain = adaptation.pooled_gain(target, order)
+
+    def body(state, t):
+        a = acceptance_of(state.step_size, t)
+        new = adaptation.update(state, t, a, jnp.zeros((1, 2)), schedule=schedule, target_accept=target,
+                                adapt_mass_matrix=False, pooled_gain=gain)
+        return new, (state.step_size, a)
+
+    return jax.lax.scan(body, state, jnp.arange(num_warmup))
+
+
+def test_pooled_controller_reaches_the_target_on_smooth_curves():
+    expected = 2.0 * np.sqrt(-np.log(0.8))
+    for step in (1e-3, 1.0, 30.0):
+        final, (steps, accepts) = _pooled(lambda eps, t: jnp.exp(-(eps / 2.0) ** 2), step=step)
+        assert abs(float(final.step_size) / expected - 1.0) < 0.01, (step, float(final.step_size))
+    # steep (acceptance ~ exp(-eps^8)), the controller's model exponent four times too small
+    final, _ = _pooled(lambda eps, t: jnp.exp(-0.223 * eps**8))
+    assert abs(float(final.step_size) - 1.0) < 0.02, float(final.step_size)
+
+
+def test_pooled_controller_is_unbiased_under_noise():
+    # the mean over 4 chains of Bernoulli-like acceptances around exp(-(eps/2)^2): the
+    # controller is linear in the statistic, so its average lands where E[a] = target
+    def noisy(eps, t):
+        u = jax.random.uniform(jax.random.fold_in(jax.random.key(5), t), (4,))
+        return jnp.mean((u < jnp.exp(-(eps / 2.0) ** 2)).astype(jnp.float32))
+
+    expected = 2.0 * np.sqrt(-np.log(0.8))
+    final, _ = _pooled(noisy, num_warmup=1000)
+    # the final window's average of ~440 noisy iterates; E[a] within 0.05 of the target
+    assert abs(np.exp(-(float(final.step_size) / 2.0) ** 2) - 0.8) < 0.05, float(final.step_size)
+    assert abs(float(final.step_size) / expected - 1.0) < 0.2
+
+
+def test_pooled_controller_stops_at_the_step_cap_of_a_cliff():
+    # acceptance 0.97 up to eps = 1, zero beyond: the target is out of reach, and the
+    # step sits at the cap (0.9), not below it as dual averaging leaves it (0.71 here)
+    final, (steps, accepts) = _pooled(lambda eps, t: jnp.where(eps < 1.0, 0.97, 0.0), limit=0.9)
+    assert abs(float(final.step_size) - 0.9) < 1e-5
+    assert float(jnp.min(accepts[-100:])) == np.float32(0.97)
+    da, _ = _run(lambda eps: jnp.where(eps < 1.0, 0.97, 0.0))
+    assert float(da.step_size) < 0.8
+
+
+def test_sampler_caps_the_step_at_the_oscillators_stability_limit():
+    # the lattice oscillator's acceptance stays near 1 up to the 2MN limit: the note
+    # names the cap, and the cap uses the true largest frequency of the adapted metric
+    import hmc
+    import physics_models
+
+    pot = physics_models.harmonic_oscillator(n_sites=32, a=0.5)
+    r = hmc.sample(pot, num_chains=8, num_warmup=300, num_samples=20, trajectory_length=1.5, jitter=0.2,
+                   record=[], progress=False)
+    assert r.step_note is not None and "out of reach" in r.step_note, r.step_note
+    flat = jnp.asarray(r.final_positions["x"][0])
+    hess = jax.hessian(lambda x: pot.energy({"x": x}))(flat)
+    root = np.sqrt(np.asarray(r.inverse_mass_matrix, np.float64))
+    omega = np.sqrt(np.linalg.eigvalsh(root[:, None] * np.asarray(hess, np.float64) * root[None, :]).max())
+    from hmc import integrators
+
+    exact_cap = adaptation.STABILITY_FRACTION * integrators.stability_limit("minimum_norm") / omega
+    assert abs(float(r.step_size) / exact_cap - 1.0) < 0.03, (float(r.step_size), exact_cap)
+    assert r.stats["acceptance_rate"].mean() > 0.9

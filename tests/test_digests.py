@@ -1,4 +1,5 @@
-"""Fixed-seed draws of a few runs, as digests recorded before the driver was split.
+"""Fixed-seed draws of a few runs, as digests (recorded before the driver was split, and
+again when warmup got the pooled step-size controller and trajectories their exact length).
 
 A refactor of the driver, the kernel or the guard must keep every draw, statistic
 and guard event bit for bit. Bits depend on the XLA build and the CPU it targets,

@@ -47,11 +47,21 @@ def _num_steps_for(trajectory_length: float, step_size: Array) -> Array:
 
 
 def jittered(settings: Trajectory, key: Array, step_size: Array, dtype: Any) -> tuple[Array, Array | int]:
-    """``(step size, number of steps)`` of one transition, jitter applied."""
+    """``(step size, number of steps)`` of one transition, jitter applied.
+
+    With ``trajectory_length``, the trajectory has exactly the (jittered) length: the
+    fewest steps no longer than ``step_size`` that cover it. Rounding the number of steps
+    up at a fixed step instead makes the length jump in whole steps: with a few steps per
+    trajectory the jitter then leaves every trajectory the same, and a mode whose
+    rotation per trajectory is near a multiple of pi stops mixing (measured on the
+    oscillator, 64 sites: 12x fewer effective samples per gradient at 1.75x the adapted step).
+    """
     u = _rng.uniform(key, dtype, -1.0, 1.0) if settings.jitter > 0 else jnp.zeros((), dtype)
     if settings.num_steps is not None:
         return step_size * (1.0 + settings.jitter * u), int(settings.num_steps)
-    return step_size, _num_steps_for(settings.trajectory_length * (1.0 + settings.jitter * u), step_size)
+    length = jnp.asarray(settings.trajectory_length * (1.0 + settings.jitter * u), dtype)
+    n_steps = _num_steps_for(length, step_size)
+    return (length / n_steps).astype(dtype), n_steps
 
 
 class Outcome(NamedTuple):
