@@ -18,7 +18,8 @@ import numpy as np
 
 PyTree = Any
 
-STAT_NAMES = ("lp", "energy", "acceptance_rate", "diverging", "step_size", "n_steps", "guard_tripped")
+STAT_NAMES = ("lp", "energy", "acceptance_rate", "diverging", "step_size", "n_steps", "guard_tripped",
+              "delta_energy")
 STAT_PREFIX = "stat:"  # sampling outputs: statistics are told from observables by this prefix
 WARMUP_STATS = ("acceptance_rate", "step_size", "diverging", "guard_tripped", "n_steps", "step_limit",
                 "adapted_step")

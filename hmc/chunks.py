@@ -29,6 +29,7 @@ from hmc.potential import Potential, cached_program
 from hmc.settings import Program
 
 PyTree = Any
+LIMIT_EVERY = 10  # warmup iterations between estimates of the step cap
 LIMIT_STREAM = 2**31 - 2  # an iteration index no transition uses: the step cap's random vectors
 
 
@@ -120,11 +121,15 @@ def limiter(program: Program, potential_fn: Callable) -> Callable:
     if not program.adapt_step_size or integrator is None:
         return lambda adapt_state, t, keys, states: adapt_state
     schedule = _adaptation.build_schedule(program.num_warmup)
-    changed = jnp.asarray(np.concatenate([[True], schedule.slow_window_end[:-1]]))
+    changed = np.concatenate([[True], schedule.slow_window_end[:-1]])
+    # between changes of the metric, re-estimated every LIMIT_EVERY iterations and never
+    # raised: the curvature depends on where the chains are (a tail visited once lowers it)
+    again = jnp.asarray(changed | (np.arange(schedule.num_warmup) % LIMIT_EVERY == 0))
+    changed = jnp.asarray(changed)
     factor = _adaptation.jitter_factor(program.kernel.num_steps, program.kernel.jitter)
     grad_fn = jax.grad(potential_fn)
 
-    def estimate(adapt_state, keys, states):
+    def estimate(adapt_state, t, keys, states):
         minv = None if program.mass_matrix == "identity" else adapt_state.inverse_mass_matrix
         in_axes = (0, None if program.pooled or minv is None else 0, 0)
         keys = jax.vmap(_rng.fold_in, in_axes=(0, None))(keys, LIMIT_STREAM)
@@ -133,11 +138,12 @@ def limiter(program: Program, potential_fn: Callable) -> Callable:
         if program.pooled:
             omega = jnp.max(omega)
         limit = _adaptation.step_limit(omega, integrator, factor)
+        limit = jnp.where(changed[t], limit, jnp.minimum(limit, adapt_state.step_limit))
         update = functools.partial(_adaptation.with_limit, pooled=program.pooled)
         return update(adapt_state, limit) if program.pooled else jax.vmap(update)(adapt_state, limit)
 
     def limit(adapt_state, t, keys, states):
-        return jax.lax.cond(changed[t], estimate, lambda a, k, s: a, adapt_state, keys, states)
+        return jax.lax.cond(again[t], estimate, lambda a, t, k, s: a, adapt_state, t, keys, states)
 
     return limit
 
@@ -208,6 +214,7 @@ def _draw_record(potential: Potential, program: Program, states: Any, info: Any,
         step_size=info.step_size,
         n_steps=info.num_steps,
         guard_tripped=tripped,
+        delta_energy=info.delta_energy,  # of the last transition of the draw
     )
     out.update({STAT_PREFIX + k: v for k, v in stats.items()})
     return out

@@ -54,6 +54,7 @@ class SamplerConfig(_Section):
     num_steps: PositiveInt | None = 10  # kernel ghmc: 1 unless given
     trajectory_length: PositiveFloat | None = None
     jitter: float = Field(0.0, ge=0.0, lt=1.0)
+    max_num_steps: PositiveInt = 1000  # the most steps of a trajectory_length trajectory
     persistence: float | None = Field(None, ge=0.0, lt=1.0)  # kernel ghmc: c in p <- c p + sqrt(1 - c^2) xi
     mass_matrix: Literal["identity", "diagonal", "dense"] = "diagonal"
     adaptation: Literal["pooled", "per_chain"] = "pooled"
@@ -62,7 +63,7 @@ class SamplerConfig(_Section):
     num_warmup: int = Field(500, ge=0)
     num_samples: PositiveInt = 1000
     thin: PositiveInt = 1
-    record: list[str] | None = None
+    record: list[str] | Literal["auto"] | None = "auto"  # null: every state leaf
 
     @model_validator(mode="after")
     def _kernel_settings(self) -> SamplerConfig:
@@ -308,6 +309,7 @@ def sample_kwargs(config: RunConfig) -> dict[str, Any]:
         num_steps=s.num_steps,
         trajectory_length=s.trajectory_length,
         jitter=s.jitter,
+        max_num_steps=s.max_num_steps,
         mass_matrix=s.mass_matrix,
         adaptation=s.adaptation,
         target_accept=s.target_accept,

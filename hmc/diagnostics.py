@@ -112,6 +112,7 @@ class ObservableSummary:
     r_hat: np.ndarray
     exact: np.ndarray | None = None
     z: np.ndarray | None = None
+    tau_int: np.ndarray | None = None  # integrated autocorrelation time in draws: draws / ess
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (None if v is None else np.asarray(v).tolist()) for k, v in dataclasses.asdict(self).items()}
@@ -130,7 +131,9 @@ def summarize_draws(x: np.ndarray, exact: Any = None) -> ObservableSummary:
         exact_arr = np.broadcast_to(np.asarray(exact, np.float64), mean.shape)
         with np.errstate(invalid="ignore", divide="ignore"):
             z = (mean - exact_arr) / err
-    return ObservableSummary(mean, sd, err, ess_bulk(x), e, rhat(x), exact_arr, z)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tau = flat.shape[0] / e
+    return ObservableSummary(mean, sd, err, ess_bulk(x), e, rhat(x), exact_arr, z, tau)
 
 
 def blocked_jackknife(
@@ -197,7 +200,7 @@ class Summary:
         }
 
     def table(self) -> str:
-        header = ("observable", "mean", "sd", "mcse", "ess_bulk", "r_hat", "exact", "z")
+        header = ("observable", "mean", "sd", "mcse", "ess_bulk", "tau_int", "r_hat", "exact", "z")
         rows = []
         for name, s in self.observables.items():
             size = int(np.prod(s.mean.shape))
@@ -215,13 +218,14 @@ class Summary:
                         _fmt(at(s.sd), 3),
                         _fmt(at(s.mcse), 2),
                         _fmt(at(s.ess_bulk), 4) if not np.isnan(at(s.ess_bulk)) else "nan",
+                        "" if s.tau_int is None else _fmt(at(s.tau_int), 3),
                         _fmt(at(s.r_hat), 4),
                         _fmt(at(s.exact), 8),
                         "" if s.z is None else f"{float(at(s.z)):+.2f}",
                     )
                 )
             if size > self.max_rows_per_observable:
-                rows.append((f"  ({size - self.max_rows_per_observable} more of {name})",) + ("",) * 7)
+                rows.append((f"  ({size - self.max_rows_per_observable} more of {name})",) + ("",) * 8)
         widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
         lines = []
         s = self.sampler
@@ -233,6 +237,7 @@ class Summary:
             f"divergences {s.get('num_divergent')}, guard trips {s.get('num_guard_tripped')}, "
             f"guard events {s.get('num_guard_events')}, min E-BFMI {_fmt(s.get('ebfmi_min'), 3)}"
         )
+        lines.extend(_physics_lines(s))
         lines.append("  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths))))
         for r in rows:
             lines.append("  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
@@ -240,6 +245,61 @@ class Summary:
 
     def __str__(self) -> str:
         return self.table()
+
+
+def _mean_and_error(x: np.ndarray) -> tuple[float, float]:
+    """Mean of ``(chain, draw)`` values and its MCSE (from the ESS)."""
+    x = np.asarray(x, np.float64)
+    if x.size < 4 or x.shape[1] < 2:
+        return float(np.mean(x)) if x.size else float("nan"), float("nan")
+    return float(x.mean()), float(mcse(x))
+
+
+def _physics_checks(observables: Mapping[str, ObservableSummary], stats: Mapping[str, np.ndarray],
+                    info: Mapping[str, Any]) -> dict[str, Any]:
+    """What a physicist checks of an HMC run: Creutz's ``<exp(-dH)> = 1`` (a failing
+    integrator or a wrong acceptance shows here first), ``<dH>``, the spread of the
+    chains' acceptance, and the gradients spent per effective sample (the smallest bulk
+    ESS over the observables)."""
+    out: dict[str, Any] = {}
+    if "delta_energy" in stats and np.size(stats["delta_energy"]):
+        dh = np.asarray(stats["delta_energy"], np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            boltzmann = np.where(np.isnan(dh), 0.0, np.exp(-dh))  # a rejected blow-up (+inf) counts 0
+        out["creutz"], out["creutz_mcse"] = _mean_and_error(boltzmann)
+        finite = np.where(np.isfinite(dh), dh, np.nan)
+        out["delta_energy_mean"] = float(np.nanmean(finite)) if np.isfinite(finite).any() else float("nan")
+        out["delta_energy_nonfinite"] = int(np.sum(~np.isfinite(dh)))
+    if "acceptance_rate" in stats and np.size(stats["acceptance_rate"]):
+        per_chain = np.asarray(stats["acceptance_rate"], np.float64).mean(axis=1)
+        out.update(acceptance_chain_min=float(per_chain.min()), acceptance_chain_max=float(per_chain.max()),
+                   acceptance_chain_sd=float(per_chain.std()))
+    ess_values = [np.min(s.ess_bulk) for s in observables.values() if s.ess_bulk is not None and np.size(s.ess_bulk)
+                  and np.all(np.isfinite(s.ess_bulk))]
+    integrator = info.get("integrator")
+    if "n_steps" in stats and ess_values and integrator:
+        from hmc.integrators import gradient_evaluations_per_step
+
+        grads = float(np.sum(stats["n_steps"])) * gradient_evaluations_per_step(integrator) * info.get("thin", 1)
+        out["gradients"] = grads
+        out["gradients_per_ess"] = grads / max(float(min(ess_values)), 1e-300)
+    return out
+
+
+def _physics_lines(s: Mapping[str, Any]) -> list[str]:
+    lines = []
+    if "creutz" in s:
+        err = s["creutz_mcse"]
+        z = (s["creutz"] - 1.0) / err if err and np.isfinite(err) and err > 0 else float("nan")
+        lines.append(f"<exp(-dH)> = {_fmt(s['creutz'], 5)} +- {_fmt(err, 2)} (z {z:+.2f}; exactly 1), "
+                     f"<dH> = {_fmt(s['delta_energy_mean'], 3)}")
+    if "acceptance_chain_min" in s:
+        text = (f"acceptance per chain {_fmt(s['acceptance_chain_min'], 3)}..{_fmt(s['acceptance_chain_max'], 3)} "
+                f"(sd {_fmt(s['acceptance_chain_sd'], 2)})")
+        if "gradients_per_ess" in s:
+            text += f", gradients per effective sample {_fmt(s['gradients_per_ess'], 4)} (smallest bulk ESS)"
+        lines.append(text)
+    return lines
 
 
 def summarize(
@@ -267,6 +327,7 @@ def summarize(
         info["num_guard_tripped"] = int(np.sum(stats["guard_tripped"]))
     if "step_size" in stats and np.size(stats["step_size"]):
         info["step_size_mean"] = float(np.mean(stats["step_size"]))
+    info.update(_physics_checks(observables, stats, info))
     if "energy" in stats and np.shape(stats["energy"])[1] > 2:
         e = ebfmi(stats["energy"])
         info["ebfmi"] = e

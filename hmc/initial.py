@@ -24,6 +24,7 @@ from hmc.settings import Settings, working_dtype
 logger = logging.getLogger("hmc")
 
 PyTree = Any
+RECORD_AUTO_SIZE = 256  # record="auto": the state leaves are stored while they hold at most this many numbers
 HEURISTIC_STREAM = 2**31 - 1  # an iteration index no transition uses: the heuristic's momenta are its own
 
 
@@ -87,10 +88,26 @@ def positions_for(potential: Potential, settings: Settings, init_positions: PyTr
     return cast_tree(positions, dtype), dtype
 
 
-def recorded_leaves(potential: Potential, names: list[str], record: Sequence[str] | None) -> list[str]:
+def recorded_leaves(potential: Potential, names: list[str], record: Sequence[str] | str | None,
+                    sizes: Sequence[int] = ()) -> list[str]:
+    """The state leaves stored with every draw: ``"auto"`` all of them while they hold at
+    most :data:`RECORD_AUTO_SIZE` numbers per chain together (else none, said once in the
+    log); ``None`` all; a list those named. ``sizes``: the numbers per chain of each leaf."""
+    # An observable with a leaf's name (gaussian's "x") already records it.
+    candidates = [n for n in names if n not in potential.observables]
     if record is None:
-        # An observable with a leaf's name (gaussian's "x") already records it.
-        return [n for n in names if n not in potential.observables]
+        return candidates
+    if isinstance(record, str):
+        if record != "auto":
+            raise ValueError(f"record must be 'auto', None or a list of state leaves, got {record!r}")
+        size = dict(zip(names, sizes))
+        total = sum(size.get(n, 0) for n in candidates)
+        if total <= RECORD_AUTO_SIZE:
+            return candidates
+        logger.info("record: auto keeps the state leaves out of the draws (%s: %d numbers per chain and draw, more "
+                    "than %d); only observables are recorded. Name leaves in record to keep them.",
+                    ", ".join(candidates), total, RECORD_AUTO_SIZE)
+        return []
     unknown = sorted(set(record) - set(names))
     if unknown:
         raise ValueError(f"record names unknown state leaves {unknown}; the leaves are {names}")
@@ -129,13 +146,13 @@ def init_states(potential: Potential, kernel: Any) -> Any:
                           lambda: jax.jit(jax.vmap(kernel.build(potential.energy, "off").init)))
 
 
-def start(potential: Potential, settings: Settings, init_positions: PyTree | None, record: Sequence[str] | None,
+def start(potential: Potential, settings: Settings, init_positions: PyTree | None, record: Sequence[str] | str | None,
           inverse_mass_matrix: Any, resume: Checkpoint | None) -> Start:
     """Positions, preflight, states, step size and adaptation state, or their checkpointed values."""
     positions, dtype = positions_for(potential, settings, init_positions)
     one = jax.tree_util.tree_map(lambda x: x[0], positions)
     names = leaf_names(one)
-    record = recorded_leaves(potential, names, record)
+    record = recorded_leaves(potential, names, record, [int(np.size(x)) for x in jax.tree_util.tree_leaves(one)])
     if resume is not None:
         events = [_guard.GuardEvent(**e) for e in resume.counters.events]
     else:

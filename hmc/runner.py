@@ -285,8 +285,9 @@ def summarize_run(path: str, potential: Any = None, result: Any = None) -> dict[
         config = data["config"]
     derived = dict(potential.derived) if potential is not None else {}
     shown = {k: np.asarray(v) for k, v in draws.items() if k in observables}
-    summary = diagnostics.summarize(shown, stats, exact, {"integrator": integrator, "num_guard_events": len(events)},
-                                    derived)
+    thin = result.settings.get("thin", 1) if result is not None else config["sampler"].get("thin", 1)
+    summary = diagnostics.summarize(shown, stats, exact, {"integrator": integrator, "num_guard_events": len(events),
+                                                          "thin": thin}, derived)
     kinds: dict[str, int] = {}
     for e in events:
         key = e["kind"] + (f":{e['term']}" if e.get("term") else "")

@@ -72,6 +72,7 @@ class SampleResult:
         info = {
             "integrator": self.settings["integrator"],
             "num_guard_events": len(self.guard_events),
+            "thin": self.settings.get("thin", 1),
         }
         return _diagnostics.summarize(observables, self.stats, self.exact, info, self.derived)
 
@@ -104,7 +105,7 @@ def sample(
     target_accept: float = 0.8,
     adaptation: str = "pooled",
     thin: int = 1,
-    record: Sequence[str] | None = None,
+    record: Sequence[str] | str | None = "auto",
     guard: str = "reject",
     max_trip_fraction: float = 0.01,
     allow: Sequence[str] = (),
@@ -114,6 +115,7 @@ def sample(
     precision: str | None = None,
     init_positions: PyTree | None = None,
     divergence_threshold: float = 1000.0,
+    max_num_steps: int | None = None,
     progress: bool = True,
     resume: Checkpoint | None = None,
     on_chunk: Callable[[ChunkEnd], bool | None] | None = None,
@@ -144,6 +146,9 @@ def sample(
         Trajectory length control; see :class:`hmc.kernels.base.Trajectory`. Setting
         ``trajectory_length`` overrides ``num_steps``; ``num_steps=None`` is the
         kernel's default (10 for ``hmc``, 1 for ``ghmc``).
+    max_num_steps
+        The most integrator steps of one ``trajectory_length`` trajectory (``None``: the
+        kernel's default, 1000); a capped trajectory is shorter, and the log says so.
     persistence
         ``ghmc`` only: the momentum kept per transition, ``c`` in
         ``p <- c p + sqrt(1 - c^2) xi`` (default 0.9).
@@ -156,8 +161,10 @@ def sample(
         ``"pooled"``: one step size and mass matrix estimated from all chains;
         ``"per_chain"``: each chain adapts its own (Stan).
     record
-        State leaves stored with every draw; ``None`` stores all, ``[]`` none
-        (observables are always stored).
+        State leaves stored with every draw: ``"auto"`` stores them while they hold at
+        most 256 numbers per chain together and none otherwise (one log line says so);
+        ``None`` stores all, ``[]`` none, a list those named (observables are always
+        stored).
     guard
         ``"reject"``: tripped trajectories are rejected and logged; the run
         halts when more than ``max_trip_fraction`` of the sampling phase's
@@ -206,7 +213,7 @@ def sample(
     """
     settings = Settings.from_arguments(
         kernel, integrator=integrator, num_steps=num_steps, trajectory_length=trajectory_length, jitter=jitter,
-        persistence=persistence, divergence_threshold=divergence_threshold, seed=seed, num_chains=num_chains,
+        persistence=persistence, divergence_threshold=divergence_threshold, max_num_steps=max_num_steps, seed=seed, num_chains=num_chains,
         num_warmup=num_warmup, num_samples=num_samples, thin=thin, step_size=step_size, mass_matrix=mass_matrix,
         target_accept=target_accept, adaptation=adaptation, guard=guard, max_trip_fraction=max_trip_fraction,
         allow=allow, guard_check=guard_check, probe_chains=probe_chains, chunk_size=chunk_size,
@@ -241,6 +248,7 @@ class _Run:
         self.elapsed_before, self.started, self.stopped = self.counters.elapsed, time.perf_counter(), False
         # chunks run without the replay of tripped transitions until one trips: a model
         # that never trips never compiles the replay
+        self.capped_noted = False
         self.lazy_replay = program.guard == "trajectory"
         self.programs = chunk_programs(potential, program, with_replay=not self.lazy_replay)
 
@@ -308,6 +316,7 @@ class _Run:
         if phase == "sampling":
             c.judged_trajectories += n_traj
             c.judged_trips += new
+        self._note_capped(phase, out)
         events_before = len(self.events)
         positions = self.loop.states.position
         positions = _devices.host(positions) if jax.process_count() > 1 else positions
@@ -319,6 +328,21 @@ class _Run:
             record = self._record(phase, out, n_traj, new, len(self.events) - events_before, seconds)
             if self.on_chunk(ChunkEnd(record=record, snapshot=self.snapshot, events=self.events)):
                 self.stopped = True
+
+    def _note_capped(self, phase: str, out: dict) -> None:
+        """One log line, the first time trajectories hit the kernel's ``max_num_steps``."""
+        kernel = self.settings.kernel
+        cap = getattr(kernel, "max_num_steps", None)
+        if self.capped_noted or cap is None or getattr(kernel, "trajectory_length", None) is None:
+            return
+        n_steps = out["n_steps"] if "n_steps" in out else out[STAT_PREFIX + "n_steps"]
+        hit = float(np.mean(np.asarray(n_steps) >= cap))
+        if hit > 0:
+            self.capped_noted = True
+            step = float(np.min(out["step_size"] if "step_size" in out else out[STAT_PREFIX + "step_size"]))
+            logger.warning("%s: %.0f%% of this chunk's trajectories hit max_num_steps=%d and are shorter than "
+                           "trajectory_length=%g (step size down to %.3g); raise max_num_steps or start nearer "
+                           "the typical set", phase, 100 * hit, cap, kernel.trajectory_length, step)
 
     def _record(self, phase: str, out: dict, n_traj: int, new: int, new_events: int, seconds: float) -> dict:
         """The ``log.jsonl`` record of a chunk."""

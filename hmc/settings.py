@@ -72,7 +72,8 @@ class Settings:
     @classmethod
     def from_arguments(cls, kernel: Any = "hmc", *, integrator: str, num_steps: int | None,
                        trajectory_length: float | None, jitter: float, divergence_threshold: float,
-                       persistence: float | None = None, **rest: Any) -> Settings:
+                       persistence: float | None = None, max_num_steps: int | None = None,
+                       **rest: Any) -> Settings:
         """The settings of ``hmc.sample(**arguments)``; the trajectory arguments go to a
         kernel named by a string (a kernel object carries its own)."""
         extra = {} if persistence is None else {"persistence": float(persistence)}
@@ -80,7 +81,8 @@ class Settings:
             raise ValueError(f"persistence applies to kernel='ghmc' only, not to kernel={kernel!r}")
         spec = _kernels.resolve(kernel, integrator=integrator, num_steps=num_steps,
                                 trajectory_length=trajectory_length, jitter=float(jitter),
-                                divergence_threshold=float(divergence_threshold), **extra)
+                                divergence_threshold=float(divergence_threshold), max_num_steps=max_num_steps,
+                                **extra)
         rest["allow"] = tuple(rest.get("allow", ()))
         return cls(kernel=spec, **rest)
 

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from hmc import diagnostics
 
@@ -55,3 +56,26 @@ def test_constant_observable_has_nan_diagnostics_not_errors():
     x = np.ones((2, 100))
     s = diagnostics.summarize_draws(x, 1.0)
     assert np.isnan(s.ess) and np.isnan(s.r_hat) and s.mean == 1.0
+
+
+def test_summary_has_the_physics_checks():
+    import hmc
+    import physics_models
+
+    pot = physics_models.harmonic_oscillator(n_sites=16, a=0.5)
+    r = hmc.sample(pot, num_chains=4, num_warmup=150, num_samples=300, trajectory_length=1.0, jitter=0.2,
+                   progress=False)
+    s = r.summary()
+    info = s.sampler
+    # Creutz: <exp(-dH)> = 1 for a reversible, volume-preserving integrator
+    assert abs(info["creutz"] - 1.0) < 4.5 * info["creutz_mcse"], (info["creutz"], info["creutz_mcse"])
+    assert info["delta_energy_mean"] > 0  # <dH> >= 0 (Jensen), and small
+    assert info["acceptance_chain_min"] <= r.stats["acceptance_rate"].mean() <= info["acceptance_chain_max"]
+    ess = min(float(np.min(o.ess_bulk)) for o in s.observables.values())
+    assert info["gradients_per_ess"] == pytest.approx(r.stats["n_steps"].sum() * 2 / ess)
+    action = s.observables["action"]
+    assert float(action.tau_int) == pytest.approx(4 * 300 / float(action.ess))
+    assert "<exp(-dH)>" in s.table() and "tau_int" in s.table()
+    # a statistic of the wrong sign would show: exp(+dH) averages well above 1
+    wrong = diagnostics.summarize({}, {"delta_energy": -r.stats["delta_energy"]}).sampler
+    assert (wrong["creutz"] - 1.0) > 4.5 * wrong["creutz_mcse"]

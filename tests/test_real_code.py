@@ -161,10 +161,10 @@ def test_tfp_eight_schools_divergences_are_divergences():
     n = 8
     rng = np.random.default_rng(0)
     init = jax.tree_util.tree_map(lambda x: jnp.asarray(rng.uniform(-2, 2, (n,) + jnp.shape(x)), jnp.float32), q)
-    r = hmc.sample(pot, seed=1, num_chains=n, num_warmup=100, num_samples=50, init_positions=init,
+    # a fixed step: the adapted one is capped by the funnel's curvature and rarely diverges
+    r = hmc.sample(pot, seed=1, num_chains=n, num_warmup=0, num_samples=150, init_positions=init, step_size=0.5,
                    progress=False)
-    divergences = int(r.stats["diverging"].sum() + r.warmup_stats["diverging"].sum())
-    trips = int(r.stats["guard_tripped"].sum() + r.warmup_stats["guard_tripped"].sum())
+    divergences, trips = int(r.stats["diverging"].sum()), int(r.stats["guard_tripped"].sum())
     assert divergences > 0 and trips == 0 and not r.halted
 
 

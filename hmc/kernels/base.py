@@ -105,7 +105,10 @@ class Trajectory:
     Exactly one of ``num_steps`` (integrator steps per transition) and
     ``trajectory_length`` (``ceil(tau / step_size)`` steps); ``jitter`` in
     ``[0, 1)`` scales the step size (fixed ``num_steps``) or the length by
-    ``1 + jitter * u`` with ``u ~ U(-1, 1)`` drawn per transition.
+    ``1 + jitter * u`` with ``u ~ U(-1, 1)`` drawn per transition. ``max_num_steps``
+    caps the steps of a ``trajectory_length`` trajectory (it is then shorter than asked
+    for): from a poor start the first step size can be tiny, and an uncapped trajectory
+    takes so many steps that the run looks hung.
     """
 
     integrator: str = "minimum_norm"
@@ -113,6 +116,7 @@ class Trajectory:
     trajectory_length: float | None = None
     jitter: float = 0.0
     divergence_threshold: float = 1000.0
+    max_num_steps: int = 1000
 
     def __post_init__(self) -> None:
         _integrators.coefficients(self.integrator)
@@ -122,6 +126,8 @@ class Trajectory:
             raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
         if self.trajectory_length is not None and not self.trajectory_length > 0:
             raise ValueError(f"trajectory_length must be > 0, got {self.trajectory_length}")
+        if int(self.max_num_steps) != self.max_num_steps or self.max_num_steps < 1:
+            raise ValueError(f"max_num_steps must be an integer >= 1, got {self.max_num_steps!r}")
         if not 0.0 <= self.jitter < 1.0:
             raise ValueError(f"jitter must be in [0, 1), got {self.jitter}")
 

@@ -42,15 +42,17 @@ def init(position: PyTree, potential_fn: Callable[[PyTree], Array]) -> HMCState:
     return HMCState(position, energy, grad)
 
 
-def _num_steps_for(trajectory_length: float, step_size: Array) -> Array:
-    return jnp.maximum(1, jnp.ceil(trajectory_length / step_size)).astype(jnp.int32)
+def _num_steps_for(trajectory_length: Array, step_size: Array, max_num_steps: int) -> Array:
+    # clipped as a float: a tiny step would overflow the integer
+    return jnp.clip(jnp.ceil(trajectory_length / step_size), 1, max_num_steps).astype(jnp.int32)
 
 
 def jittered(settings: Trajectory, key: Array, step_size: Array, dtype: Any) -> tuple[Array, Array | int]:
     """``(step size, number of steps)`` of one transition, jitter applied.
 
     With ``trajectory_length``, the trajectory has exactly the (jittered) length: the
-    fewest steps no longer than ``step_size`` that cover it. Rounding the number of steps
+    fewest steps no longer than ``step_size`` that cover it, at most ``max_num_steps`` (a
+    capped trajectory is shorter, its steps ``step_size`` long). Rounding the number of steps
     up at a fixed step instead makes the length jump in whole steps: with a few steps per
     trajectory the jitter then leaves every trajectory the same, and a mode whose
     rotation per trajectory is near a multiple of pi stops mixing (measured on the
@@ -60,8 +62,8 @@ def jittered(settings: Trajectory, key: Array, step_size: Array, dtype: Any) -> 
     if settings.num_steps is not None:
         return step_size * (1.0 + settings.jitter * u), int(settings.num_steps)
     length = jnp.asarray(settings.trajectory_length * (1.0 + settings.jitter * u), dtype)
-    n_steps = _num_steps_for(length, step_size)
-    return (length / n_steps).astype(dtype), n_steps
+    n_steps = _num_steps_for(length, step_size, settings.max_num_steps)
+    return jnp.minimum(length / n_steps, step_size).astype(dtype), n_steps
 
 
 class Outcome(NamedTuple):
