@@ -196,25 +196,20 @@ def _da_init(step_size: Array) -> tuple:
 
 def _pooled_init(step_size: Array) -> tuple:
     zero = jnp.zeros((), step_size.dtype)
-    # log step; over the averaged window: count, sums of x = log step, a, x^2, x a; min and max x
-    return (jnp.log(step_size), zero, zero, zero, zero, zero, jnp.asarray(jnp.inf, step_size.dtype),
+    # log step; over the averaged window: count, sums of x = log step and of a; min and max x
+    return (jnp.log(step_size), zero, zero, zero, jnp.asarray(jnp.inf, step_size.dtype),
             jnp.asarray(-jnp.inf, step_size.dtype))
 
 
-def _pooled_final(control: tuple, target_accept: float) -> Array:
-    """The step at which the acceptance over the averaged window, fitted as a line in
-    ``log eps``, crosses the target, within the range of steps tried there; their mean
-    where the fit has no downward slope (a step held at the cap). Averaging ``log eps``
-    alone misses the target: the iterates fluctuate on a curved acceptance."""
-    log_step, n, sx, sy, sxx, sxy, lo, hi = control
+def _pooled_final(control: tuple, gain: float, target_accept: float) -> Array:
+    """The final log step: the mean of the averaged iterates, moved by the mean acceptance's
+    miss of the target along the model's slope (``POOLED_DAMPING / gain``), within the
+    range of steps tried there. The iterates fluctuate on a curved acceptance, so their
+    mean alone misses the target; a slope fitted to the noisy window is noisier still."""
+    log_step, n, sx, sy, lo, hi = control
     n_safe = jnp.maximum(n, 1.0)
-    mean_x, mean_y = sx / n_safe, sy / n_safe
-    var_x = sxx / n_safe - mean_x**2
-    slope = (sxy / n_safe - mean_x * mean_y) / jnp.where(var_x > 0, var_x, 1.0)
-    fitted = mean_x + (target_accept - mean_y) / jnp.where(slope < 0, slope, -1.0)
-    usable = (n > 2) & (var_x > 1e-6) & (slope < 0)
-    final = jnp.where(usable, jnp.clip(fitted, lo, hi), mean_x)
-    return jnp.where(n > 0, final, log_step)
+    corrected = sx / n_safe + (sy / n_safe - target_accept) * (gain / POOLED_DAMPING)
+    return jnp.where(n > 0, jnp.clip(corrected, lo, hi), log_step)
 
 
 def init(
@@ -260,18 +255,19 @@ def _dual_averaging_step(state: AdaptationState, acceptance_rate: Array, target_
 def _pooled_step(state: AdaptationState, acceptance_rate: Array, gain: float, target_accept: float,
                  averaged: Array, is_last: Array) -> tuple[Array, tuple]:
     dtype = state.step_size.dtype
-    log_step, n, sx, sy, sxx, sxy, lo, hi = state.step_state
+    log_step, n, sx, sy, lo, hi = state.step_state
     # the statistic belongs to the step just used: accumulate before moving
-    a, w = jnp.asarray(acceptance_rate, dtype), averaged.astype(dtype)
-    n, sx, sy = n + w, sx + w * log_step, sy + w * a
-    sxx, sxy = sxx + w * log_step**2, sxy + w * log_step * a
+    w = averaged.astype(dtype)
+    n, sx, sy = n + w, sx + w * log_step, sy + w * jnp.asarray(acceptance_rate, dtype)
     lo, hi = jnp.where(averaged, jnp.minimum(lo, log_step), lo), jnp.where(averaged, jnp.maximum(hi, log_step), hi)
-    move = jnp.clip(gain * (acceptance_rate - target_accept), -np.log(2.0), np.log(2.0))
+    # in the averaged window the gain decays (Robbins-Monro), so the iterates settle
+    step_gain = gain / (1.0 + n / SETTLE)
+    move = jnp.clip(step_gain * (acceptance_rate - target_accept), -np.log(2.0), np.log(2.0))
     move = jnp.where(jnp.isfinite(move), move, -np.log(2.0))
     finfo = jnp.finfo(dtype)
     log_step = jnp.clip(log_step + move.astype(dtype), jnp.log(finfo.tiny), jnp.log(state.step_limit))
-    control = (log_step, n, sx, sy, sxx, sxy, lo, hi)
-    final = jnp.minimum(_pooled_final(control, target_accept), jnp.log(state.step_limit))
+    control = (log_step, n, sx, sy, lo, hi)
+    final = jnp.minimum(_pooled_final(control, gain, target_accept), jnp.log(state.step_limit))
     return jnp.exp(jnp.where(is_last, final, log_step)), control
 
 
