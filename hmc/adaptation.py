@@ -58,9 +58,12 @@ POWER_ITERATIONS = 20
 class AdaptationState(NamedTuple):
     """Warmup state (for one chain, or shared by all chains when pooled).
 
-    ``step_state`` is numpyro's dual-averaging state per chain, and
-    ``(log step, sum of averaged log steps, their count)`` pooled; ``step_limit`` is
-    the cap on the step (``inf`` until estimated, or where no limit was found).
+    ``step_state`` is numpyro's dual-averaging state per chain, and the pooled
+    controller's (log step, then count, sums of log steps and acceptances, smallest and
+    largest log step over the averaged window); ``step_limit`` is the cap on the step
+    (``inf`` until estimated, or where no limit was found); ``length_state`` the
+    trajectory length's (log length, Adam's two moments, the count of its updates, and
+    the sum and count of averaged log lengths), used with ``trajectory_length="auto"``.
     """
 
     step_size: Array
@@ -68,6 +71,11 @@ class AdaptationState(NamedTuple):
     step_state: tuple
     welford_state: tuple
     step_limit: Array
+    length_state: tuple
+
+    @property
+    def trajectory_length(self) -> Array:
+        return jnp.exp(self.length_state[0])
 
 
 class Schedule(NamedTuple):
@@ -102,6 +110,77 @@ def build_schedule(num_warmup: int) -> Schedule:
     else:
         averaged[num_warmup // 2:] = True
     return Schedule(in_slow, slow_end, averaged)
+
+
+def halton(t: Array) -> Array:
+    """The van der Corput sequence in base 2 at ``t + 1`` (``t >= 0``): 1/2, 1/4, 3/4, 1/8, ...
+    Every chain uses the same value at a given transition, so their trajectories have the
+    same number of steps (vmapped chains stay in lockstep) while the length still varies."""
+    x = jnp.asarray(t, jnp.uint32) + jnp.uint32(1)
+    for shift, mask in ((1, 0x55555555), (2, 0x33333333), (4, 0x0F0F0F0F), (8, 0x00FF00FF)):
+        x = ((x >> shift) & jnp.uint32(mask)) | ((x & jnp.uint32(mask)) << shift)
+    x = (x >> 16) | (x << 16)
+    return x.astype(jnp.float32) * jnp.float32(2.0**-32)
+
+
+def jittered_length(state: AdaptationState, t: Array) -> Array:
+    """The trajectory length of transition ``t``: ``T * 2 h(t)``, uniform over (0, 2T)."""
+    return (state.trajectory_length * 2.0 * halton(t)).astype(state.step_size.dtype)
+
+
+#: Adam on log T for ChEES (Hoffman, Radul & Sountsov 2021): learning rate, beta2.
+LENGTH_LEARNING_RATE = 0.025
+LENGTH_BETA2 = 0.95
+
+
+def chees_signal(start: Array, proposal: Array, tangent: Array, acceptance: Array, length: Array,
+                 mean: Callable[[Array], Array] = lambda x: jnp.mean(x, axis=0)) -> Array:
+    """The acceptance-weighted gradient of ChEES with respect to ``log T`` over the chains.
+
+    ChEES = E[(|x' - E x'|^2 - |x - E x|^2)^2] / 4, with ``x`` a chain's position at the
+    start of a transition and ``x'`` the proposal (or their images in an embedding):
+    the change of the squared distance from the centre, a proxy for how well a
+    trajectory decorrelates the slowest direction. Its derivative along the proposal's
+    end is ``(|x'-m'|^2 - |x-m|^2) (x'-m') . dx'/dt``, times ``t`` for ``log T``.
+    ``start``, ``proposal``, ``tangent``: ``(chains, k)``; ``acceptance``: ``(chains,)``;
+    ``mean``: the mean over chains (the driver's is the same whatever the sharding).
+    """
+    usable = jnp.isfinite(acceptance) & jnp.all(jnp.isfinite(proposal), axis=1) & jnp.all(
+        jnp.isfinite(tangent), axis=1)
+    weight = jnp.where(usable, acceptance, 0.0)
+    proposal, tangent = jnp.where(usable[:, None], proposal, 0.0), jnp.where(usable[:, None], tangent, 0.0)
+    centre = mean(start)
+    total = jnp.maximum(mean(weight), jnp.finfo(start.dtype).tiny)
+    centre_new = mean(weight[:, None] * proposal) / total
+    change = jnp.sum((proposal - centre_new) ** 2, axis=1) - jnp.sum((start - centre) ** 2, axis=1)
+    per_chain = length * change * jnp.sum((proposal - centre_new) * tangent, axis=1)
+    return mean(weight * per_chain) / total
+
+
+def _length_init(length: Array) -> tuple:
+    zero = jnp.zeros((), length.dtype)
+    return (jnp.log(length), zero, zero, zero, zero, zero)
+
+
+def update_length(state: AdaptationState, signal: Array, averaged: Array, is_last: Array,
+                  step_size: Array, max_num_steps: int) -> AdaptationState:
+    """One Adam ascent step of ``log T`` on the ChEES signal; the length stays between one
+    step and ``max_num_steps`` steps; its warmup value is the mean of ``log T`` over the
+    averaged window."""
+    log_length, m, v, n, total, count = state.length_state
+    dtype = log_length.dtype
+    signal = jnp.where(jnp.isfinite(signal), signal, 0.0).astype(dtype)
+    n = n + 1.0
+    m = signal  # Adam with beta1 = 0: the length follows the current signal
+    v = LENGTH_BETA2 * v + (1.0 - LENGTH_BETA2) * signal**2
+    v_hat = v / (1.0 - LENGTH_BETA2**n)
+    move = LENGTH_LEARNING_RATE * signal / (jnp.sqrt(v_hat) + 1e-8)
+    log_length = jnp.clip(log_length + move, jnp.log(step_size), jnp.log(step_size * max_num_steps))
+    w = averaged.astype(dtype)
+    total, count = total + w * log_length, count + w
+    final = jnp.where(count > 0, total / jnp.maximum(count, 1.0), log_length)
+    log_length = jnp.where(is_last, final, log_length)
+    return state._replace(length_state=(log_length, m, v, n, total, count))
 
 
 def pooled_gain(target_accept: float, order: int) -> float:
@@ -219,9 +298,11 @@ def init(
     dtype: Any = jnp.float32,
     inverse_mass_matrix: Array | None = None,
     pooled: bool = False,
+    trajectory_length: Array | float = 1.0,
 ) -> AdaptationState:
     """Initial warmup state; ``dimension`` is the number of scalar coordinates; ``pooled``:
-    one state for all chains, with the pooled step-size controller."""
+    one state for all chains, with the pooled step-size controller; ``trajectory_length``:
+    where an adapted length starts."""
     if mass_matrix not in MASS_MATRIX_KINDS:
         raise ValueError(f"mass_matrix must be one of {MASS_MATRIX_KINDS}, got {mass_matrix!r}")
     step_size = jnp.asarray(step_size, dtype)
@@ -236,6 +317,7 @@ def init(
         _pooled_init(step_size) if pooled else _da_init(step_size),
         (mean.astype(dtype), m2.astype(dtype), n),
         jnp.asarray(jnp.inf, dtype),
+        _length_init(jnp.asarray(trajectory_length, dtype)),
     )
 
 
@@ -336,7 +418,7 @@ def update(
             lambda args: args,
             (welford_state, minv, step_size, control),
         )
-    return AdaptationState(step_size, minv, control, welford_state, state.step_limit)
+    return AdaptationState(step_size, minv, control, welford_state, state.step_limit, state.length_state)
 
 
 def limit_report(warmup_stats: dict[str, np.ndarray], target_accept: float, integrator: str | None,

@@ -22,7 +22,7 @@ STAT_NAMES = ("lp", "energy", "acceptance_rate", "diverging", "step_size", "n_st
               "delta_energy")
 STAT_PREFIX = "stat:"  # sampling outputs: statistics are told from observables by this prefix
 WARMUP_STATS = ("acceptance_rate", "step_size", "diverging", "guard_tripped", "n_steps", "step_limit",
-                "adapted_step")
+                "adapted_step", "trajectory_length")
 FORMAT = 1
 
 

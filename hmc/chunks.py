@@ -60,7 +60,7 @@ def all_chains(kernel: Kernel, program: Program, with_replay: bool) -> Callable:
     def run(keys: jax.Array, states: Any, params: Params) -> tuple:
         minv = None if program.mass_matrix == "identity" else params.inverse_mass_matrix
         axes = Params(axis, None if minv is None else axis)
-        params = Params(params.step_size, minv)
+        params = Params(params.step_size, minv, params.trajectory_length)
         new_states, info = jax.vmap(kernel.step, in_axes=(0, 0, axes))(keys, states, params)
         if program.guard == "off" or (program.guard == "trajectory" and not with_replay):
             return new_states, info, _replay.no_trip(states.position)
@@ -148,7 +148,43 @@ def limiter(program: Program, potential_fn: Callable) -> Callable:
     return limit
 
 
-def _warmup_chunk(step: Callable, adapt: Callable, limit: Callable, chunk_size: int) -> Callable:
+def at_transition(params: Params, t: jax.Array) -> Params:
+    """``params`` for transition ``t``: an adapted trajectory length ``T`` becomes
+    ``T * 2 h(t)`` (:func:`hmc.adaptation.halton`, the same for every chain)."""
+    if params.trajectory_length is None:
+        return params
+    scale = (2.0 * _adaptation.halton(t)).astype(params.trajectory_length.dtype)
+    return params._replace(trajectory_length=params.trajectory_length * scale)
+
+
+def lengthener(program: Program, potential: Potential) -> Callable:
+    """``(adapt_state, t, start_states, info, length) -> adapt_state``: with
+    ``trajectory_length="auto"``, one ChEES update of the length (see
+    :func:`hmc.adaptation.chees_signal`), in the potential's ``embedding`` if it has one."""
+    if not getattr(program.kernel, "adaptive_length", False):
+        return lambda adapt_state, t, states, info, length: adapt_state
+    schedule = _adaptation.build_schedule(program.num_warmup)
+    embed = potential.embedding or (lambda q: ravel_pytree(q)[0])
+
+    def flat(q):
+        return jnp.ravel(embed(q))
+
+    def moved(q, v):
+        return jax.jvp(flat, (q,), (v,))
+
+    def update(adapt_state, t, states, info, length):
+        start = jax.vmap(flat)(states.position)
+        proposal, tangent = jax.vmap(moved)(info.proposal, info.proposal_velocity)
+        signal = _adaptation.chees_signal(start, proposal, tangent, info.acceptance_rate, length, ordered_mean)
+        return _adaptation.update_length(adapt_state, signal, jnp.asarray(schedule.averaged)[t],
+                                         t == program.num_warmup - 1, adapt_state.step_size,
+                                         program.kernel.max_num_steps)
+
+    return update
+
+
+def _warmup_chunk(step: Callable, adapt: Callable, limit: Callable, lengthen: Callable, chunk_size: int,
+                  adaptive_length: bool) -> Callable:
     @jax.jit
     def warmup_chunk(chain_keys, states, adapt_state, start, n_valid):
         def one(carry, i):
@@ -156,9 +192,12 @@ def _warmup_chunk(step: Callable, adapt: Callable, limit: Callable, chunk_size: 
             t = start + i
             keys = keys_at(chain_keys, t)
             adapt_state = limit(adapt_state, t, keys, states)
-            params = Params(adapt_state.step_size, adapt_state.inverse_mass_matrix)
+            length = adapt_state.trajectory_length if adaptive_length else None
+            params = at_transition(Params(adapt_state.step_size, adapt_state.inverse_mass_matrix, length), t)
+            before = states
             states, info, trip = step(keys, states, params)
             adapt_state = adapt(adapt_state, t, info, states)
+            adapt_state = lengthen(adapt_state, t, before, info, params.trajectory_length)
             out = {
                 "acceptance_rate": info.acceptance_rate,
                 "step_size": info.step_size,
@@ -168,6 +207,7 @@ def _warmup_chunk(step: Callable, adapt: Callable, limit: Callable, chunk_size: 
                 # the cap in force, and the step adaptation sets for the next iteration
                 "step_limit": jnp.broadcast_to(adapt_state.step_limit, info.step_size.shape),
                 "adapted_step": jnp.broadcast_to(adapt_state.step_size, info.step_size.shape),
+                "trajectory_length": jnp.broadcast_to(adapt_state.trajectory_length, info.step_size.shape),
             }
             return (states, adapt_state, _replay.record(trips, trip, t)), out
 
@@ -184,7 +224,8 @@ def _thinned(step: Callable, chain_keys: jax.Array, params: Params, thin: int, s
 
     def transition(j, c, i, draw):
         states, trips, acc, div, tripped, _ = c
-        states, info, trip = step(keys_at(chain_keys, start + i * thin + j), states, params)
+        t = start + i * thin + j
+        states, info, trip = step(keys_at(chain_keys, t), states, at_transition(params, t))
         return (states, _replay.record(trips, trip, draw), acc + info.acceptance_rate,
                 div | info.is_divergent, tripped | info.guard_tripped, info)
 
@@ -243,7 +284,8 @@ def _build(potential: Potential, program: Program, with_replay: bool) -> Chunks:
     kernel = program.kernel.build(potential.energy, program.guard)
     step = all_chains(kernel, program, with_replay)
     warmup = _warmup_chunk(step, adapter(program), limiter(program, potential.energy),
-                           program.chunk_size)
+                           lengthener(program, potential), program.chunk_size,
+                           getattr(program.kernel, "adaptive_length", False))
     return Chunks(warmup,
                   _sample_chunk(potential, program, step))
 

@@ -52,7 +52,7 @@ class SamplerConfig(_Section):
     integrator: Literal["leapfrog", "minimum_norm", "yoshida4"] = "minimum_norm"
     step_size: PositiveFloat | None = None
     num_steps: PositiveInt | None = 10  # kernel ghmc: 1 unless given
-    trajectory_length: PositiveFloat | None = None
+    trajectory_length: PositiveFloat | Literal["auto"] | None = None  # auto: adapted in warmup (ChEES)
     jitter: float = Field(0.0, ge=0.0, lt=1.0)
     max_num_steps: PositiveInt = 1000  # the most steps of a trajectory_length trajectory
     persistence: float | None = Field(None, ge=0.0, lt=1.0)  # kernel ghmc: c in p <- c p + sqrt(1 - c^2) xi
@@ -71,6 +71,8 @@ class SamplerConfig(_Section):
             self.num_steps = 1  # a few integrator steps per transition is what GHMC is for
         if self.kernel != "ghmc" and self.persistence is not None:
             raise ValueError(f"persistence applies to kernel ghmc only (kernel is {self.kernel!r})")
+        if self.trajectory_length == "auto" and self.kernel != "hmc":
+            raise ValueError(f"trajectory_length: auto applies to kernel hmc only (kernel is {self.kernel!r})")
         return self
 
 

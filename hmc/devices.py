@@ -20,7 +20,8 @@ def ordered_mean(x: jax.Array) -> jax.Array:
     one device or are sharded over several. XLA's own reduction rounds differently
     across devices, and adaptation would amplify the difference."""
     n = x.shape[0]
-    x = jnp.pad(x, (0, (1 << max(n - 1, 0).bit_length()) - n))  # zeros add exactly
+    pad = [(0, (1 << max(n - 1, 0).bit_length()) - n)] + [(0, 0)] * (x.ndim - 1)
+    x = jnp.pad(x, pad)  # zeros add exactly
     while x.shape[0] > 1:
         half = x.shape[0] // 2
         x = x[:half] + x[half:]

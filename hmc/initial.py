@@ -24,6 +24,8 @@ from hmc.settings import Settings, working_dtype
 logger = logging.getLogger("hmc")
 
 PyTree = Any
+INITIAL_LENGTH_STEPS = 1  # trajectory_length="auto" starts at one initial step: growing, it stops at
+# the first maximum of ChEES (started long, it can settle on a later one, periods on)
 RECORD_AUTO_SIZE = 256  # record="auto": the state leaves are stored while they hold at most this many numbers
 HEURISTIC_STREAM = 2**31 - 1  # an iteration index no transition uses: the heuristic's momenta are its own
 
@@ -170,7 +172,8 @@ def start(potential: Potential, settings: Settings, init_positions: PyTree | Non
         eps0 = jnp.full(shape, settings.step_size, dtype)
 
     def make_adapt_state(eps: jax.Array) -> _adaptation.AdaptationState:
-        return _adaptation.init(eps, dimension, mass_matrix, dtype, minv0, pooled=settings.pooled)
+        return _adaptation.init(eps, dimension, mass_matrix, dtype, minv0, pooled=settings.pooled,
+                                trajectory_length=INITIAL_LENGTH_STEPS * eps)
 
     adapt_state = jax.jit(make_adapt_state if settings.pooled else jax.vmap(make_adapt_state))(eps0)
     if resume is not None:

@@ -67,6 +67,11 @@ class Potential:
         prints the z-score of the estimate against them.
     name
         A label for logs and summaries.
+    embedding
+        Optional ``e(q) -> array``: a map of the state into a Euclidean space in which
+        ``trajectory_length="auto"`` measures how far a trajectory went (default: the
+        raveled state). Compact variables need one: a U(1) link angle wraps, and
+        ``(cos theta, sin theta)`` measures its change where ``theta`` does not.
 
     Examples
     --------
@@ -81,6 +86,7 @@ class Potential:
     exact: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     name: str = "potential"
     derived: Mapping[str, Callable[[Mapping[str, Any]], float]] = dataclasses.field(default_factory=dict)
+    embedding: Callable[[PyTree], Array] | None = None
 
     def __post_init__(self) -> None:
         terms = _freeze(self.terms, "term")

@@ -97,7 +97,7 @@ def sample(
     integrator: str = "minimum_norm",
     step_size: float | None = None,
     num_steps: int | None = None,
-    trajectory_length: float | None = None,
+    trajectory_length: float | str | None = None,
     jitter: float = 0.0,
     persistence: float | None = None,
     mass_matrix: str = "diagonal",
@@ -285,7 +285,9 @@ class _Run:
 
     def sampling(self) -> None:
         c, s = self.counters, self.settings
-        params = Params(self.loop.adapt_state.step_size, self.loop.adapt_state.inverse_mass_matrix)
+        state = self.loop.adapt_state
+        length = state.trajectory_length if getattr(s.kernel, "adaptive_length", False) else None
+        params = Params(state.step_size, state.inverse_mass_matrix, length)
         while self.running and c.drawn < s.num_samples:
             start, n = s.num_warmup + c.drawn * s.thin, min(s.chunk_size, s.num_samples - c.drawn)
             args = (self.chain_keys, self.loop.states, params, start, n)

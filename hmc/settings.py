@@ -19,6 +19,7 @@ from hmc import kernels as _kernels
 from hmc.guard import POLICIES
 
 PRECISIONS = {"float32": jnp.float32, "float64": jnp.float64}
+MIN_WARMUP_AUTO_LENGTH = 100
 
 
 def _one_of(name: str, value: Any, allowed: Sequence[Any]) -> None:
@@ -68,6 +69,13 @@ class Settings:
             raise ValueError(f"target_accept must be in (0, 1), got {self.target_accept!r}")
         if not 0.0 <= self.max_trip_fraction <= 1.0:
             raise ValueError(f"max_trip_fraction must be in [0, 1], got {self.max_trip_fraction!r}")
+        if getattr(self.kernel, "adaptive_length", False):
+            if not self.pooled:
+                raise ValueError("trajectory_length='auto' adapts the length across chains: it needs "
+                                 "adaptation='pooled'")
+            if self.num_warmup < MIN_WARMUP_AUTO_LENGTH:
+                raise ValueError(f"trajectory_length='auto' needs num_warmup >= {MIN_WARMUP_AUTO_LENGTH} to adapt the "
+                                 f"length, got num_warmup={self.num_warmup}; give a float trajectory_length")
 
     @classmethod
     def from_arguments(cls, kernel: Any = "hmc", *, integrator: str, num_steps: int | None,
@@ -83,6 +91,9 @@ class Settings:
                                 trajectory_length=trajectory_length, jitter=float(jitter),
                                 divergence_threshold=float(divergence_threshold), max_num_steps=max_num_steps,
                                 **extra)
+        if trajectory_length == "auto" and not getattr(spec, "adaptive_length", False):
+            raise ValueError(f"trajectory_length='auto' needs a kernel with a trajectory (kernel='hmc'); "
+                             f"{kernel!r} has none")
         rest["allow"] = tuple(rest.get("allow", ()))
         return cls(kernel=spec, **rest)
 

@@ -78,4 +78,6 @@ def u1_gauge(L: int = 8, beta: float = 2.0) -> Potential:
             "topological_susceptibility": _exact.u1_topological_susceptibility(beta, volume),
         },
         name="u1_gauge",
+        # link angles wrap: trajectory_length="auto" measures their moves on the circle
+        embedding=lambda q: jnp.stack([jnp.cos(q["theta"]), jnp.sin(q["theta"])]),
     )

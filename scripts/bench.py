@@ -208,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scaling", action="store_true", help="only the scaling section (chains, lattice size, "
                         "float64/float32, compile time, memory)")
     parser.add_argument("--memory", action="store_true", help="only the peak-memory section")
+    parser.add_argument("--efficiency", action="store_true", help="only the effective-samples section "
+                        "(scripts/efficiency.py: grad/ESS and ESS/s against numpyro and blackjax NUTS)")
     parser.add_argument("--memory-worker", nargs=3, metavar=("SAMPLER", "TARGET", "CHAINS"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--only", default=None, help="rows whose target contains this text (printed only)")
@@ -218,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_worker:
         memory_worker(*args.memory_worker)
         return 0
+    if args.efficiency:
+        return efficiency_section(args.only, args.out)
     if args.memory:
         lines = memory_section()
         write(args.out, lines, MEMORY_BEGIN, MEMORY_END, "Peak memory (`scripts/bench.py --memory`)")
@@ -268,6 +272,30 @@ def main(argv: list[str] | None = None) -> int:
             *rows,
         ]
         write(args.out, lines, MARK_BEGIN, MARK_END, "Throughput (`scripts/bench.py`)")
+    return 0
+
+
+def efficiency_section(only: str | None, out: str) -> int:
+    """The table of :mod:`efficiency` (every case into BENCHMARKS.md; ``--only``: printed only)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import efficiency
+
+    chains, warmup, draws = 8, 500, 1000
+    print(versions())
+    rows = efficiency.table(only, chains, warmup, draws, with_grid=True)
+    if only is None:
+        lines = [
+            f"Command: `python scripts/bench.py --efficiency` ({time.strftime('%Y-%m-%d')}). {versions()}.",
+            "",
+            f"{chains} chains, {warmup} warmup + {draws} draws each, every shipped config at its own sampler "
+            "settings (our column), from the same initial states; see `scripts/efficiency.py` for the "
+            "definitions. Target (issue 13): grad/ESS <= numpyro's and s/ESS <= 0.5x numpyro's.",
+            "",
+            efficiency.HEADER,
+            "|" + "---|" * efficiency.HEADER.count(" | ") + "---|",
+            *rows,
+        ]
+        write(out, lines, EFFICIENCY_BEGIN, EFFICIENCY_END, "Effective samples (`scripts/bench.py --efficiency`)")
     return 0
 
 
@@ -342,6 +370,8 @@ GUARD_END = "<!-- bench.py --guard:end -->"
 
 SCALING_BEGIN = "<!-- bench.py --scaling:begin -->"
 SCALING_END = "<!-- bench.py --scaling:end -->"
+EFFICIENCY_BEGIN = "<!-- bench.py --efficiency:begin -->"
+EFFICIENCY_END = "<!-- bench.py --efficiency:end -->"
 
 
 MEMORY_BEGIN = "<!-- bench.py --memory:begin -->"

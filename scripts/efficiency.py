@@ -33,6 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 
 import hmc  # noqa: E402
+import hmc.sampler  # noqa: E402
 from hmc import config as _config  # noqa: E402
 from hmc import diagnostics, integrators  # noqa: E402
 
@@ -81,7 +82,7 @@ class Case:
         kwargs = _config.sample_kwargs(self.cfg)
         kwargs.update(num_chains=chains, num_warmup=warmup, num_samples=draws, record=[], devices=None)
         self.kwargs = kwargs
-        positions = hmc.initial_positions(self.potential, kwargs["seed"], chains)
+        positions = hmc.sampler.initial_positions(self.potential, kwargs["seed"], chains)
         dtype = jnp.float64 if kwargs.get("precision") == "float64" else jnp.float32
         self.positions = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), positions)
         one = jax.tree_util.tree_map(lambda x: x[0], self.positions)
@@ -100,7 +101,7 @@ class Case:
 def ours(case: Case) -> dict[str, Any]:
     (result, seconds) = timed(lambda: hmc.sample(case.potential, progress=False, init_positions=case.positions,
                                                  **case.kwargs))
-    grads = hmc.num_gradient_evaluations(result.settings, result.stats["n_steps"]) * result.settings["thin"]
+    grads = hmc.sampler.num_gradient_evaluations(result.settings, result.stats["n_steps"]) * result.settings["thin"]
     ess = smallest_ess({k: v for k, v in result.draws.items() if k in case.potential.observables})
     return dict(result=result, grads=grads, ess=ess, seconds=seconds,
                 acceptance=float(result.stats["acceptance_rate"].mean()))
@@ -168,7 +169,7 @@ def grid(case: Case, adapted: hmc.SampleResult) -> dict[str, Any]:
             minv = adapted.inverse_mass_matrix
             r = hmc.sample(case.potential, progress=False, init_positions=adapted.final_positions,
                            inverse_mass_matrix=minv, **kwargs)
-            grads = hmc.num_gradient_evaluations(r.settings, r.stats["n_steps"]) * r.settings["thin"]
+            grads = hmc.sampler.num_gradient_evaluations(r.settings, r.stats["n_steps"]) * r.settings["thin"]
             ess = smallest_ess({k: v for k, v in r.draws.items() if k in case.potential.observables})
             point = dict(grads=grads, ess=ess, step=step_factor, length=length_factor)
             if best is None or grads / ess < best["grads"] / best["ess"]:

@@ -167,3 +167,62 @@ def test_sampler_caps_the_step_at_the_oscillators_stability_limit():
     exact_cap = adaptation.STABILITY_FRACTION * integrators.stability_limit("minimum_norm") / omega
     assert abs(float(r.step_size) / exact_cap - 1.0) < 0.03, (float(r.step_size), exact_cap)
     assert r.stats["acceptance_rate"].mean() > 0.9
+
+
+def test_halton_is_van_der_corput_base_two():
+    values = np.asarray(adaptation.halton(jnp.arange(7)))
+    np.testing.assert_allclose(values, [0.5, 0.25, 0.75, 0.125, 0.625, 0.375, 0.875])
+    many = np.asarray(adaptation.halton(jnp.arange(4095)))
+    assert abs(many.mean() - 0.5) < 1e-3 and 0.0 < many.min() and many.max() < 1.0
+
+
+def test_chees_signal_points_up_for_short_trajectories_and_down_for_long_ones():
+    # exact dynamics of a unit Gaussian, x' = x cos t + p sin t: ChEES grows with t up to
+    # about a quarter period and falls beyond it (the squared norm comes back)
+    rng = np.random.default_rng(0)
+    x, p = rng.normal(size=(4000, 5)), rng.normal(size=(4000, 5))
+
+    def signal(t):
+        proposal, velocity = x * np.cos(t) + p * np.sin(t), -x * np.sin(t) + p * np.cos(t)
+        return float(adaptation.chees_signal(jnp.asarray(x), jnp.asarray(proposal), jnp.asarray(velocity),
+                                             jnp.ones(4000), jnp.asarray(t)))
+
+    assert signal(0.3) > 0 and signal(1.0) > 0
+    assert signal(2.2) < 0 and signal(2.8) < 0
+
+
+def test_auto_trajectory_length_scales_with_the_target_and_keeps_chains_in_lockstep():
+    import hmc
+
+    lengths = []
+    for scale in (1.0, 10.0):
+        pot = hmc.Potential(terms={"q": lambda q, s=scale: 0.5 * jnp.sum((q["x"] / s) ** 2)},
+                            init=lambda k, s=scale: {"x": s * jax.random.normal(k, (20,))},
+                            observables={"x2": lambda q: q["x"] ** 2})
+        r = hmc.sample(pot, num_chains=8, num_warmup=300, num_samples=50, trajectory_length="auto",
+                       mass_matrix="identity", progress=False)
+        # every chain takes the same number of steps in every transition (Halton jitter)
+        assert (r.stats["n_steps"] == r.stats["n_steps"][:1]).all()
+        assert (r.warmup_stats["n_steps"] == r.warmup_stats["n_steps"][:1]).all()
+        assert len(set(r.stats["n_steps"][0].tolist())) > 2  # and the length does vary
+        lengths.append(float(r.warmup_stats["trajectory_length"][0, -1]))
+    assert 5.0 < lengths[1] / lengths[0] < 20.0, lengths  # the length is in the target's units
+
+
+def test_auto_trajectory_length_refuses_what_it_cannot_adapt():
+    import pytest
+
+    import hmc
+    import physics_models
+
+    pot = physics_models.gaussian(dim=3)
+    cases = [
+        (dict(kernel="ghmc"), "kernel 'hmc'"),
+        (dict(adaptation="per_chain"), "adaptation='pooled'"),
+        (dict(num_warmup=50), "num_warmup >= 100"),
+        (dict(jitter=0.2), "jitter applies to a fixed trajectory_length"),
+    ]
+    for extra, message in cases:
+        with pytest.raises(ValueError, match=message):
+            hmc.sample(pot, num_chains=2, num_samples=5, trajectory_length="auto", progress=False,
+                       **{"num_warmup": 150, **extra})

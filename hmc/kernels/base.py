@@ -41,10 +41,13 @@ GUARD_MODES = ("step", "trajectory", "off")
 
 
 class Params(NamedTuple):
-    """What warmup adapts: the step size and the inverse mass matrix (``None``: identity)."""
+    """What warmup adapts: the step size, the inverse mass matrix (``None``: identity) and,
+    with ``trajectory_length="auto"``, this transition's trajectory length (the same for
+    every chain; ``None``: the kernel's own setting)."""
 
     step_size: Array
     inverse_mass_matrix: Array | None
+    trajectory_length: Array | None = None
 
 
 class Info(NamedTuple):
@@ -88,6 +91,8 @@ class Info(NamedTuple):
     guard_tripped: Array
     guard_step: Array
     guard_position: PyTree
+    proposal: PyTree = None
+    proposal_velocity: PyTree = None
 
 
 class Kernel(NamedTuple):
@@ -105,7 +110,9 @@ class Trajectory:
     Exactly one of ``num_steps`` (integrator steps per transition) and
     ``trajectory_length`` (``ceil(tau / step_size)`` steps); ``jitter`` in
     ``[0, 1)`` scales the step size (fixed ``num_steps``) or the length by
-    ``1 + jitter * u`` with ``u ~ U(-1, 1)`` drawn per transition. ``max_num_steps``
+    ``1 + jitter * u`` with ``u ~ U(-1, 1)`` drawn per transition.
+    ``trajectory_length="auto"``: the driver adapts the length in warmup (ChEES, see
+    :mod:`hmc.adaptation`) and passes each transition's length in :class:`Params`. ``max_num_steps``
     caps the steps of a ``trajectory_length`` trajectory (it is then shorter than asked
     for): from a poor start the first step size can be tiny, and an uncapped trajectory
     takes so many steps that the run looks hung.
@@ -113,7 +120,7 @@ class Trajectory:
 
     integrator: str = "minimum_norm"
     num_steps: int | None = 10
-    trajectory_length: float | None = None
+    trajectory_length: float | str | None = None
     jitter: float = 0.0
     divergence_threshold: float = 1000.0
     max_num_steps: int = 1000
@@ -124,12 +131,22 @@ class Trajectory:
             raise ValueError("give exactly one of num_steps and trajectory_length")
         if self.num_steps is not None and int(self.num_steps) < 1:
             raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
-        if self.trajectory_length is not None and not self.trajectory_length > 0:
-            raise ValueError(f"trajectory_length must be > 0, got {self.trajectory_length}")
+        if self.adaptive_length:
+            if self.jitter:
+                raise ValueError("jitter applies to a fixed trajectory_length; trajectory_length='auto' jitters "
+                                 "the length itself (a Halton sequence over (0, 2T), the same for every chain)")
+        elif self.trajectory_length is not None and (isinstance(self.trajectory_length, str)
+                                                     or not self.trajectory_length > 0):
+            raise ValueError(f"trajectory_length must be > 0 or 'auto', got {self.trajectory_length!r}")
         if int(self.max_num_steps) != self.max_num_steps or self.max_num_steps < 1:
             raise ValueError(f"max_num_steps must be an integer >= 1, got {self.max_num_steps!r}")
         if not 0.0 <= self.jitter < 1.0:
             raise ValueError(f"jitter must be in [0, 1), got {self.jitter}")
+
+    @property
+    def adaptive_length(self) -> bool:
+        """``trajectory_length="auto"``: the length is adapted in warmup."""
+        return self.trajectory_length == "auto"
 
     @property
     def gradients_per_step(self) -> int:

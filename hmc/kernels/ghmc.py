@@ -90,6 +90,9 @@ class GHMC(Trajectory):
         super().__post_init__()
         if not 0.0 <= self.persistence < 1.0:
             raise ValueError(f"persistence must be in [0, 1), got {self.persistence!r}")
+        if self.adaptive_length:
+            raise ValueError("trajectory_length='auto' applies to kernel 'hmc' (ghmc's trajectories are a few "
+                             "steps by design)")
 
     def build(self, potential_fn: Callable[[PyTree], Array], guard: str = "trajectory") -> Kernel:
         check_guard(guard)
