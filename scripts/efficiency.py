@@ -202,7 +202,7 @@ def table(only: str | None, chains: int, warmup: int, draws: int, with_grid: boo
     rows = []
     print(HEADER, flush=True)
     for name, (config_file, params) in cases().items():
-        if only and only not in name:
+        if only and not any(part in name for part in only.split(",")):
             continue
         case = Case(config_file, params, chains, warmup, draws)
         text, _ = row(name, case, with_grid)
@@ -213,7 +213,7 @@ def table(only: str | None, chains: int, warmup: int, draws: int, with_grid: boo
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default=None, help="cases whose name contains this text")
+    parser.add_argument("--only", default=None, help="cases whose name contains this text (comma: any of several)")
     parser.add_argument("--chains", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--draws", type=int, default=1000)

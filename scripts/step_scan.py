@@ -8,6 +8,7 @@ it tunnels between the two vacua, and its ESS measures tunnelling, not the step)
 
     python scripts/step_scan.py oscillator 0.8 1.25 1.5
     python scripts/step_scan.py phi4 0.8 1.2 1.5
+    python scripts/step_scan.py lengths      # trajectory_length: auto against the configs' lengths
 """
 
 from __future__ import annotations
@@ -36,7 +37,32 @@ def gradients_per_ess(result: hmc.SampleResult) -> float:
     return grads / ess
 
 
+#: name -> (model, the shipped config's trajectory settings)
+LENGTHS = {
+    "oscillator": (MODELS["oscillator"], dict(trajectory_length=1.5, jitter=0.2)),
+    "phi4": (MODELS["phi4"], dict(trajectory_length=1.5, jitter=0.2)),
+    "gaussian": (lambda: physics_models.gaussian(dim=10, condition_number=10.0, correlation=0.5),
+                 dict(num_steps=10, mass_matrix="dense")),
+}
+
+
+def lengths() -> None:
+    """Gradients per effective sample with the hand-set length and with ``auto``."""
+    for name, (model, settings) in LENGTHS.items():
+        potential = model()
+        extra = {k: v for k, v in settings.items() if k == "mass_matrix"}
+        for label, kwargs in (("hand-set", settings), ("auto", dict(extra, trajectory_length="auto"))):
+            common = {k: v for k, v in COMMON.items() if k not in ("trajectory_length", "jitter")}
+            r = hmc.sample(potential, num_warmup=500, num_samples=1000, **common, **kwargs)
+            length = float(r.warmup_stats["trajectory_length"][0, -1]) if label == "auto" else None
+            print(f"{name} {label}: eps={float(np.max(r.step_size)):.4f} "
+                  f"acceptance={r.stats['acceptance_rate'].mean():.3f} gradients/ESS={gradients_per_ess(r):.1f}"
+                  + (f" T={length:.3f}" if length else ""), flush=True)
+
+
 def main(argv: list[str]) -> None:
+    if argv[0] == "lengths":
+        return lengths()
     potential = MODELS[argv[0]]()
     adapted = hmc.sample(potential, num_warmup=500, num_samples=1000, **COMMON)
     eps = float(adapted.step_size)
