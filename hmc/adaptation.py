@@ -143,7 +143,7 @@ def chees_signal(start: Array, proposal: Array, tangent: Array, acceptance: Arra
     trajectory decorrelates the slowest direction. Its derivative along the proposal's
     end is ``(|x'-m'|^2 - |x-m|^2) (x'-m') . dx'/dt``, times ``t`` for ``log T``.
     ``start``, ``proposal``, ``tangent``: ``(chains, k)``; ``acceptance``: ``(chains,)``;
-    ``mean``: the mean over chains (the driver's is the same whatever the sharding).
+    ``mean``: the mean over chains (the driver passes its fixed-order one).
     """
     usable = jnp.isfinite(acceptance) & jnp.all(jnp.isfinite(proposal), axis=1) & jnp.all(
         jnp.isfinite(tangent), axis=1)

@@ -155,9 +155,12 @@ def blackjax_nuts(case: Case) -> dict[str, Any]:
 
 def grid(case: Case, adapted: hmc.SampleResult) -> dict[str, Any]:
     """The best point of a 3 x 3 grid of fixed steps (0.7, 1, 1.3 x the adapted one) and
-    lengths (0.5, 1, 2 x the config's), from the adapted run's final states and metric."""
+    lengths (0.5, 1, 2 x the config's, or x the adapted one with jitter 0.2 for ``auto``),
+    from the adapted run's final states and metric."""
     best = None
     base = dict(case.kwargs, num_warmup=0)
+    if base.get("trajectory_length") == "auto":  # the grid is around the adapted length, jittered +-20 %
+        base.update(trajectory_length=float(adapted.warmup_stats["trajectory_length"][0, -1]), jitter=0.2)
     length_key = "trajectory_length" if base.get("trajectory_length") is not None else "num_steps"
     for length_factor in (0.5, 1.0, 2.0):
         for step_factor in (0.7, 1.0, 1.3):
