@@ -15,6 +15,8 @@ against the sampler).
     python scripts/bench.py --guard         # only the guard's costs (in-loop, preflight, probe)
     python scripts/bench.py --scaling       # throughput vs chains and lattice size, compile time
     python scripts/bench.py --memory        # peak memory of one run: this package, blackjax, numpyro
+    python scripts/bench.py --defaults      # phi4 64x64 x 64 chains at the defaults a user gets
+    python scripts/bench.py --efficiency    # effective samples per gradient and per second (efficiency.py)
 """
 
 from __future__ import annotations
@@ -208,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scaling", action="store_true", help="only the scaling section (chains, lattice size, "
                         "float64/float32, compile time, memory)")
     parser.add_argument("--memory", action="store_true", help="only the peak-memory section")
+    parser.add_argument("--defaults", action="store_true", help="only the throughput-at-the-defaults section")
     parser.add_argument("--efficiency", action="store_true", help="only the effective-samples section "
                         "(scripts/efficiency.py: grad/ESS and ESS/s against numpyro and blackjax NUTS)")
     parser.add_argument("--memory-worker", nargs=3, metavar=("SAMPLER", "TARGET", "CHAINS"),
@@ -222,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.efficiency:
         return efficiency_section(args.only, args.out)
+    if args.defaults:
+        write(args.out, defaults_section(), DEFAULTS_BEGIN, DEFAULTS_END,
+              "Throughput at the defaults (`scripts/bench.py --defaults`)")
+        return 0
     if args.memory:
         lines = memory_section()
         write(args.out, lines, MEMORY_BEGIN, MEMORY_END, "Peak memory (`scripts/bench.py --memory`)")
@@ -273,6 +280,48 @@ def main(argv: list[str] | None = None) -> int:
         ]
         write(args.out, lines, MARK_BEGIN, MARK_END, "Throughput (`scripts/bench.py`)")
     return 0
+
+
+def defaults_section(repeats: int = 7) -> list[str]:
+    """Marginal time per gradient of ``hmc.sample`` on phi4 64x64 x 64 chains (the model's own
+    terms, leapfrog, fixed step, L = 10, chunks of 100) at the defaults a user gets (diagonal
+    metric, ``record="auto"``) and variants, against the limit (the vmapped gradient in a scan)."""
+    side, chains, n = 64, 64, 100
+    pot = physics_models.phi4(shape=(side, side), m2=-1.0, lam=0.5)
+    init = {"phi": initial((side, side), chains)}
+    variants = {
+        "defaults (diagonal metric, record auto)": dict(),
+        "record every leaf (the old default)": dict(record=None),
+        "identity metric, record []": dict(mass_matrix="identity", record=[]),
+    }
+
+    def runner(extra: dict, draws: int) -> Callable[[], object]:
+        def run():
+            r = hmc.sample(pot, seed=0, num_chains=chains, num_warmup=0, num_samples=draws, step_size=0.05,
+                           num_steps=L, integrator="leapfrog", chunk_size=100, init_positions=init,
+                           progress=False, **extra)
+            return r.stats["lp"]
+
+        run()
+        return run
+
+    limit = limit_runner(lambda x: pot.energy({"phi": x}), (side, side), chains, n * L)
+    rows = [f"Command: `python scripts/bench.py --defaults` ({time.strftime('%Y-%m-%d')}). {versions()}.", "",
+            f"phi4 {side}x{side} ({len(pot.terms)} terms), {chains} chains, leapfrog, step 0.05, L = {L}, chunks of "
+            f"100, guard on: the marginal time per gradient of `hmc.sample` (a {3 * n}-draw call minus a {n}-draw "
+            "call) over the limit's (the vmapped gradient alone in a `lax.scan`); medians over "
+            f"{repeats} interleaved repeats. Target (issue 13): <= 1.3x with the defaults.", "",
+            "| variant | ratio to the limit |", "|---|---|"]
+    for name, extra in variants.items():
+        short, long = runner(extra, n), runner(extra, 3 * n)
+        ratios = []
+        for _ in range(repeats):
+            t_limit = best_of(limit, 1) / (n * L)
+            marginal = (best_of(long, 1) - best_of(short, 1)) / (2 * n * L)
+            ratios.append(marginal / t_limit)
+        rows.append(f"| {name} | {np.median(ratios):.2f}x |")
+        print(rows[-1], flush=True)
+    return rows
 
 
 def efficiency_section(only: str | None, out: str) -> int:
@@ -370,6 +419,8 @@ GUARD_END = "<!-- bench.py --guard:end -->"
 
 SCALING_BEGIN = "<!-- bench.py --scaling:begin -->"
 SCALING_END = "<!-- bench.py --scaling:end -->"
+DEFAULTS_BEGIN = "<!-- bench.py --defaults:begin -->"
+DEFAULTS_END = "<!-- bench.py --defaults:end -->"
 EFFICIENCY_BEGIN = "<!-- bench.py --efficiency:begin -->"
 EFFICIENCY_END = "<!-- bench.py --efficiency:end -->"
 
