@@ -134,7 +134,8 @@ LENGTH_BETA2 = 0.95
 
 
 def chees_signal(start: Array, proposal: Array, tangent: Array, acceptance: Array, length: Array,
-                 mean: Callable[[Array], Array] = lambda x: jnp.mean(x, axis=0)) -> Array:
+                 mean: Callable[[Array], Array] = lambda x: jnp.mean(x, axis=0),
+                 row_sum: Callable[[Array], Array] = lambda x: jnp.sum(x, axis=1)) -> Array:
     """The acceptance-weighted gradient of ChEES with respect to ``log T`` over the chains.
 
     ChEES = E[(|x' - E x'|^2 - |x - E x|^2)^2] / 4, with ``x`` a chain's position at the
@@ -143,7 +144,8 @@ def chees_signal(start: Array, proposal: Array, tangent: Array, acceptance: Arra
     trajectory decorrelates the slowest direction. Its derivative along the proposal's
     end is ``(|x'-m'|^2 - |x-m|^2) (x'-m') . dx'/dt``, times ``t`` for ``log T``.
     ``start``, ``proposal``, ``tangent``: ``(chains, k)``; ``acceptance``: ``(chains,)``;
-    ``mean``: the mean over chains (the driver passes its fixed-order one).
+    ``mean``: the mean over chains, ``row_sum``: the sum over ``k`` per chain (the driver
+    passes fixed-order ones, the same rounding on any device layout).
     """
     usable = jnp.isfinite(acceptance) & jnp.all(jnp.isfinite(proposal), axis=1) & jnp.all(
         jnp.isfinite(tangent), axis=1)
@@ -152,8 +154,8 @@ def chees_signal(start: Array, proposal: Array, tangent: Array, acceptance: Arra
     centre = mean(start)
     total = jnp.maximum(mean(weight), jnp.finfo(start.dtype).tiny)
     centre_new = mean(weight[:, None] * proposal) / total
-    change = jnp.sum((proposal - centre_new) ** 2, axis=1) - jnp.sum((start - centre) ** 2, axis=1)
-    per_chain = length * change * jnp.sum((proposal - centre_new) * tangent, axis=1)
+    change = row_sum((proposal - centre_new) ** 2) - row_sum((start - centre) ** 2)
+    per_chain = length * change * row_sum((proposal - centre_new) * tangent)
     return mean(weight * per_chain) / total
 
 

@@ -22,7 +22,7 @@ from hmc import adaptation as _adaptation
 from hmc import integrators as _integrators
 from hmc import rng as _rng
 from hmc.checkpoint import STAT_PREFIX
-from hmc.devices import ordered_mean
+from hmc.devices import ordered_mean, ordered_sum
 from hmc.guard import replay as _replay
 from hmc.kernels.base import Kernel, Params
 from hmc.potential import Potential, cached_program
@@ -175,7 +175,8 @@ def lengthener(program: Program, potential: Potential) -> Callable:
     def update(adapt_state, t, states, info, length):
         start = jax.vmap(flat)(states.position)
         proposal, tangent = jax.vmap(moved)(info.proposal, info.proposal_velocity)
-        signal = _adaptation.chees_signal(start, proposal, tangent, info.acceptance_rate, length, ordered_mean)
+        signal = _adaptation.chees_signal(start, proposal, tangent, info.acceptance_rate, length, ordered_mean,
+                                             lambda x: ordered_sum(x, 1))
         return _adaptation.update_length(adapt_state, signal, jnp.asarray(schedule.averaged)[t],
                                          t == program.num_warmup - 1, adapt_state.step_size,
                                          program.kernel.max_num_steps)

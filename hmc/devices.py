@@ -14,18 +14,30 @@ import numpy as np
 logger = logging.getLogger("hmc")
 
 
-def ordered_mean(x: jax.Array) -> jax.Array:
-    """Mean over the chain axis with a fixed pairwise order of additions (halves added
-    elementwise, log2(n) vectorised steps): the same rounding whether the chains live on
-    one device or are sharded over several. XLA's own reduction rounds differently
-    across devices, and adaptation would amplify the difference."""
+def ordered_sum(x: jax.Array, axis: int = 0) -> jax.Array:
+    """Sum over ``axis`` with a fixed pairwise order of additions (halves added
+    elementwise, log2(n) vectorised steps): the same rounding whatever the other axes'
+    sizes, so whether the chains live on one device or are sharded over several. XLA's
+    own reductions round differently at another batch size, and adaptation would amplify
+    the difference."""
+    x = jnp.moveaxis(x, axis, 0)
+    # A product feeding this sum would be contracted into fused multiply-adds where the
+    # addition runs in the same loop (one device), not where it crosses devices. Times
+    # a 1 the compiler cannot see, a contraction is ``fma(x, 1, y)``: exactly ``x + y``.
+    one = jnp.where(jnp.isnan(jnp.ravel(x)[:1]), 2.0, 1.0).astype(x.dtype)[0] if x.size else 1.0
+    x = x * one
     n = x.shape[0]
     pad = [(0, (1 << max(n - 1, 0).bit_length()) - n)] + [(0, 0)] * (x.ndim - 1)
     x = jnp.pad(x, pad)  # zeros add exactly
     while x.shape[0] > 1:
         half = x.shape[0] // 2
         x = x[:half] + x[half:]
-    return x[0] / n
+    return x[0]
+
+
+def ordered_mean(x: jax.Array) -> jax.Array:
+    """Mean over the chain axis, summed in the fixed order of :func:`ordered_sum`."""
+    return ordered_sum(x, 0) / x.shape[0]
 
 
 def host(tree: Any) -> Any:

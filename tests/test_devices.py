@@ -32,6 +32,18 @@ SCRIPT = textwrap.dedent('''
         out[name] = max(float(np.max(np.abs(one.draws[k] - four.draws[k]))) for k in one.draws)
         out[name + "_stats"] = all(np.array_equal(one.stats[k], four.stats[k]) for k in one.stats)
         out[name + "_devices"] = four.settings["devices"]
+    # trajectory_length: auto, on a flat state and through an embedding (U(1) angles)
+    auto_cases = {
+        "auto_length": (pot, {}),
+        "auto_length_embedding": (pm.get("u1_gauge")(L=4, beta=1.0), dict(integrator="leapfrog")),
+    }
+    for name, (model, extra) in auto_cases.items():
+        kw = dict(base, num_warmup=120, trajectory_length="auto", **extra)
+        one, four = hmc.sample(model, **kw), hmc.sample(model, **kw, devices=4)
+        out[name] = max(float(np.max(np.abs(one.draws[k] - four.draws[k]))) for k in one.draws)
+        out[name + "_stats"] = all(np.array_equal(one.stats[k], four.stats[k]) for k in one.stats) and all(
+            np.array_equal(one.warmup_stats[k], four.warmup_stats[k]) for k in one.warmup_stats)
+        out[name + "_devices"] = four.settings["devices"]
     # a model whose gradient breaks mid-run: trips located and replayed on sharded chains
     broken = pm.broken.log_zero()
     kw = dict(seed=2, num_chains=8, num_warmup=0, step_size=0.3, num_samples=200, chunk_size=50, progress=False)
@@ -60,7 +72,24 @@ SMALL = textwrap.dedent('''
     one, two = hmc.sample(pot, **kw), hmc.sample(pot, **kw, devices=2)
     same = all(np.array_equal(one.draws[k], two.draws[k]) for k in one.draws)
     same &= all(np.array_equal(one.stats[k], two.stats[k]) for k in one.stats)
-    print("RESULT", json.dumps({"devices": len(jax.devices()), "same": bool(same), "used": two.settings["devices"]}))
+
+    # the ChEES signal of trajectory_length: auto, on chains on one device and sharded over
+    # two: its chain means of products must not round differently (fused multiply-adds)
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    from hmc import adaptation
+    from hmc.devices import ordered_mean, ordered_sum
+
+    signal = jax.jit(lambda *a: adaptation.chees_signal(*a, np.float32(0.4), ordered_mean,
+                                                          lambda x: ordered_sum(x, 1)))
+    sharded = NamedSharding(Mesh(np.array(jax.devices()), ("chains",)), PartitionSpec("chains"))
+    rng = np.random.default_rng(0)
+    differ = 0
+    for _ in range(20):
+        args = [rng.normal(size=(8, 36)).astype(np.float32) for _ in range(3)]
+        args.append(rng.uniform(size=8).astype(np.float32))
+        differ += int(signal(*args) != signal(*(jax.device_put(x, sharded) for x in args)))
+    print("RESULT", json.dumps({"devices": len(jax.devices()), "same": bool(same), "used": two.settings["devices"],
+                                "signal_differs": differ}))
 ''')
 
 
@@ -74,7 +103,7 @@ def test_two_devices_give_the_draws_of_one():
     done = subprocess.run([sys.executable, "-c", SMALL], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(next(l for l in done.stdout.splitlines() if l.startswith("RESULT "))[len("RESULT "):])
-    assert out == {"devices": 2, "same": True, "used": 2}
+    assert out == {"devices": 2, "same": True, "used": 2, "signal_differs": 0}
 
 
 def _run_four_devices(_folder):
@@ -98,7 +127,8 @@ def test_four_cpu_devices_exist(four_devices):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["pooled_diagonal", "per_chain_dense", "step_guard_jitter", "ghmc"])
+@pytest.mark.parametrize("case", ["pooled_diagonal", "per_chain_dense", "step_guard_jitter", "ghmc",
+                                  "auto_length", "auto_length_embedding"])
 def test_sharded_draws_are_bit_identical(four_devices, case):
     # the pooled mean over chains is summed in chain order, so even adaptation agrees to the bit
     assert four_devices[case] == 0.0
