@@ -113,10 +113,11 @@ def adapter(program: Program) -> Callable:
     return adapt
 
 
-def limiter(program: Program, potential_fn: Callable) -> Callable:
+def limiter(program: Program, potential: Potential) -> Callable:
     """``(adapt_state, t, keys, states) -> adapt_state``: before warmup iteration ``t``, at the
     start and after every change of the mass matrix, the step cap from the largest frequency
-    of the chains' states (the largest over chains when pooled)."""
+    of the chains' states (the largest over chains when pooled). With nested timescales,
+    each level's frequency caps that level's own step, ``eps / (steps_0 * ... * steps_l)``."""
     integrator = getattr(program.kernel, "integrator", None)
     if not program.adapt_step_size or integrator is None:
         return lambda adapt_state, t, keys, states: adapt_state
@@ -127,17 +128,40 @@ def limiter(program: Program, potential_fn: Callable) -> Callable:
     again = jnp.asarray(changed | (np.arange(schedule.num_warmup) % LIMIT_EVERY == 0))
     changed = jnp.asarray(changed)
     factor = _adaptation.jitter_factor(program.kernel.num_steps, program.kernel.jitter)
-    grad_fn = jax.grad(potential_fn)
+    nested = bool(getattr(program.kernel, "timescales", None))
+
+    def level_grads(fields):
+        """``[(grad of the level's potential, sub-steps of the level per step)]``; with
+        auxiliary fields, at the chain's own fields (those of its last transition)."""
+        extend = None if fields is None else (lambda q: {**q, **fields})
+        if not nested:
+            energy = potential.energy if extend is None else (lambda q: potential.energy(extend(q)))
+            return [(jax.grad(energy), 1.0)]
+        split = program.kernel.split(potential, extend)
+        return [(jax.grad(fn), float(np.prod(split.steps[:i + 1]))) for i, fn in enumerate(split.energies)]
+
+    n_levels = len(level_grads(None))
 
     def estimate(adapt_state, t, keys, states):
         minv = None if program.mass_matrix == "identity" else adapt_state.inverse_mass_matrix
-        in_axes = (0, None if program.pooled or minv is None else 0, 0)
+        in_axes = (0, None if program.pooled or minv is None else 0, 0, 0)
         keys = jax.vmap(_rng.fold_in, in_axes=(0, None))(keys, LIMIT_STREAM)
-        frequency = functools.partial(_adaptation.max_frequency, grad_fn)
-        omega = jax.vmap(frequency, in_axes=in_axes)(states.position, minv, keys)
-        if program.pooled:
-            omega = jnp.max(omega)
-        limit = _adaptation.step_limit(omega, integrator, factor)
+        fields = getattr(states, "auxiliary", None)
+        limit = None
+        for level in range(n_levels):
+            level_keys = keys if level == 0 else jax.vmap(_rng.fold_in, in_axes=(0, None))(keys, level)
+
+            def frequency(q, m, key, f, level=level):
+                grad_fn, _ = level_grads(f)[level]
+                return _adaptation.max_frequency(grad_fn, q, m, key)
+
+            omega = jax.vmap(frequency, in_axes=in_axes)(states.position, minv, level_keys, fields)
+            if program.pooled:
+                omega = jnp.max(omega)
+            level_limit = _adaptation.step_limit(omega, integrator, factor)
+            substeps = level_grads(None)[level][1]
+            level_limit = level_limit if substeps == 1.0 else level_limit * substeps
+            limit = level_limit if limit is None else jnp.minimum(limit, level_limit)
         limit = jnp.where(changed[t], limit, jnp.minimum(limit, adapt_state.step_limit))
         update = functools.partial(_adaptation.with_limit, pooled=program.pooled)
         return update(adapt_state, limit) if program.pooled else jax.vmap(update)(adapt_state, limit)
@@ -282,9 +306,9 @@ def _sample_chunk(potential: Potential, program: Program, step: Callable) -> Cal
 
 
 def _build(potential: Potential, program: Program, with_replay: bool) -> Chunks:
-    kernel = program.kernel.build(potential.energy, program.guard)
+    kernel = program.kernel.build(potential, program.guard)
     step = all_chains(kernel, program, with_replay)
-    warmup = _warmup_chunk(step, adapter(program), limiter(program, potential.energy),
+    warmup = _warmup_chunk(step, adapter(program), limiter(program, potential),
                            lengthener(program, potential), program.chunk_size,
                            getattr(program.kernel, "adaptive_length", False))
     return Chunks(warmup,

@@ -47,6 +47,11 @@ class ModelConfig(_Section):
         return self
 
 
+class TimescaleLevel(_Section):
+    terms: list[str] = Field(min_length=1)  # the terms whose force acts on this level
+    steps: PositiveInt = 1  # steps of this level per drift of the level outside it
+
+
 class SamplerConfig(_Section):
     kernel: Literal["hmc", "ghmc"] = "hmc"
     integrator: Literal["leapfrog", "minimum_norm", "yoshida4"] = "minimum_norm"
@@ -64,6 +69,7 @@ class SamplerConfig(_Section):
     num_samples: PositiveInt = 1000
     thin: PositiveInt = 1
     record: list[str] | Literal["auto"] | None = "auto"  # null: every state leaf
+    timescales: list[TimescaleLevel] | None = None  # nested integration by term, outermost level first
 
     @model_validator(mode="after")
     def _kernel_settings(self) -> SamplerConfig:
@@ -312,6 +318,7 @@ def sample_kwargs(config: RunConfig) -> dict[str, Any]:
         trajectory_length=s.trajectory_length,
         jitter=s.jitter,
         max_num_steps=s.max_num_steps,
+        timescales=None if s.timescales is None else [level.model_dump() for level in s.timescales],
         mass_matrix=s.mass_matrix,
         adaptation=s.adaptation,
         target_accept=s.target_accept,

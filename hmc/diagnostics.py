@@ -280,7 +280,8 @@ def _physics_checks(observables: Mapping[str, ObservableSummary], stats: Mapping
     if "n_steps" in stats and ess_values and integrator:
         from hmc.integrators import gradient_evaluations_per_step
 
-        grads = float(np.sum(stats["n_steps"])) * gradient_evaluations_per_step(integrator) * info.get("thin", 1)
+        grads = float(np.sum(stats["n_steps"])) * gradient_evaluations_per_step(integrator, info.get("timescales")) * info.get(
+            "thin", 1)
         out["gradients"] = grads
         out["gradients_per_ess"] = grads / max(float(min(ess_values)), 1e-300)
     return out

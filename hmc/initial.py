@@ -145,7 +145,7 @@ def initial_mass(settings: Settings, inverse_mass_matrix: Any, dimension: int, d
 def init_states(potential: Potential, kernel: Any) -> Any:
     """The compiled ``positions -> chain states`` of ``kernel``."""
     return cached_program(potential, ("init_states", kernel),
-                          lambda: jax.jit(jax.vmap(kernel.build(potential.energy, "off").init)))
+                          lambda: jax.jit(jax.vmap(kernel.build(potential, "off").init)))
 
 
 def start(potential: Potential, settings: Settings, init_positions: PyTree | None, record: Sequence[str] | str | None,
@@ -188,19 +188,21 @@ def initial_step_size(potential: Potential, settings: Settings, states: Any, key
     if minv0 is None and mass_matrix == "dense":
         minv0 = jnp.eye(dimension, dtype=dtype)
     integrator = getattr(settings.kernel, "integrator", "leapfrog")
-    find = cached_program(potential, ("step_size_heuristic", integrator, settings.pooled),
-                          lambda: _step_size_finder(potential, integrator, settings.pooled))
+    timescales = getattr(settings.kernel, "timescales", None)
+    split = settings.kernel.split(potential) if timescales else None
+    find = cached_program(potential, ("step_size_heuristic", integrator, settings.pooled, timescales),
+                          lambda: _step_size_finder(potential, integrator, settings.pooled, split))
     return find(states, keys, minv0, jnp.asarray(0.1, dtype))
 
 
-def _step_size_finder(potential: Potential, integrator: str, pooled: bool) -> Any:
+def _step_size_finder(potential: Potential, integrator: str, pooled: bool, split: Any = None) -> Any:
     grad_fn = jax.grad(potential.energy)
 
     def one_chain_acceptance(key, state, eps, minv):
         metric = _integrators.euclidean_metric(minv, state.position)
         momentum = metric.sample_momentum(jax.random.fold_in(key, HEURISTIC_STREAM), state.position)
         begin = _integrators.IntegratorState(state.position, momentum, state.potential_energy_grad)
-        end, _ = _integrators.integrate(integrator, grad_fn, metric.velocity, begin, eps, 1, guard=False)
+        end, _ = _integrators.integrate(integrator, grad_fn, metric.velocity, begin, eps, 1, guard=False, split=split)
         h0 = state.potential_energy + metric.kinetic_energy(momentum)
         h1 = potential.energy(end.position) + metric.kinetic_energy(end.momentum)
         return jnp.minimum(1.0, jnp.exp(h0 - h1))

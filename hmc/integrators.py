@@ -57,8 +57,12 @@ COEFFICIENTS: dict[str, tuple[float, ...]] = {
 ORDER = {"leapfrog": 2, "minimum_norm": 2, "yoshida4": 4}
 
 
-def gradient_evaluations_per_step(integrator: str) -> int:
-    """Number of fresh gradients one step of ``integrator`` needs."""
+def gradient_evaluations_per_step(integrator: str, timescales: Any = None) -> int:
+    """Number of fresh gradients one step of ``integrator`` needs; with ``timescales``
+    (``[{"terms": [...], "steps": n}, ...]``), the outermost level's force evaluations."""
+    if timescales:
+        steps = tuple(int(level["steps"]) if isinstance(level, dict) else int(level[1]) for level in timescales)
+        return evaluations_per_step(integrator, steps)[0]
     return len(coefficients(integrator)) // 2
 
 
@@ -244,63 +248,181 @@ def _check(flags: GuardFlags, g: PyTree, q: PyTree, p: PyTree, index: Array) -> 
     )
 
 
-class _Scheme(NamedTuple):
-    """One integrator step's coefficients and the functions it calls."""
+# -- nested timescales ------------------------------------------------------------
+class Split(NamedTuple):
+    """A potential split into levels for nested integration (Sexton & Weingarten, Nucl.
+    Phys. B380 (1992) 665), outermost level first.
 
-    kicks: tuple
-    drifts: tuple
+    ``energies[l]`` is level ``l``'s part of the potential; ``steps[0]`` is the number of
+    outermost sub-steps per integrator step (1: the step itself), ``steps[l]`` for
+    ``l >= 1`` the number of level-``l`` steps per drift of level ``l - 1``. Each level
+    uses the same coefficient table; only the innermost level moves the position.
+    """
+
+    energies: tuple[Callable[[PyTree], Array], ...]
+    steps: tuple[int, ...]
+
+    def energy(self, position: PyTree) -> Array:
+        """The total potential, summed over levels in level order (the one function both
+        ends of a trajectory are measured with)."""
+        total = jnp.asarray(self.energies[0](position))
+        for fn in self.energies[1:]:
+            total = total + fn(position)
+        return total
+
+    def value_and_grads(self, position: PyTree) -> tuple[Array, tuple[PyTree, ...]]:
+        """``(U(q), (dU_0/dq, dU_1/dq, ...))``."""
+        pairs = [jax.value_and_grad(fn)(position) for fn in self.energies]
+        total = pairs[0][0]
+        for value, _ in pairs[1:]:
+            total = total + value
+        return total, tuple(g for _, g in pairs)
+
+
+class Schedule(NamedTuple):
+    """One integrator step flattened: kick groups and drifts alternating,
+    ``groups[0], drifts[0], groups[1], ..., drifts[m-1], groups[m]``.
+
+    A kick group is ``((level, coefficient), ...)``, sorted by level: the kicks that act
+    at one position, adjacent kicks of a level merged; a drift moves the position by
+    ``coefficient * eps * M^{-1} p``. Coefficients are in units of the step size ``eps``.
+    ``boundary`` is ``groups[m]`` merged with the next step's ``groups[0]``.
+    """
+
+    groups: tuple[tuple[tuple[int, float], ...], ...]
+    drifts: tuple[float, ...]
+    boundary: tuple[tuple[int, float], ...]
+
+
+def _merge(group: list, level: int, coefficient: float) -> None:
+    for k, (lev, c) in enumerate(group):
+        if lev == level:
+            group[k] = (lev, c + coefficient)
+            return
+    group.append((level, coefficient))
+
+
+@functools.lru_cache(maxsize=None)
+def schedule(integrator: str, steps: tuple[int, ...] = (1,)) -> Schedule:
+    """The flattened step of ``integrator`` nested over ``len(steps)`` levels (see
+    :class:`Split`), built once: each level's step is the coefficient table with its drifts
+    replaced by ``steps[l + 1]`` steps of the next level, and kicks that act at one
+    position are merged. One level with one step is the coefficient table itself."""
+    table = coefficients(integrator)
+    if not steps or any(int(n) != n or n < 1 for n in steps):
+        raise ValueError(f"steps per level must be integers >= 1, got {steps!r}")
+    ops: list[tuple] = []
+
+    def emit(level: int, scale: float) -> None:
+        for i, c in enumerate(table):
+            if i % 2 == 0:
+                ops.append(("kick", level, c * scale))
+            elif level == len(steps) - 1:
+                ops.append(("drift", c * scale))
+            else:
+                inner = steps[level + 1]
+                for _ in range(inner):
+                    emit(level + 1, c * scale / inner)
+
+    for _ in range(steps[0]):
+        emit(0, 1.0 / steps[0])
+    groups: list[list] = [[]]
+    drifts: list[float] = []
+    for op in ops:
+        if op[0] == "drift":
+            drifts.append(op[1])
+            groups.append([])
+        else:
+            _merge(groups[-1], op[1], op[2])
+    boundary = list(groups[-1])
+    for level, c in groups[0]:
+        _merge(boundary, level, c)
+    ordered = lambda g: tuple(sorted(g, key=lambda lc: lc[0]))  # noqa: E731
+    return Schedule(tuple(ordered(g) for g in groups), tuple(drifts), ordered(boundary))
+
+
+def evaluations_per_step(integrator: str, steps: tuple[int, ...] = (1,)) -> tuple[int, ...]:
+    """Fresh gradient evaluations of each level per integrator step."""
+    plan = schedule(integrator, tuple(steps))
+    return tuple(sum(any(lev == level for lev, _ in g) for g in plan.groups[1:]) for level in range(len(steps)))
+
+
+class _Scheme(NamedTuple):
+    """One integrator step's schedule and the functions it calls (one per level)."""
+
+    plan: Schedule
     step_size: Array
     guard: bool
-    grad_fn: Callable
-    value_and_grad_fn: Callable
+    grad_fns: tuple
+    value_and_grad_fns: tuple
     velocity_fn: Callable
 
 
-def _one_step(s: _Scheme, q: PyTree, p: PyTree, g: PyTree, flags: GuardFlags, step: Array, last: bool) -> tuple:
-    """One step (kicks merged across steps, see :func:`_trajectory`)."""
-    value = None
-    n_grads = len(s.drifts)
-    for i in range(n_grads):
-        q = _tree_axpy(s.drifts[i] * s.step_size, s.velocity_fn(p), q)
-        if last and i == n_grads - 1:
-            value, g = s.value_and_grad_fn(q)
-        else:
-            g = s.grad_fn(q)
+def _kick(s: _Scheme, group: tuple, g: tuple, p: PyTree) -> PyTree:
+    for level, c in group:
+        p = _tree_axpy(-c * s.step_size, g[level], p)
+    return p
+
+
+def _one_step(s: _Scheme, q: PyTree, p: PyTree, g: tuple, flags: GuardFlags, step: Array, last: bool) -> tuple:
+    """One step (kicks merged across steps, see :func:`_trajectory`); ``g`` holds the
+    latest gradient of each level."""
+    values = []
+    g = list(g)
+    n_groups = len(s.plan.drifts)
+    for i in range(n_groups):
+        q = _tree_axpy(s.plan.drifts[i] * s.step_size, s.velocity_fn(p), q)
+        end = i == n_groups - 1
+        fresh = []
+        for level, _ in s.plan.groups[i + 1]:
+            if last and end:
+                value, g[level] = s.value_and_grad_fns[level](q)
+                values.append(value)
+            else:
+                g[level] = s.grad_fns[level](q)
+            fresh.append(g[level])
         if s.guard:
-            flags = _check(flags, g, q, p, step * n_grads + i)
-        kick = s.kicks[i + 1] + (s.kicks[0] if (i == n_grads - 1 and not last) else 0.0)
-        p = _tree_axpy(-kick * s.step_size, g, p)
-    return q, p, g, flags, value
+            flags = _check(flags, fresh[0] if len(fresh) == 1 else tuple(fresh), q, p, step * n_groups + i)
+        p = _kick(s, s.plan.boundary if end and not last else s.plan.groups[i + 1], g, p)
+    value = None
+    if values and values[0] is not None:
+        value = values[0]
+        for v in values[1:]:
+            value = value + v
+    return q, p, tuple(g), flags, value
 
 
 def _trajectory(
-    integrator: str,
-    grad_fn: Callable[[PyTree], PyTree],
-    value_and_grad_fn: Callable[[PyTree], tuple[Array | None, PyTree]],
+    plan: Schedule,
+    grad_fns: tuple,
+    value_and_grad_fns: tuple,
     velocity_fn: Callable[[PyTree], PyTree],
     state: IntegratorState,
     step_size: Array,
     num_steps: Array | int,
     guard: bool,
+    nested: bool = False,
 ) -> tuple[IntegratorState, GuardFlags, Array | None]:
     """``num_steps`` steps with the kicks between steps merged.
 
-    The last kick of a step and the first kick of the next act at the same position,
-    so they are applied as one update (``b_k + b_0``): a leapfrog step is then one
-    drift, one gradient and one kick. The last step is peeled off the loop: it ends
-    with its own kick only, and its gradient comes from ``value_and_grad_fn``, which
-    also returns the potential energy at the end point at no extra pass.
-    ``step_index`` numbers gradient evaluations across the trajectory so that a
-    failing one can be located.
+    The last kick group of a step and the first of the next act at the same position,
+    so they are applied as one update (``b_k + b_0`` for each level): a leapfrog step is
+    then one drift, one gradient and one kick. The last step is peeled off the loop: it
+    ends with its own kicks only, and its gradients come from ``value_and_grad_fns``,
+    which also return the potential energy at the end point at no extra pass.
+    ``step_index`` numbers gradient evaluations (kick groups) across the trajectory so
+    that a failing one can be located. ``nested``: ``state.potential_energy_grad`` is the
+    tuple of the levels' gradients, and so is the end's.
     """
-    coeffs = coefficients(integrator)
-    scheme = _Scheme(coeffs[0::2], coeffs[1::2], step_size, guard, grad_fn, value_and_grad_fn, velocity_fn)
+    single = not nested
+    scheme = _Scheme(plan, step_size, guard, grad_fns, value_and_grad_fns, velocity_fn)
 
     def body(step: Array, carry: tuple) -> tuple:
         return _one_step(scheme, *carry, step, last=False)[:4]
 
     q, p, g = state
-    p = _tree_axpy(-scheme.kicks[0] * step_size, g, p)
+    g = (g,) if single else tuple(g)
+    p = _kick(scheme, plan.groups[0], g, p)
     carry = (q, p, g, init_guard_flags(q, state.momentum))
     first = 0
     if isinstance(num_steps, int) and num_steps >= 2:
@@ -309,26 +431,33 @@ def _trajectory(
         carry, first = body(0, carry), 1
     carry = jax.lax.fori_loop(first, num_steps - 1, body, carry)
     q, p, g, flags, value = _one_step(scheme, *carry, num_steps - 1, last=True)
-    return IntegratorState(q, p, g), flags, value
+    return IntegratorState(q, p, g[0] if single else g), flags, value
 
 
 def integrate(
     integrator: str,
-    grad_fn: Callable[[PyTree], PyTree],
+    grad_fn: Callable[[PyTree], PyTree] | None,
     velocity_fn: Callable[[PyTree], PyTree],
     state: IntegratorState,
     step_size: Array,
     num_steps: Array | int,
     guard: bool = True,
+    split: Split | None = None,
 ) -> tuple[IntegratorState, GuardFlags]:
     """Run ``num_steps >= 1`` steps (static int or traced) from ``state``.
 
     With ``guard=True`` each fresh gradient is checked and the first failing position
-    (and the momentum there, before the failing kick) is kept in the flags.
+    (and the momentum there, before the failing kick) is kept in the flags. With a
+    ``split`` the step is nested over its levels (``grad_fn`` is then unused) and
+    ``state.potential_energy_grad`` is the tuple of the levels' gradients.
     """
-    end, flags, _ = _trajectory(
-        integrator, grad_fn, lambda q: (None, grad_fn(q)), velocity_fn, state, step_size, num_steps, guard
-    )
+    if split is None:
+        plan, grads = schedule(integrator), (grad_fn,)
+    else:
+        plan, grads = schedule(integrator, tuple(split.steps)), tuple(jax.grad(fn) for fn in split.energies)
+    with_none = tuple((lambda f: (lambda q: (None, f(q))))(f) for f in grads)
+    end, flags, _ = _trajectory(plan, grads, with_none, velocity_fn, state, step_size, num_steps, guard,
+                                split is not None)
     return end, flags
 
 
@@ -340,10 +469,14 @@ def integrate_to_energy(
     step_size: Array,
     num_steps: Array | int,
     guard: bool = True,
+    split: Split | None = None,
 ) -> tuple[IntegratorState, GuardFlags, Array]:
     """:func:`integrate`, plus the potential energy at the end point, computed with the
-    last gradient (one ``value_and_grad`` in place of a ``grad``)."""
-    return _trajectory(
-        integrator, jax.grad(potential_fn), jax.value_and_grad(potential_fn), velocity_fn,
-        state, step_size, num_steps, guard,
-    )
+    last gradient (one ``value_and_grad`` in place of a ``grad``). With a ``split`` the
+    energy is :meth:`Split.energy` (``potential_fn`` is then unused)."""
+    if split is None:
+        plan, energies = schedule(integrator), (potential_fn,)
+    else:
+        plan, energies = schedule(integrator, tuple(split.steps)), tuple(split.energies)
+    return _trajectory(plan, tuple(jax.grad(f) for f in energies), tuple(jax.value_and_grad(f) for f in energies),
+                       velocity_fn, state, step_size, num_steps, guard, split is not None)

@@ -67,6 +67,13 @@ class Potential:
         prints the z-score of the estimate against them.
     name
         A label for logs and summaries.
+    auxiliary
+        Optional ``name -> refresh(key, q) -> array``: fields that stay fixed during a
+        trajectory and are redrawn at its start (the pseudofermion heat bath
+        ``phi = D^dagger eta``). The state must then be a dict; the terms see it extended by
+        the fields (``q["phi"]``), the observables do not. Where no trajectory supplies them
+        (the guard's checks, the step-size heuristic, the stability cap), :meth:`energy`
+        draws them with a fixed key at the zero state.
     embedding
         Optional ``e(q) -> array``: a map of the state into a Euclidean space in which
         ``trajectory_length="auto"`` measures how far a trajectory went (default: the
@@ -87,6 +94,7 @@ class Potential:
     name: str = "potential"
     derived: Mapping[str, Callable[[Mapping[str, Any]], float]] = dataclasses.field(default_factory=dict)
     embedding: Callable[[PyTree], Array] | None = None
+    auxiliary: Mapping[str, Callable[[Array, PyTree], Array]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         terms = _freeze(self.terms, "term")
@@ -107,10 +115,40 @@ class Potential:
         object.__setattr__(self, "terms", terms)
         object.__setattr__(self, "observables", observables)
         object.__setattr__(self, "exact", exact)
+        object.__setattr__(self, "auxiliary", _freeze(self.auxiliary, "auxiliary field"))
+
+    # -- auxiliary fields ---------------------------------------------------------
+    def refresh(self, rng_key: Array, position: PyTree) -> dict[str, Array]:
+        """Fresh auxiliary fields at ``position``: ``{name: refresh(fold_in(key, i), q)}``."""
+        from hmc import rng as _rng
+
+        if not isinstance(position, Mapping):
+            raise TypeError(f"a Potential with auxiliary fields {list(self.auxiliary)} needs a dict state, "
+                            f"got {type(position).__name__}")
+        return {name: fn(_rng.fold_in(rng_key, i), position) for i, (name, fn) in enumerate(self.auxiliary.items())}
+
+    def with_auxiliary(self, position: PyTree, fields: Mapping[str, Array] | None = None) -> PyTree:
+        """``position`` extended by the auxiliary ``fields`` (drawn with a fixed key if
+        ``None``); the state itself when the potential has none or it already holds them."""
+        if not self.auxiliary or (isinstance(position, Mapping) and all(k in position for k in self.auxiliary)):
+            return position
+        if fields is None:
+            # drawn at a zero state with a fixed key: constants of the state, so no path
+            # from the state through the fields (the refresh is not part of the force)
+            fields = self.refresh(jax.random.key(0), jax.tree_util.tree_map(jnp.zeros_like, position))
+        return {**position, **fields}
+
+    def state_terms(self) -> dict[str, EnergyFn]:
+        """The terms as functions of the state alone (the auxiliary fields, if any, drawn
+        with a fixed key by :meth:`with_auxiliary`): what the guard's checks evaluate."""
+        if not self.auxiliary:
+            return dict(self.terms)
+        return {name: (lambda f: lambda q: f(self.with_auxiliary(q)))(fn) for name, fn in self.terms.items()}
 
     # -- energies -------------------------------------------------------------
     def energy(self, position: PyTree) -> Array:
         """Total potential energy ``U(q)``, a scalar."""
+        position = self.with_auxiliary(position)
         values = [fn(position) for fn in self.terms.values()]
         total = values[0]
         for value in values[1:]:
@@ -121,6 +159,7 @@ class Potential:
 
     def term_energies(self, position: PyTree) -> dict[str, Array]:
         """Each term's energy at ``position``: ``{name: scalar}``."""
+        position = self.with_auxiliary(position)
         return {name: jnp.asarray(fn(position)) for name, fn in self.terms.items()}
 
     def value_and_grad(self, position: PyTree) -> tuple[Array, PyTree]:

@@ -272,6 +272,7 @@ def summarize_run(path: str, potential: Any = None, result: Any = None) -> dict[
         draws, stats, warmup, exact = result.draws, result.stats, result.warmup_stats, result.exact
         observables = result.settings["observables"]
         integrator = result.settings["integrator"]
+        timescales = result.settings.get("timescales")
         status = "halted" if result.halted else "complete"
         events = [e.to_dict() for e in result.guard_events]
     else:
@@ -282,12 +283,13 @@ def summarize_run(path: str, potential: Any = None, result: Any = None) -> dict[
         if observables is None:  # in progress: the model says which are observables
             observables = list(potential.observables) if potential is not None else list(draws)
         integrator = data["config"]["sampler"]["integrator"]
+        timescales = data["config"]["sampler"].get("timescales")
         config = data["config"]
     derived = dict(potential.derived) if potential is not None else {}
     shown = {k: np.asarray(v) for k, v in draws.items() if k in observables}
     thin = result.settings.get("thin", 1) if result is not None else config["sampler"].get("thin", 1)
     summary = diagnostics.summarize(shown, stats, exact, {"integrator": integrator, "num_guard_events": len(events),
-                                                          "thin": thin}, derived)
+                                                          "thin": thin, "timescales": timescales}, derived)
     kinds: dict[str, int] = {}
     for e in events:
         key = e["kind"] + (f":{e['term']}" if e.get("term") else "")

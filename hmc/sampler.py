@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -116,6 +116,7 @@ def sample(
     init_positions: PyTree | None = None,
     divergence_threshold: float = 1000.0,
     max_num_steps: int | None = None,
+    timescales: Sequence[Mapping[str, Any]] | None = None,
     progress: bool = True,
     resume: Checkpoint | None = None,
     on_chunk: Callable[[ChunkEnd], bool | None] | None = None,
@@ -149,6 +150,12 @@ def sample(
     max_num_steps
         The most integrator steps of one ``trajectory_length`` trajectory (``None``: the
         kernel's default, 1000); a capped trajectory is shorter, and the log says so.
+    timescales
+        Nested integration by term (Sexton-Weingarten), outermost level first:
+        ``[{"terms": ["fermion"], "steps": 1}, {"terms": ["gauge"], "steps": 5}]``. Each
+        level runs the chosen integrator with its own terms' force; level ``l >= 1`` makes
+        ``steps`` steps per drift of level ``l - 1`` (``steps`` of level 0: sub-steps per
+        integrator step). Every term is on exactly one level. ``None``: one level.
     persistence
         ``ghmc`` only: the momentum kept per transition, ``c`` in
         ``p <- c p + sqrt(1 - c^2) xi`` (default 0.9).
@@ -213,11 +220,14 @@ def sample(
     """
     settings = Settings.from_arguments(
         kernel, integrator=integrator, num_steps=num_steps, trajectory_length=trajectory_length, jitter=jitter,
-        persistence=persistence, divergence_threshold=divergence_threshold, max_num_steps=max_num_steps, seed=seed, num_chains=num_chains,
+        persistence=persistence, divergence_threshold=divergence_threshold, max_num_steps=max_num_steps,
+        timescales=timescales, seed=seed, num_chains=num_chains,
         num_warmup=num_warmup, num_samples=num_samples, thin=thin, step_size=step_size, mass_matrix=mass_matrix,
         target_accept=target_accept, adaptation=adaptation, guard=guard, max_trip_fraction=max_trip_fraction,
         allow=allow, guard_check=guard_check, probe_chains=probe_chains, chunk_size=chunk_size,
         precision=precision, devices=devices)
+    if getattr(settings.kernel, "timescales", None):
+        settings.kernel.split(potential)  # every term on exactly one level, or a clear error
     mesh = resolve_devices(devices, num_chains)
     begin = _initial.start(potential, settings, init_positions, record, inverse_mass_matrix, resume)
     program = Program.of(settings, begin.mass_matrix, begin.names, begin.record)
@@ -421,6 +431,8 @@ class _Run:
             kernel=getattr(kernel, "name", type(kernel).__name__),
             integrator=getattr(kernel, "integrator", None), num_steps=getattr(kernel, "num_steps", None),
             trajectory_length=getattr(kernel, "trajectory_length", None), jitter=getattr(kernel, "jitter", None),
+            timescales=None if not getattr(kernel, "timescales", None)
+            else [{"terms": list(terms), "steps": n} for terms, n in kernel.timescales],
             mass_matrix=self.program.mass_matrix, adaptation=s.adaptation, target_accept=s.target_accept,
             thin=s.thin, guard=s.guard, devices=len(self.mesh), dtype=np.dtype(self.begin.dtype).name,
             observables=list(self.potential.observables), record=list(self.begin.record),
@@ -436,7 +448,8 @@ def num_gradient_evaluations(settings: dict[str, Any], n_steps: np.ndarray) -> i
     """Gradient evaluations spent on the transitions described by ``n_steps``."""
     from hmc import integrators as _integrators
 
-    return int(np.sum(n_steps)) * _integrators.gradient_evaluations_per_step(settings["integrator"])
+    return int(np.sum(n_steps)) * _integrators.gradient_evaluations_per_step(settings["integrator"],
+                                                                              settings.get("timescales"))
 
 
 __all__ = ["Checkpoint", "ChunkEnd", "GuardRefused", "SampleResult", "initial_positions", "num_gradient_evaluations",

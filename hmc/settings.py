@@ -81,7 +81,7 @@ class Settings:
     def from_arguments(cls, kernel: Any = "hmc", *, integrator: str, num_steps: int | None,
                        trajectory_length: float | None, jitter: float, divergence_threshold: float,
                        persistence: float | None = None, max_num_steps: int | None = None,
-                       **rest: Any) -> Settings:
+                       timescales: Any = None, **rest: Any) -> Settings:
         """The settings of ``hmc.sample(**arguments)``; the trajectory arguments go to a
         kernel named by a string (a kernel object carries its own)."""
         extra = {} if persistence is None else {"persistence": float(persistence)}
@@ -90,7 +90,7 @@ class Settings:
         spec = _kernels.resolve(kernel, integrator=integrator, num_steps=num_steps,
                                 trajectory_length=trajectory_length, jitter=float(jitter),
                                 divergence_threshold=float(divergence_threshold), max_num_steps=max_num_steps,
-                                **extra)
+                                timescales=timescales, **extra)
         if trajectory_length == "auto" and not getattr(spec, "adaptive_length", False):
             raise ValueError(f"trajectory_length='auto' needs a kernel with a trajectory (kernel='hmc'); "
                              f"{kernel!r} has none")

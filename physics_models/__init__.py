@@ -15,6 +15,7 @@ from physics_models.gauge import u1_gauge
 from physics_models.lattice import phi4
 from physics_models.oscillators import anharmonic_oscillator, classical_double_well, double_well, harmonic_oscillator
 from physics_models.particles import lennard_jones, quench
+from physics_models.fermions import schwinger
 from physics_models.statistical import funnel, gaussian, gaussian_covariance, rosenbrock
 
 REGISTRY: dict[str, Callable[..., Potential]] = {
@@ -28,6 +29,7 @@ REGISTRY: dict[str, Callable[..., Potential]] = {
     "phi4": phi4,
     "u1_gauge": u1_gauge,
     "lennard_jones": lennard_jones,
+    "schwinger": schwinger,
 }
 
 
@@ -58,6 +60,7 @@ __all__ = [
     "harmonic_oscillator",
     "lennard_jones",
     "parameters",
+    "schwinger",
     "phi4",
     "quench",
     "rosenbrock",

@@ -26,7 +26,7 @@ def _nonfinite_indices(x: np.ndarray) -> list[list[int]]:
 def term_report(potential: Potential, position: PyTree) -> dict[str, tuple[np.ndarray, list[np.ndarray]]]:
     """Each term's energy and gradient leaves at ``position`` (host arrays)."""
     report = {}
-    for name, fn in potential.terms.items():
+    for name, fn in potential.state_terms().items():
         try:
             value, grad = jax.value_and_grad(fn)(position)
         except Exception as err:  # not differentiable at all: preflight reports it structurally
@@ -114,7 +114,7 @@ def attribute(
             ]
     events = []
     for term, (value, grads) in term_report(potential, position).items():
-        events += _term_events(potential.terms[term], term, position, names, value, grads, context)
+        events += _term_events(potential.state_terms()[term], term, position, names, value, grads, context)
     if not events:
         events.append(
             GuardEvent(

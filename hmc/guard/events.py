@@ -39,6 +39,7 @@ class GuardEvent:
     leapfrog_step: int | None = None
     action: str = "reported"
     cause: str | None = None  # non-finite findings: "overflow", "singularity" or "domain"
+    level: int | None = None  # nested timescales: the level of ``term`` (0: outermost)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -57,6 +58,8 @@ class GuardEvent:
         head = f"[guard:{self.phase}] {self.kind}"
         if self.term is not None:
             head += f" in term {self.term!r}"
+            if self.level is not None:
+                head += f" (timescale level {self.level})"
         if self.leaf is not None:
             head += f", leaf {self.leaf!r}"
         if self.indices:

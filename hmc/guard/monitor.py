@@ -30,6 +30,8 @@ class Monitor:
         self.potential, self.settings, self.names = potential, settings, list(names)
         self.counters, self.events, self.masks_at = counters, events, masks_at
         self.probe_seen = {(leaf, tuple(map(tuple, idx))) for leaf, idx in counters.probe_seen}
+        timescales = getattr(settings.kernel, "timescales", None) or ()
+        self.level_of = {term: level for level, (terms, _) in enumerate(timescales) for term in terms}
 
     def add(self, event: GuardEvent) -> None:
         self.events.append(event)
@@ -59,6 +61,8 @@ class Monitor:
             draw = int(trips.iterations[k]) - (self.settings.num_warmup if phase == "sampling" else 0)
             for event in attribute(self.potential, position, phase=phase, chain=int(trips.chains[k]), draw=draw,
                                    leapfrog_step=int(trips.steps[k]), action=self.action):
+                if event.term in self.level_of:
+                    event.level = self.level_of[event.term]
                 key = (event.kind, event.term, event.leaf, event.primitive)
                 if key not in seen:
                     seen.add(key)

@@ -192,7 +192,7 @@ def structure(potential: Potential, position: PyTree, findings: _Findings) -> di
     """Connectivity of every term to every leaf, and the leaves no term reaches."""
     names = leaf_names(position)
     status = {}
-    for term, fn in potential.terms.items():
+    for term, fn in potential.state_terms().items():
         status.update({(term, leaf): s for leaf, s in zip(names, _term_status(findings, term, fn, position, names))})
     for leaf in names:
         if not any(status[(term, leaf)] in ("connected", "partially_detached") for term in potential.terms):
@@ -206,7 +206,7 @@ def checks_program(potential: Potential) -> Any:
     axis: the state checks of preflight, and the driver's chunk-boundary probe."""
 
     def build() -> Any:
-        per_term = jax.vmap(lambda q: {n: jax.value_and_grad(f)(q) for n, f in potential.terms.items()})
+        per_term = jax.vmap(lambda q: {n: jax.value_and_grad(f)(q) for n, f in potential.state_terms().items()})
         reach = jax.vmap(reach_masks(potential))
         return jax.jit(lambda positions: (per_term(positions), reach(positions)))
 

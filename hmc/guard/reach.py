@@ -49,7 +49,7 @@ def element_reach(potential: Potential, position: PyTree) -> dict[str, list[np.n
     """Per term, per leaf: the reach code of every element at ``position``
     (:data:`REACHED`, :data:`HIDDEN` or :data:`UNREACHABLE`, see :func:`_term_reach`)."""
     out = {}
-    for term, fn in potential.terms.items():
+    for term, fn in potential.state_terms().items():
         try:
             out[term] = [np.asarray(c) for c in _term_reach(fn, position)]
         except Exception as err:  # not differentiable at all: preflight reports it structurally
@@ -90,7 +90,7 @@ def reach_masks(potential: Potential) -> Any:
     this state); a NaN cotangent pulled back through each term."""
     def one(position: PyTree) -> list[jax.Array]:
         masks = None
-        for term, fn in potential.terms.items():
+        for term, fn in potential.state_terms().items():
             try:
                 value, pullback = jax.vjp(fn, position)
                 (ct,) = pullback(jnp.full(jnp.shape(value), jnp.nan, jnp.asarray(value).dtype))

@@ -124,9 +124,11 @@ class Trajectory:
     jitter: float = 0.0
     divergence_threshold: float = 1000.0
     max_num_steps: int = 1000
+    timescales: tuple | None = None
 
     def __post_init__(self) -> None:
         _integrators.coefficients(self.integrator)
+        object.__setattr__(self, "timescales", normalize_timescales(self.timescales))
         if (self.num_steps is None) == (self.trajectory_length is None):
             raise ValueError("give exactly one of num_steps and trajectory_length")
         if self.num_steps is not None and int(self.num_steps) < 1:
@@ -150,8 +152,101 @@ class Trajectory:
 
     @property
     def gradients_per_step(self) -> int:
-        """Gradient evaluations per integrator step (``info.num_steps`` counts steps)."""
+        """Gradient evaluations per integrator step (``info.num_steps`` counts steps); with
+        ``timescales``, those of the outermost level (the costly force, as lattice practice
+        counts)."""
+        if self.timescales:
+            return self.evaluations_per_level[0]
         return _integrators.gradient_evaluations_per_step(self.integrator)
+
+    @property
+    def evaluations_per_level(self) -> tuple[int, ...]:
+        """Fresh force evaluations of each level per integrator step."""
+        steps = tuple(n for _, n in self.timescales) if self.timescales else (1,)
+        return _integrators.evaluations_per_step(self.integrator, steps)
+
+    def split(self, potential: Any, extend: Callable[[PyTree], PyTree] | None = None) -> _integrators.Split | None:
+        """The potential split into the ``timescales`` levels (``None`` without them).
+        ``potential`` is a :class:`hmc.Potential` (its named terms are split); ``extend``
+        maps a position to what the terms take (the state with its auxiliary fields)."""
+        if not self.timescales:
+            return None
+        terms = getattr(potential, "terms", None)
+        if terms is None:
+            raise ValueError("timescales split a Potential's named terms; this kernel was built for a bare function")
+        check_timescales(self.timescales, list(terms))
+        if extend is None and getattr(potential, "auxiliary", None):
+            extend = potential.with_auxiliary
+        return _integrators.Split(tuple(_level_energy(terms, names, extend) for names, _ in self.timescales),
+                                  tuple(n for _, n in self.timescales))
+
+
+def _level_energy(terms: Any, names: tuple[str, ...], extend: Callable | None) -> Callable[[PyTree], Array]:
+    fns = [terms[name] for name in names]
+
+    def energy(position: PyTree) -> Array:
+        import jax.numpy as jnp
+
+        if extend is not None:
+            position = extend(position)
+        total = jnp.asarray(fns[0](position))
+        for fn in fns[1:]:
+            total = total + fn(position)
+        return total
+
+    return energy
+
+
+def normalize_timescales(timescales: Any) -> tuple | None:
+    """``[{"terms": [...], "steps": n}, ...]`` (outermost level first) as a hashable
+    ``((terms, steps), ...)``; ``None`` or empty: no nesting."""
+    if timescales is None:
+        return None
+    if isinstance(timescales, (str, bytes)) or not hasattr(timescales, "__iter__"):
+        raise ValueError(f"timescales must be a list of levels {{'terms': [...], 'steps': n}}, got {timescales!r}")
+    levels = []
+    for i, level in enumerate(timescales):
+        if isinstance(level, dict):
+            unknown = sorted(set(level) - {"terms", "steps"})
+            if unknown:
+                raise ValueError(f"timescales[{i}]: unknown key {unknown[0]!r} (a level has 'terms' and 'steps')")
+            if "terms" not in level:
+                raise ValueError(f"timescales[{i}]: missing 'terms' (the names of the terms on this level)")
+            terms, steps = level["terms"], level.get("steps", 1)
+        else:
+            try:
+                terms, steps = level
+            except (TypeError, ValueError):
+                raise ValueError(f"timescales[{i}] must be {{'terms': [...], 'steps': n}}, got {level!r}") from None
+        if isinstance(terms, str):
+            terms = [terms]
+        terms = tuple(terms)
+        if not terms or not all(isinstance(t, str) and t for t in terms):
+            raise ValueError(f"timescales[{i}].terms must be a non-empty list of term names, got {list(terms)!r}")
+        if isinstance(steps, bool) or not isinstance(steps, (int, float)) or int(steps) != steps or steps < 1:
+            raise ValueError(f"timescales[{i}].steps must be an integer >= 1, got {steps!r}")
+        levels.append((terms, int(steps)))
+    if not levels:
+        return None
+    return tuple(levels)
+
+
+def check_timescales(timescales: tuple, term_names: list[str]) -> None:
+    """Every term of the potential on exactly one level; the message names the term."""
+    seen: dict[str, int] = {}
+    for i, (names, _) in enumerate(timescales):
+        for name in names:
+            if name not in term_names:
+                raise ValueError(f"timescales[{i}] names {name!r}, which is not a term of the potential "
+                                 f"(terms: {term_names})")
+            if name in seen:
+                raise ValueError(f"timescales: term {name!r} is on level {seen[name]} and level {i}; every term "
+                                 f"must be on exactly one level")
+            seen[name] = i
+    missing = [name for name in term_names if name not in seen]
+    if missing:
+        raise ValueError(f"timescales: term {missing[0]!r} is on no level; every term must be on exactly one level "
+                         f"(levels: {[list(n) for n, _ in timescales]})")
 
 
 def check_guard(guard: str) -> None:

@@ -41,14 +41,16 @@ class GHMCState(NamedTuple):
     potential_energy_grad: PyTree
 
 
-def init(position: PyTree, potential_fn: Callable[[PyTree], Array]) -> GHMCState:
-    energy, grad = jax.value_and_grad(potential_fn)(position)
+def init(position: PyTree, potential_fn: Callable[[PyTree], Array],
+         split: _integrators.Split | None = None) -> GHMCState:
+    energy, grad = split.value_and_grads(position) if split else jax.value_and_grad(potential_fn)(position)
     return GHMCState(position, jax.tree_util.tree_map(jnp.zeros_like, position), energy, grad)
 
 
 def _transition(potential_fn: Callable, settings: GHMC, guard: str, refresh: bool) -> Callable:
     """One GHMC transition; ``refresh=False`` re-runs a rejected one from the state it
     left (momentum flipped back, no refreshment): the replay of a tripped transition."""
+    split = settings.split(potential_fn)
 
     def step(rng_key: Array, state: GHMCState, params: Params) -> tuple[GHMCState, HMCInfo]:
         key_momentum, key_jitter, key_accept = _rng.split(rng_key, 3)
@@ -61,7 +63,7 @@ def _transition(potential_fn: Callable, settings: GHMC, guard: str, refresh: boo
             momentum = jax.tree_util.tree_map(lambda p, xi: c * p + jnp.sqrt(1 - c * c) * xi, state.momentum, noise)
         else:
             momentum = jax.tree_util.tree_map(jnp.negative, state.momentum)
-        out = metropolis(potential_fn, settings, guard, metric, state, momentum, eps, n_steps, key_accept)
+        out = metropolis(potential_fn, settings, guard, metric, state, momentum, eps, n_steps, key_accept, split)
         kept = GHMCState(state.position, jax.tree_util.tree_map(jnp.negative, momentum), state.potential_energy,
                          state.potential_energy_grad)
         new_state = jax.tree_util.tree_map(
@@ -96,9 +98,12 @@ class GHMC(Trajectory):
 
     def build(self, potential_fn: Callable[[PyTree], Array], guard: str = "trajectory") -> Kernel:
         check_guard(guard)
+        if getattr(potential_fn, "auxiliary", None):
+            raise ValueError("auxiliary fields are redrawn at each trajectory start: they need kernel='hmc', "
+                             "not 'ghmc' (whose momentum carries over between transitions)")
         located = _transition(potential_fn, self, "step", refresh=False)
         return Kernel(
-            init=lambda position: init(position, potential_fn),
+            init=lambda position: init(position, potential_fn, self.split(potential_fn)),
             step=_transition(potential_fn, self, guard, refresh=True),
             replay=lambda key, state, params: located(key, state, params)[1],
         )

@@ -26,20 +26,48 @@ PyTree = Any
 
 
 class HMCState(NamedTuple):
-    """State of one chain: position and the potential energy and gradient there."""
+    """State of one chain: position and the potential energy and gradient there; with
+    auxiliary fields (:attr:`hmc.Potential.auxiliary`), those of the last transition."""
 
     position: PyTree
     potential_energy: Array
     potential_energy_grad: PyTree
+    auxiliary: PyTree = None
+
+
+AUXILIARY_STREAM = 3  # the key of a transition's auxiliary fields: fold_in(key, 3), apart from its split
+
+
+def with_fresh_auxiliary(potential: Any, settings: Trajectory, key: Array, state: Any) -> tuple[Any, Callable, Any]:
+    """At the start of a transition: fresh auxiliary fields, and the state's energy and
+    gradient recomputed with them (the fields changed the action). Returns the state, the
+    potential of the position alone with the fields fixed, and its split."""
+    fields = potential.refresh(_rng.fold_in(key, AUXILIARY_STREAM), state.position)
+
+    def extend(q: PyTree) -> PyTree:
+        return {**q, **fields}
+
+    energy_fn = lambda q: potential.energy(extend(q))  # noqa: E731
+    split = settings.split(potential, extend)
+    energy, grad = split.value_and_grads(state.position) if split else jax.value_and_grad(energy_fn)(state.position)
+    return state._replace(potential_energy=energy, potential_energy_grad=grad, auxiliary=fields), energy_fn, split
 
 
 HMCInfo = Info  # the per-transition diagnostics of fixed-length HMC (the interface's fields)
 
 
-def init(position: PyTree, potential_fn: Callable[[PyTree], Array]) -> HMCState:
-    """Build the state at ``position`` (one chain; ``vmap`` for many)."""
-    energy, grad = jax.value_and_grad(potential_fn)(position)
-    return HMCState(position, energy, grad)
+def init(position: PyTree, potential_fn: Callable[[PyTree], Array],
+         split: _integrators.Split | None = None) -> HMCState:
+    """Build the state at ``position`` (one chain; ``vmap`` for many). With a ``split``
+    (nested timescales) the gradient is the tuple of the levels' gradients; with auxiliary
+    fields, the fields are those :meth:`hmc.Potential.with_auxiliary` draws (every
+    transition redraws them)."""
+    energy, grad = split.value_and_grads(position) if split else jax.value_and_grad(potential_fn)(position)
+    fields = None
+    if getattr(potential_fn, "auxiliary", None):
+        fields = potential_fn.with_auxiliary(dict(position))
+        fields = {name: fields[name] for name in potential_fn.auxiliary}
+    return HMCState(position, energy, grad, fields)
 
 
 def _num_steps_for(trajectory_length: Array, step_size: Array, max_num_steps: int) -> Array:
@@ -88,7 +116,8 @@ class Outcome(NamedTuple):
 
 
 def metropolis(potential_fn: Callable[[PyTree], Array], settings: Trajectory, guard: str, metric: Any,
-               state: Any, momentum: PyTree, eps: Array, n_steps: Array | int, key_accept: Array) -> Outcome:
+               state: Any, momentum: PyTree, eps: Array, n_steps: Array | int, key_accept: Array,
+               split: _integrators.Split | None = None) -> Outcome:
     """Integrate from ``(state.position, momentum)`` and test the end on the true energy.
 
     A non-finite proposal energy is a rejection; a trajectory whose gradient went
@@ -99,8 +128,10 @@ def metropolis(potential_fn: Callable[[PyTree], Array], settings: Trajectory, gu
     dtype = state.potential_energy.dtype
     start = _integrators.IntegratorState(state.position, momentum, state.potential_energy_grad)
     end, flags, potential_end = _integrators.integrate_to_energy(
-        settings.integrator, potential_fn, metric.velocity, start, eps, n_steps, guard=per_step
+        settings.integrator, potential_fn, metric.velocity, start, eps, n_steps, guard=per_step, split=split
     )
+    if split is not None:
+        potential_fn = split.energy
     energy_start = state.potential_energy + metric.kinetic_energy(momentum)
     kinetic_end = metric.kinetic_energy(end.momentum)
     tripped = _tripped(guard, flags, end)
@@ -170,6 +201,9 @@ def info_of(outcome: Outcome, eps: Array, n_steps: Array | int) -> HMCInfo:
 
 
 def _transition(potential_fn: Callable[[PyTree], Array], settings: Trajectory, guard: str) -> Callable:
+    split = settings.split(potential_fn)
+    auxiliary = bool(getattr(potential_fn, "auxiliary", None))
+
     def step(rng_key: Array, state: HMCState, params: Params) -> tuple[HMCState, HMCInfo]:
         key_momentum, key_jitter, key_accept = _rng.split(rng_key, 3)
         dtype = state.potential_energy.dtype
@@ -177,10 +211,13 @@ def _transition(potential_fn: Callable[[PyTree], Array], settings: Trajectory, g
                                 params.trajectory_length)
         metric = _integrators.euclidean_metric(params.inverse_mass_matrix, state.position)
         momentum = metric.sample_momentum(key_momentum, state.position)
-        out = metropolis(potential_fn, settings, guard, metric, state, momentum, eps, n_steps, key_accept)
+        energy_fn, level_split = potential_fn, split
+        if auxiliary:
+            state, energy_fn, level_split = with_fresh_auxiliary(potential_fn, settings, rng_key, state)
+        out = metropolis(energy_fn, settings, guard, metric, state, momentum, eps, n_steps, key_accept, level_split)
         new_state = jax.tree_util.tree_map(
             lambda new, old: jnp.where(out.is_accepted, new, old),
-            HMCState(out.end.position, out.potential, out.end.potential_energy_grad),
+            HMCState(out.end.position, out.potential, out.end.potential_energy_grad, state.auxiliary),
             state,
         )
         info = info_of(out, eps, n_steps)
@@ -202,8 +239,9 @@ class HMC(Trajectory):
     def build(self, potential_fn: Callable[[PyTree], Array], guard: str = "trajectory") -> Kernel:
         check_guard(guard)
         located = _transition(potential_fn, self, "step")
+        split = self.split(potential_fn)
         return Kernel(
-            init=lambda position: init(position, potential_fn),
+            init=lambda position: init(position, potential_fn, split),
             step=_transition(potential_fn, self, guard),
             # a tripped transition is rejected: the state it left is its start
             replay=lambda key, state, params: located(key, state, params)[1],

@@ -1,0 +1,220 @@
+"""The Schwinger model: 2D U(1) lattice gauge theory with two degenerate flavours of
+Wilson fermions, by pseudofermions or by the exact determinant.
+
+Conventions. Link angles ``theta_mu(x)``, ``(2, L, L)``, ``U_mu(x) = exp(i theta_mu(x))``;
+two-component spinors with ``gamma_0 = sigma_x``, ``gamma_1 = sigma_y``,
+``gamma_5 = sigma_z``; the Wilson-Dirac operator (``r = 1``)
+
+    (D psi)(x) = (m + 2) psi(x) - 1/2 sum_mu [(1 - gamma_mu) U_mu(x) psi(x + mu)
+                                             + (1 + gamma_mu) U_mu(x - mu)^* psi(x - mu)],
+
+periodic in space (axis 1) and antiperiodic in time (axis 0) for the fermions. ``D`` is
+gamma_5-hermitian, ``D^dagger = gamma_5 D gamma_5``, so ``det D`` is real and two
+degenerate flavours weigh a configuration by ``det(D^dagger D) = |det D|^2``.
+
+Pseudofermions: ``|det D|^2 = int dphi exp(-phi^dagger (D^dagger D)^{-1} phi)``; the
+field ``phi = D^dagger eta`` with ``eta`` complex Gaussian (``<|eta_i|^2> = 1``) is an
+exact heat-bath draw at fixed links, redrawn at every trajectory start (an auxiliary
+field of the :class:`hmc.Potential`). The action needs ``(D^dagger D)^{-1} phi``: a
+conjugate-gradient solve, differentiated implicitly (``jax.lax.custom_linear_solve``:
+the force costs a second solve, not a pass through the iterations).
+
+Complex fields are stored as real arrays ``(2, L, L, 2)`` (real and imaginary parts):
+``D^dagger D`` is then a real symmetric positive-definite operator.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hmc.potential import Potential
+from physics_models import exact as _exact
+from physics_models.gauge import plaquette_angles, wrap
+
+FERMIONS = ("pseudofermion", "exact", "none")
+
+
+def _gamma(mu: int, psi: jax.Array) -> jax.Array:
+    """``gamma_mu psi`` on the last (spinor) axis: ``sigma_x`` for 0, ``sigma_y`` for 1."""
+    a, b = psi[..., 0], psi[..., 1]
+    if mu == 0:
+        return jnp.stack([b, a], axis=-1)
+    return jnp.stack([-1j * b, 1j * a], axis=-1)
+
+
+def _gamma5(psi: jax.Array) -> jax.Array:
+    return psi * jnp.array([1.0, -1.0], psi.real.dtype)
+
+
+def dirac(theta: jax.Array, psi: jax.Array, mass: float) -> jax.Array:
+    """``D psi`` for links ``theta`` ``(2, L, L)`` and a complex spinor field ``psi`` ``(L, L, 2)``."""
+    L = theta.shape[1]
+    u = jnp.exp(1j * theta.astype(jnp.result_type(theta.dtype, jnp.float32)))
+    forward_sign = jnp.asarray(np.where(np.arange(L) == L - 1, -1.0, 1.0))[:, None, None]
+    backward_sign = jnp.asarray(np.where(np.arange(L) == 0, -1.0, 1.0))[:, None, None]
+    out = (mass + 2.0) * psi
+    for mu in (0, 1):
+        forward = jnp.roll(psi, -1, axis=mu)
+        backward = jnp.roll(psi, 1, axis=mu)
+        if mu == 0:  # antiperiodic in time
+            forward, backward = forward * forward_sign, backward * backward_sign
+        hop_forward = u[mu][..., None] * forward
+        hop_backward = jnp.conj(jnp.roll(u[mu], 1, axis=mu))[..., None] * backward
+        out = out - 0.5 * ((hop_forward - _gamma(mu, hop_forward)) + (hop_backward + _gamma(mu, hop_backward)))
+    return out
+
+
+def dirac_dagger(theta: jax.Array, psi: jax.Array, mass: float) -> jax.Array:
+    """``D^dagger psi = gamma_5 D gamma_5 psi``."""
+    return _gamma5(dirac(theta, _gamma5(psi), mass))
+
+
+def to_complex(x: jax.Array) -> jax.Array:
+    return jax.lax.complex(x[0], x[1])
+
+
+def to_real(z: jax.Array) -> jax.Array:
+    return jnp.stack([jnp.real(z), jnp.imag(z)])
+
+
+def normal_operator(theta: jax.Array, mass: float):
+    """``v -> D^dagger D v`` on real-stored fields ``(2, L, L, 2)``."""
+
+    def matvec(v: jax.Array) -> jax.Array:
+        return to_real(dirac_dagger(theta, dirac(theta, to_complex(v), mass), mass)).astype(v.dtype)
+
+    return matvec
+
+
+def conjugate_gradient(matvec, b: jax.Array, tol: float, maxiter: int) -> tuple[jax.Array, tuple]:
+    """Solve ``A x = b`` (``A`` symmetric positive definite) from ``x = 0`` until
+    ``|r| <= tol |b|`` or ``maxiter`` iterations. Returns ``(x, (iterations, |r| / |b|))``
+    with the recursively updated residual."""
+    bb = jnp.vdot(b, b).real
+    tol2 = jnp.asarray(tol, bb.dtype) ** 2 * bb
+
+    def cond(c):
+        _, _, _, rr, k = c
+        return (rr > tol2) & (k < maxiter)
+
+    def body(c):
+        x, r, p, rr, k = c
+        ap = matvec(p)
+        alpha = rr / jnp.vdot(p, ap).real
+        x = x + alpha * p
+        r = r - alpha * ap
+        rr_new = jnp.vdot(r, r).real
+        p = r + (rr_new / rr) * p
+        return x, r, p, rr_new, k + 1
+
+    x, _, _, rr, k = jax.lax.while_loop(cond, body, (jnp.zeros_like(b), b, b, bb, jnp.asarray(0, jnp.int32)))
+    return x, (k, jnp.sqrt(rr / jnp.maximum(bb, jnp.finfo(bb.dtype).tiny)))
+
+
+def solve_normal(theta: jax.Array, phi: jax.Array, mass: float, tol: float, maxiter: int) -> tuple:
+    """``(D^dagger D)^{-1} phi`` by conjugate gradient, differentiable in ``theta`` and
+    ``phi`` (implicitly: the cotangent is one more solve); also the iteration count."""
+    matvec = normal_operator(theta, mass)
+
+    def solve(mv, b):
+        x, (iterations, _) = conjugate_gradient(mv, b, tol, maxiter)
+        return x, iterations  # an integer: no gradient is expected through it
+
+    return jax.lax.custom_linear_solve(matvec, phi, solve, symmetric=True, has_aux=True)
+
+
+def dense_dirac(theta: jax.Array, mass: float) -> jax.Array:
+    """``D`` as a dense ``(2V, 2V)`` complex matrix (small lattices)."""
+    L = theta.shape[1]
+    n = 2 * L * L
+    dtype = jnp.result_type(theta.dtype, jnp.float32)
+    basis = jnp.eye(n, dtype=dtype).reshape(n, L, L, 2).astype(jnp.result_type(dtype, jnp.complex64))
+    columns = jax.vmap(lambda e: dirac(theta, e, mass).reshape(n))(basis)
+    return columns.T
+
+
+def schwinger(L: int = 8, beta: float = 2.0, mass: float = 0.1, n_flavors: int = 2,
+              fermions: str = "pseudofermion", cg_tol: float = 1e-8, cg_maxiter: int = 1000,
+              n_noise: int = 4) -> Potential:
+    """The two-flavour Schwinger model on an ``L x L`` torus (see the module docstring).
+
+    Terms: ``gauge`` (Wilson plaquette action ``beta sum_p (1 - cos theta_p)``) and
+    ``fermion`` (``fermions="pseudofermion"``: ``phi^dagger (D^dagger D)^{-1} phi`` with the
+    auxiliary field ``phi``, a CG solve to relative residual ``cg_tol`` in at most
+    ``cg_maxiter`` iterations) or ``fermion_exact`` (``fermions="exact"``:
+    ``-n_flavors log|det D|`` by a dense ``slogdet``, for small lattices); ``fermions="none"``
+    is the quenched theory (the plaquette then has its exact Bessel-sum value).
+
+    Observables: ``plaquette`` ``<cos theta_p>``, ``topological_charge``, and
+    ``condensate``, the chiral condensate per flavour ``(1/V) Re tr D^{-1}`` by a stochastic
+    estimator with ``n_noise`` fixed Z2 noise vectors (``eta^dagger D^{-1} eta``, each a CG
+    solve of ``D^dagger D``), unbiased over configurations. Run fermions in float64
+    (``precision="float64"``): the solve's tolerance is below float32's resolution.
+    Pseudofermions need two flavours (``n_flavors=2``).
+    """
+    L = int(L)
+    if L < 2 or L % 2:
+        raise ValueError(f"schwinger: L must be an even integer >= 2, got {L}")
+    if not beta > 0:
+        raise ValueError(f"schwinger: beta must be > 0, got {beta!r}")
+    if fermions not in FERMIONS:
+        raise ValueError(f"schwinger: fermions must be one of {list(FERMIONS)}, got {fermions!r}")
+    if fermions == "pseudofermion" and n_flavors != 2:
+        raise ValueError(f"schwinger: pseudofermions describe two degenerate flavours (|det D|^2); got "
+                         f"n_flavors={n_flavors}; use fermions='exact' for another number")
+    if not (cg_tol > 0 and int(cg_maxiter) >= 1):
+        raise ValueError(f"schwinger: cg_tol must be > 0 and cg_maxiter >= 1, got {cg_tol!r}, {cg_maxiter!r}")
+    mass, cg_maxiter, volume = float(mass), int(cg_maxiter), L * L
+
+    def gauge(q):
+        return beta * jnp.sum(1.0 - jnp.cos(plaquette_angles(q["theta"])))
+
+    def fermion(q):
+        x, _ = solve_normal(q["theta"], q["phi"], mass, cg_tol, cg_maxiter)
+        return jnp.sum(q["phi"] * x)
+
+    def fermion_exact(q):
+        return -n_flavors * jnp.linalg.slogdet(dense_dirac(q["theta"], mass))[1]
+
+    def heat_bath(key, q):
+        eta = jax.random.normal(key, (2, L, L, 2), q["theta"].dtype) * np.sqrt(0.5).astype(q["theta"].dtype)
+        return to_real(dirac_dagger(q["theta"], to_complex(eta), mass)).astype(q["theta"].dtype)
+
+    noise = np.random.default_rng(20261130).choice([-1.0, 1.0], size=(n_noise, L, L, 2))
+
+    def condensate(q):
+        theta = q["theta"]
+
+        def one(eta):
+            eta_c = jnp.asarray(eta, jnp.result_type(theta.dtype, jnp.float32)).astype(
+                jnp.result_type(theta.dtype, jnp.complex64))
+            rhs = to_real(dirac_dagger(theta, eta_c, mass)).astype(theta.dtype)
+            x, _ = conjugate_gradient(normal_operator(theta, mass), rhs, cg_tol, cg_maxiter)
+            return jnp.real(jnp.vdot(eta_c, to_complex(x)))  # eta^dagger D^{-1} eta
+
+        return jnp.mean(jax.vmap(one)(jnp.asarray(noise))) / volume
+
+    def init(key):
+        return {"theta": jax.random.uniform(key, (2, L, L), minval=-0.5, maxval=0.5)}
+
+    terms = {"gauge": gauge}
+    auxiliary = {}
+    if fermions == "pseudofermion":
+        terms["fermion"] = fermion
+        auxiliary = {"phi": heat_bath}
+    elif fermions == "exact":
+        terms["fermion_exact"] = fermion_exact
+    observables = {
+        "plaquette": lambda q: jnp.mean(jnp.cos(plaquette_angles(q["theta"]))),
+        "topological_charge": lambda q: jnp.sum(wrap(plaquette_angles(q["theta"]))) / (2.0 * np.pi),
+    }
+    if fermions != "none":
+        observables["condensate"] = condensate
+    exact = {"topological_charge": 0.0}
+    if fermions == "none":
+        exact["plaquette"] = _exact.u1_plaquette(beta, volume)
+    return Potential(terms=terms, init=init, observables=observables, exact=exact, name="schwinger",
+                     auxiliary=auxiliary,
+                     embedding=lambda q: jnp.stack([jnp.cos(q["theta"]), jnp.sin(q["theta"])]))

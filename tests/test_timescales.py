@@ -1,0 +1,231 @@
+"""Nested integration by term (``timescales``): the flattened schedule, its symplectic
+properties, the energy-error order of each level, and the driver with levels."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import hmc
+from hmc import integrators
+from hmc.config import ConfigError, RunConfig
+from physics_models import phi4
+
+
+# Two levels: a soft anharmonic "outer" part and a stiff harmonic "inner" part.
+def soft(q):
+    x = q["x"]
+    return jnp.sum(0.25 * x**4) + 0.3 * x[0] * x[1]
+
+
+def stiff(q):
+    x = q["x"]
+    return 0.5 * 25.0 * jnp.sum(x**2) + 2.0 * x[1] * x[2]
+
+
+def middle(q):
+    return 0.5 * jnp.sum(jnp.cos(q["x"]))
+
+
+Q0, P0 = np.array([0.3, -0.2, 0.1]), np.array([0.5, 0.2, -0.7])
+
+
+def start():
+    """The start point in float64 (call under ``jax.enable_x64``)."""
+    return {"x": jnp.asarray(Q0)}, {"x": jnp.asarray(P0)}
+
+
+def nested(name, energies, steps, q, p, eps, n):
+    split = integrators.Split(tuple(energies), tuple(steps))
+    metric = integrators.euclidean_metric(None, q)
+    _, grads = split.value_and_grads(q)
+    state = integrators.IntegratorState(q, p, grads)
+    end, flags, u_end = integrators.integrate_to_energy(name, None, metric.velocity, state, eps, n, split=split)
+    dh = u_end + metric.kinetic_energy(end.momentum) - split.energy(q) - metric.kinetic_energy(p)
+    return end, dh
+
+
+def textbook(name, energies, steps, q, p, eps, n):
+    """The nested scheme written the slow way: recursion, one kick per coefficient, no
+    merging, every gradient fresh."""
+    table = integrators.coefficients(name)
+
+    def level(i, q, p, h):
+        for k, c in enumerate(table):
+            if k % 2 == 0:
+                g = jax.grad(energies[i])(q)["x"]
+                p = {"x": p["x"] - c * h * g}
+            elif i == len(energies) - 1:
+                q = {"x": q["x"] + c * h * p["x"]}
+            else:
+                for _ in range(steps[i + 1]):
+                    q, p = level(i + 1, q, p, c * h / steps[i + 1])
+        return q, p
+
+    for _ in range(n):
+        for _ in range(steps[0]):
+            q, p = level(0, q, p, eps / steps[0])
+    return q, p
+
+
+@pytest.mark.parametrize("name", sorted(integrators.COEFFICIENTS))
+@pytest.mark.parametrize("steps", [(1, 3), (2, 2), (1, 2, 3)])
+def test_flattened_schedule_is_the_nested_scheme(name, steps):
+    energies = [soft, stiff, middle][: len(steps)]
+    with jax.enable_x64(True):
+        q0, p0 = start()
+        end, _ = nested(name, energies, steps, q0, p0, 0.05, 4)
+        q, p = textbook(name, energies, steps, q0, p0, 0.05, 4)
+    np.testing.assert_allclose(end.position["x"], q["x"], rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(end.momentum["x"], p["x"], rtol=1e-12, atol=1e-13)
+
+
+def test_schedule_merges_kicks_and_counts_each_level():
+    plan = integrators.schedule("leapfrog", (1, 3))
+    # outer half kick with the inner half kick, three inner drifts, inner kicks merged between them
+    assert plan.drifts == pytest.approx((1 / 3, 1 / 3, 1 / 3))
+    assert [[lev for lev, _ in g] for g in plan.groups] == [[0, 1], [1], [1], [0, 1]]
+    assert dict(plan.boundary) == pytest.approx({0: 1.0, 1: 1 / 3})
+    assert integrators.evaluations_per_step("leapfrog", (1, 3)) == (1, 3)
+    # 2MN: two outer drifts of 5 inner 2MN steps each -> 2 outer, 2 * 5 * 2 inner forces
+    assert integrators.evaluations_per_step("minimum_norm", (1, 5)) == (2, 20)
+    # one level, one step: the coefficient table itself
+    flat = integrators.schedule("minimum_norm")
+    table = integrators.coefficients("minimum_norm")
+    assert flat.drifts == table[1::2] and [g[0][1] for g in flat.groups] == list(table[0::2])
+
+
+@pytest.mark.parametrize("name", sorted(integrators.COEFFICIENTS))
+def test_nested_is_time_reversible(name):
+    energies, steps = [soft, stiff, middle], (1, 2, 3)
+    with jax.enable_x64(True):
+        q0, p0 = start()
+        end, _ = nested(name, energies, steps, q0, p0, 0.07, 5)
+        back, _ = nested(name, energies, steps, end.position, {"x": -end.momentum["x"]}, 0.07, 5)
+        assert back.position["x"].dtype == jnp.float64
+    np.testing.assert_allclose(back.position["x"], Q0, atol=1e-12)
+    np.testing.assert_allclose(-back.momentum["x"], P0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(integrators.COEFFICIENTS))
+def test_nested_has_unit_jacobian(name):
+    energies, steps = [soft, stiff], (1, 4)
+
+    def flow(z):
+        end, _ = nested(name, energies, steps, {"x": z[:3]}, {"x": z[3:]}, 0.1, 3)
+        return jnp.concatenate([end.position["x"], end.momentum["x"]])
+
+    with jax.enable_x64(True):
+        jac = jax.jacfwd(flow)(jnp.asarray(np.concatenate([Q0, P0])))
+        assert abs(float(jnp.linalg.det(jac)) - 1.0) < 1e-10
+
+
+STARTS = np.random.default_rng(0).normal(size=(6, 2, 3))
+
+
+def _dh(name, steps, eps, n):
+    """dH of one trajectory from each of six starts, compiled once per setting."""
+    run = jax.jit(jax.vmap(lambda q, p: nested(name, [soft, stiff], steps, {"x": 0.4 * q}, {"x": p}, eps, n)[1]))
+    return np.asarray(run(jnp.asarray(STARTS[:, 0]), jnp.asarray(STARTS[:, 1])))
+
+
+@pytest.mark.parametrize("name", ["leapfrog", "minimum_norm", pytest.param("yoshida4", marks=pytest.mark.slow)])
+def test_energy_error_order_of_each_level(name):
+    """The outer level: |dH| at a fixed time against the outer step (with a fixed number of
+    inner steps per outer drift, both levels' errors scale with it). The inner level: at a
+    fixed outer step, the change of dH when the inner steps per outer drift double,
+    ``dH(k) - dH(2k)``, which falls as ``k^-order``."""
+    order = integrators.ORDER[name]
+    with jax.enable_x64(True):
+        ns = np.array([8, 16, 32])
+        outer = [np.sqrt(np.mean(_dh(name, (1, 2), 1.0 / n, int(n)) ** 2)) for n in ns]
+        outer_slope = np.polyfit(np.log(1.0 / ns), np.log(outer), 1)[0]
+        # outer step 0.2 (0.05 for the fourth order, whose asymptotic range starts later)
+        inner_steps = np.array([1, 2, 4]) if order == 4 else np.array([2, 4, 8])
+        eps = 0.05 if order == 4 else 0.2
+        dh = {int(k): _dh(name, (1, int(k)), eps, 1) for k in (*inner_steps, 2 * inner_steps[-1])}
+        inner = [np.sqrt(np.mean((dh[int(k)] - dh[2 * int(k)]) ** 2)) for k in inner_steps]
+        inner_slope = np.polyfit(np.log(1.0 / inner_steps), np.log(inner), 1)[0]
+    assert abs(outer_slope - order) < 0.3, (outer_slope, outer)
+    assert abs(inner_slope - order) < 0.3, (inner_slope, inner)
+
+
+def test_one_level_with_every_term_is_the_flat_sampler_bit_for_bit():
+    pot = phi4(shape=(4, 4))
+    kw = dict(seed=3, num_chains=4, num_warmup=60, num_samples=40, chunk_size=25, progress=False)
+    flat = hmc.sample(pot, **kw)
+    one = hmc.sample(pot, **kw, timescales=[{"terms": list(pot.terms), "steps": 1}])
+    for k in flat.draws:
+        assert np.array_equal(flat.draws[k], one.draws[k]), k
+    for k in flat.stats:
+        assert np.array_equal(flat.stats[k], one.stats[k]), k
+    assert one.settings["timescales"] == [{"terms": list(pot.terms), "steps": 1}]
+
+
+def test_each_level_evaluates_only_its_own_terms():
+    calls = {"kinetic": 0, "quartic": 0}
+    pot = phi4(shape=(4, 4))
+
+    def counted(name):
+        fn = pot.terms[name]
+
+        def term(q):
+            calls[name] += 1  # counted when traced: once per appearance in the program
+            return fn(q)
+
+        return term
+
+    split = hmc.kernels.HMC(integrator="leapfrog", num_steps=2,
+                            timescales=[{"terms": ["quartic"], "steps": 1}, {"terms": ["kinetic"], "steps": 3}])
+    energies = {"kinetic": counted("kinetic"), "quartic": counted("quartic")}
+    s = integrators.Split((energies["quartic"], energies["kinetic"]), (1, 3))
+    q = pot.init(jax.random.key(0))
+    metric = integrators.euclidean_metric(None, q)
+    state = integrators.IntegratorState(q, q, tuple(jax.grad(f)(q) for f in s.energies))
+    calls.update(kinetic=0, quartic=0)
+    jax.make_jaxpr(lambda st: integrators.integrate("leapfrog", None, metric.velocity, st, 0.1, 3, split=s))(state)
+    # 3 steps, the first peeled, a loop body, the last: 1 + 1 + 1 traced steps of 1 outer and 3 inner forces
+    assert calls == {"quartic": 3, "kinetic": 9}
+    assert split.evaluations_per_level == (1, 3)
+
+
+def test_timescales_errors_name_the_term():
+    pot = phi4(shape=(4, 4))
+    kw = dict(num_warmup=0, step_size=0.1, num_samples=2, progress=False)
+    with pytest.raises(ValueError, match="term 'mass' is on no level"):
+        hmc.sample(pot, **kw, timescales=[{"terms": ["quartic"]}, {"terms": ["kinetic"]}])
+    with pytest.raises(ValueError, match="term 'kinetic' is on level 0 and level 1"):
+        hmc.sample(pot, **kw, timescales=[{"terms": ["kinetic", "quartic"]}, {"terms": ["kinetic", "mass"]}])
+    with pytest.raises(ValueError, match="names 'fermion', which is not a term"):
+        hmc.sample(pot, **kw, timescales=[{"terms": ["fermion"]}, {"terms": list(pot.terms)}])
+    with pytest.raises(ValueError, match=r"timescales\[1\].steps must be an integer >= 1"):
+        hmc.sample(pot, **kw, timescales=[{"terms": ["quartic"]}, {"terms": ["kinetic", "mass"], "steps": 0}])
+    with pytest.raises(ValueError, match=r"timescales\[0\]: unknown key 'step'"):
+        hmc.sample(pot, **kw, timescales=[{"terms": list(pot.terms), "step": 2}])
+
+
+def test_config_timescales():
+    cfg = RunConfig.model_validate({"model": {"name": "phi4"}, "sampler": {
+        "timescales": [{"terms": ["quartic"], "steps": 1}, {"terms": ["kinetic", "mass"], "steps": 4}]}})
+    from hmc.config import sample_kwargs
+
+    assert sample_kwargs(cfg)["timescales"][1] == {"terms": ["kinetic", "mass"], "steps": 4}
+    from hmc import config
+
+    with pytest.raises(ConfigError, match=r"sampler.timescales.0.steps"):
+        config.build({"model": {"name": "phi4"}, "sampler": {"timescales": [{"terms": ["quartic"], "steps": 0}]}})
+
+
+def test_a_trip_names_the_term_and_its_level():
+    """A nested run whose outer term breaks past a wall (``where`` passes NaN into the
+    gradient): trajectories are rejected and the events name the term and its level."""
+    from physics_models import broken
+
+    pot = broken.where_trap()
+    result = hmc.sample(pot, seed=2, num_chains=8, num_warmup=0, step_size=0.3, num_samples=200, chunk_size=50,
+                        progress=False, max_trip_fraction=1.0, num_steps=4,
+                        timescales=[{"terms": ["barrier"], "steps": 1}, {"terms": ["spring"], "steps": 2}])
+    assert result.stats["guard_tripped"].sum() > 0
+    trips = [e for e in result.guard_events if e.kind == "nonfinite_gradient"]
+    assert trips and all(e.term == "barrier" and e.level == 0 for e in trips), [str(e) for e in trips]
+    assert "in term 'barrier' (timescale level 0)" in str(trips[0])
