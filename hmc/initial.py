@@ -79,6 +79,10 @@ def preflight_chains(potential: Potential, positions: PyTree, allow: Sequence[st
 
 def positions_for(potential: Potential, settings: Settings, init_positions: PyTree | None) -> tuple[PyTree, Any]:
     """The initial positions in the working dtype, and that dtype."""
+    if settings.precision is not None:
+        # float64 switches jax_enable_x64 on before the initial states are drawn: the same
+        # states whether or not an earlier call in this process had switched it on
+        working_dtype(settings.precision, None)
     if init_positions is None:
         positions = initial_positions(potential, settings.seed, settings.num_chains)
     else:

@@ -1,0 +1,142 @@
+"""Auxiliary fields and the Schwinger model: the Wilson-Dirac operator, the pseudofermion
+heat bath and action, their forces, and sampling with fields redrawn per trajectory."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import hmc
+from physics_models import fermions, schwinger
+
+L, MASS = 4, 0.1
+
+
+def links(seed=1, spread=np.pi):
+    return jax.random.uniform(jax.random.key(seed), (2, L, L), minval=-spread, maxval=spread)
+
+
+def test_wilson_dirac_is_gamma5_hermitian_and_its_dense_form_matches():
+    with jax.enable_x64(True):
+        theta = links()
+        dense = np.asarray(fermions.dense_dirac(theta, MASS))
+        g5 = np.kron(np.eye(L * L), np.diag([1.0, -1.0]))
+        np.testing.assert_allclose(g5 @ dense @ g5, dense.conj().T, atol=1e-14)
+        assert abs(np.linalg.det(dense).imag) < 1e-8 * abs(np.linalg.det(dense).real)  # det D is real
+        psi = np.random.default_rng(0).normal(size=(L, L, 2, 2)) @ np.array([1.0, 1j])
+        np.testing.assert_allclose(fermions.dirac(theta, jnp.asarray(psi), MASS).reshape(-1), dense @ psi.reshape(-1),
+                                   atol=1e-13)
+        # free field: the lowest |eigenvalue| is the bare mass (zero momentum exists only in space,
+        # time is antiperiodic, so it sits above m)
+        free = np.abs(np.linalg.eigvals(np.asarray(fermions.dense_dirac(jnp.zeros((2, L, L)), MASS))))
+        assert free.min() > MASS
+
+
+def test_pseudofermion_action_of_the_heat_bath_is_eta_squared_and_its_force_is_exact():
+    with jax.enable_x64(True):
+        pot = schwinger(L=L, mass=MASS, cg_tol=1e-12)
+        theta = links()
+        key = jax.random.key(5)
+        phi = pot.refresh(key, {"theta": theta})["phi"]
+        # phi = D^dagger eta: S = phi^dagger (D^dagger D)^{-1} phi = |eta|^2
+        eta = fermions.to_complex(jax.random.normal(hmc.rng.fold_in(key, 0), (2, L, L, 2)) * np.sqrt(0.5))
+        action = pot.terms["fermion"]({"theta": theta, "phi": phi})
+        np.testing.assert_allclose(float(action), float(jnp.sum(jnp.abs(eta) ** 2)), rtol=1e-9)
+        # the implicit-differentiation force against central differences
+        energy = lambda th: pot.terms["fermion"]({"theta": th, "phi": phi})  # noqa: E731
+        v = jax.random.normal(jax.random.key(9), theta.shape)
+        h = 1e-5
+        fd = (energy(theta + h * v) - energy(theta - h * v)) / (2 * h)
+        np.testing.assert_allclose(float(jnp.vdot(jax.grad(energy)(theta), v)), float(fd), rtol=1e-6)
+        exact = schwinger(L=L, mass=MASS, fermions="exact").terms["fermion_exact"]
+        e = lambda th: exact({"theta": th})  # noqa: E731
+        fd = (e(theta + h * v) - e(theta - h * v)) / (2 * h)
+        np.testing.assert_allclose(float(jnp.vdot(jax.grad(e)(theta), v)), float(fd), rtol=1e-6)
+
+
+def test_conjugate_gradient_reports_iterations_and_residual():
+    with jax.enable_x64(True):
+        theta = links()
+        b = jax.random.normal(jax.random.key(3), (2, L, L, 2))
+        op = fermions.normal_operator(theta, MASS)
+        x, (k, res) = fermions.conjugate_gradient(op, b, 1e-10, 500)
+        assert res <= 1e-10 and 0 < k < 500
+        assert float(jnp.linalg.norm(op(x) - b) / jnp.linalg.norm(b)) < 1e-9
+        _, (k, res) = fermions.conjugate_gradient(op, b, 1e-10, 3)  # capped: stops short
+        assert int(k) == 3 and res > 1e-6
+
+
+def test_model_checks_its_parameters():
+    with pytest.raises(ValueError, match="L must be an even integer"):
+        schwinger(L=5)
+    with pytest.raises(ValueError, match="fermions must be one of"):
+        schwinger(fermions="staggered")
+    with pytest.raises(ValueError, match="n_flavors=1"):
+        schwinger(n_flavors=1)
+
+
+def test_auxiliary_fields_are_redrawn_each_trajectory_kept_apart_and_resumed_bit_exact():
+    pot = schwinger(L=L, mass=0.5, beta=1.0)
+    kw = dict(seed=2, num_chains=2, num_warmup=20, num_samples=20, chunk_size=10, num_steps=3, step_size=0.2,
+              precision="float64", mass_matrix="identity", progress=False)
+    whole = hmc.sample(pot, **kw)
+    # observables and recorded leaves see the links only
+    assert set(whole.draws) == {"plaquette", "topological_charge", "condensate", "theta"}
+    assert np.mean(whole.stats["acceptance_rate"]) > 0.5
+    saved = []
+
+    def stop(end):
+        saved.append(end.snapshot())
+        return len(saved) == 3
+
+    assert hmc.sample(pot, **kw, on_chunk=stop).stopped
+    again = hmc.sample(pot, **kw, resume=saved[-1])
+    for k, v in whole.draws.items():
+        np.testing.assert_array_equal(v, again.draws[k], err_msg=k)
+    np.testing.assert_array_equal(whole.stats["lp"], again.stats["lp"])
+
+
+def test_the_kernel_redraws_the_fields_and_tests_at_fixed_fields():
+    """One transition by hand: the fields of the new state are those of this transition's
+    key, and the energy change the Metropolis test saw is that of the fixed fields."""
+    from hmc.kernels import HMC, Params
+
+    with jax.enable_x64(True):
+        pot = schwinger(L=L, mass=0.5, beta=1.0, cg_tol=1e-12)
+        kernel = HMC(integrator="leapfrog", num_steps=3).build(pot, "step")
+        state = kernel.init({"theta": links(spread=0.3)})
+        key = jax.random.key(11)
+        new, info = kernel.step(key, state, Params(jnp.asarray(0.1), None))
+        fields = pot.refresh(hmc.rng.fold_in(key, 3), state.position)
+        np.testing.assert_array_equal(new.auxiliary["phi"], fields["phi"])
+        assert not np.array_equal(np.asarray(new.auxiliary["phi"]), np.asarray(state.auxiliary["phi"]))
+        # the new state's energy is the action at the fields of this transition
+        u = pot.energy({**new.position, **fields})
+        np.testing.assert_allclose(float(new.potential_energy), float(u), rtol=1e-10)
+        assert np.isfinite(float(info.delta_energy))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [4, 6])
+def test_pseudofermions_agree_with_the_exact_determinant(size):
+    """Two flavours at beta = 2, m = 0.1: the pseudofermion run and the exact-determinant
+    run agree within their Monte Carlo errors on the plaquette and the condensate."""
+    results = {}
+    for kind in ("pseudofermion", "exact"):
+        pot = schwinger(L=size, beta=2.0, mass=0.1, fermions=kind)
+        r = hmc.sample(pot, seed=1, num_chains=8, num_warmup=200, num_samples=300, precision="float64",
+                       mass_matrix="identity", trajectory_length=1.0, progress=False)
+        results[kind] = r.summary()
+    for name in ("plaquette", "condensate"):
+        a, b = (results[k].observables[name] for k in ("pseudofermion", "exact"))
+        z = (float(a.mean) - float(b.mean)) / np.hypot(float(a.mcse), float(b.mcse))
+        assert abs(z) < 4.0, (name, float(a.mean), float(b.mean), z)
+
+
+@pytest.mark.slow
+def test_quenched_plaquette_matches_the_bessel_sum():
+    pot = schwinger(L=6, beta=2.0, fermions="none")
+    r = hmc.sample(pot, seed=0, num_chains=8, num_warmup=200, num_samples=500, mass_matrix="identity",
+                   trajectory_length=1.0, progress=False)
+    s = r.summary().observables["plaquette"]
+    assert abs(float(s.mean) - float(pot.exact["plaquette"])) < 4.0 * float(s.mcse)
