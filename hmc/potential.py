@@ -74,6 +74,13 @@ class Potential:
         the fields (``q["phi"]``), the observables do not. Where no trajectory supplies them
         (the guard's checks, the step-size heuristic, the stability cap), :meth:`energy`
         draws them with a fixed key at the zero state.
+    health
+        Optional ``term -> check(q) -> {"ok": bool, ...}``: the health of a term that runs a
+        solver (``"residual"``, ``"iterations"``, any numbers). A solver stopped at its
+        iteration cap returns a force that is finite but wrong; such a term should make its
+        energy NaN when unhealthy (:func:`hmc.guard.unhealthy_is_nan`), which trips the
+        guard and rejects the trajectory, and the guard then reports the check's numbers as
+        a ``solver_not_converged`` event (the term, the residual, the iterations).
     embedding
         Optional ``e(q) -> array``: a map of the state into a Euclidean space in which
         ``trajectory_length="auto"`` measures how far a trajectory went (default: the
@@ -95,6 +102,7 @@ class Potential:
     derived: Mapping[str, Callable[[Mapping[str, Any]], float]] = dataclasses.field(default_factory=dict)
     embedding: Callable[[PyTree], Array] | None = None
     auxiliary: Mapping[str, Callable[[Array, PyTree], Array]] = dataclasses.field(default_factory=dict)
+    health: Mapping[str, Callable[[PyTree], Mapping[str, Array]]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         terms = _freeze(self.terms, "term")
@@ -116,6 +124,11 @@ class Potential:
         object.__setattr__(self, "observables", observables)
         object.__setattr__(self, "exact", exact)
         object.__setattr__(self, "auxiliary", _freeze(self.auxiliary, "auxiliary field"))
+        health = _freeze(self.health, "health check")
+        unknown = sorted(set(health) - set(terms))
+        if unknown:
+            raise ValueError(f"health checks given for unknown terms {unknown} (terms: {list(terms)})")
+        object.__setattr__(self, "health", health)
 
     # -- auxiliary fields ---------------------------------------------------------
     def refresh(self, rng_key: Array, position: PyTree) -> dict[str, Array]:

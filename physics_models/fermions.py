@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hmc.guard.attribution import unhealthy_is_nan
 from hmc.potential import Potential
 from physics_models import exact as _exact
 from physics_models.gauge import plaquette_angles, wrap
@@ -110,6 +111,9 @@ def conjugate_gradient(matvec, b: jax.Array, tol: float, maxiter: int) -> tuple[
         return x, r, p, rr_new, k + 1
 
     x, _, _, rr, k = jax.lax.while_loop(cond, body, (jnp.zeros_like(b), b, b, bb, jnp.asarray(0, jnp.int32)))
+    # a non-finite right-hand side stops the loop at once (NaN > NaN is false): return NaN,
+    # not the zero start, so that a NaN reaching the solve is not silently swallowed
+    x = jnp.where(jnp.isfinite(bb), x, jnp.nan)
     return x, (k, jnp.sqrt(rr / jnp.maximum(bb, jnp.finfo(bb.dtype).tiny)))
 
 
@@ -143,7 +147,8 @@ def schwinger(L: int = 8, beta: float = 2.0, mass: float = 0.1, n_flavors: int =
     Terms: ``gauge`` (Wilson plaquette action ``beta sum_p (1 - cos theta_p)``) and
     ``fermion`` (``fermions="pseudofermion"``: ``phi^dagger (D^dagger D)^{-1} phi`` with the
     auxiliary field ``phi``, a CG solve to relative residual ``cg_tol`` in at most
-    ``cg_maxiter`` iterations) or ``fermion_exact`` (``fermions="exact"``:
+    ``cg_maxiter`` iterations; a solve that stops at the cap makes the term NaN, so the guard
+    rejects the trajectory and reports ``solver_not_converged`` with the residual) or ``fermion_exact`` (``fermions="exact"``:
     ``-n_flavors log|det D|`` by a dense ``slogdet``, for small lattices); ``fermions="none"``
     is the quenched theory (the plaquette then has its exact Bessel-sum value).
 
@@ -172,8 +177,15 @@ def schwinger(L: int = 8, beta: float = 2.0, mass: float = 0.1, n_flavors: int =
         return beta * jnp.sum(1.0 - jnp.cos(plaquette_angles(q["theta"])))
 
     def fermion(q):
-        x, _ = solve_normal(q["theta"], q["phi"], mass, cg_tol, cg_maxiter)
-        return jnp.sum(q["phi"] * x)
+        x, iterations = solve_normal(q["theta"], q["phi"], mass, cg_tol, cg_maxiter)
+        # a solve stopped at the cap: NaN energy and force, so the guard rejects the trajectory
+        return unhealthy_is_nan(jnp.sum(q["phi"] * x), iterations < cg_maxiter)
+
+    def fermion_health(q):
+        _, (iterations, residual) = conjugate_gradient(normal_operator(q["theta"], mass), q["phi"], cg_tol,
+                                                       cg_maxiter)
+        return {"ok": iterations < cg_maxiter, "residual": residual, "iterations": iterations,
+                "tolerance": jnp.asarray(cg_tol), "max_iterations": jnp.asarray(cg_maxiter)}
 
     def fermion_exact(q):
         return -n_flavors * jnp.linalg.slogdet(dense_dirac(q["theta"], mass))[1]
@@ -200,10 +212,10 @@ def schwinger(L: int = 8, beta: float = 2.0, mass: float = 0.1, n_flavors: int =
         return {"theta": jax.random.uniform(key, (2, L, L), minval=-0.5, maxval=0.5)}
 
     terms = {"gauge": gauge}
-    auxiliary = {}
+    auxiliary, health = {}, {}
     if fermions == "pseudofermion":
         terms["fermion"] = fermion
-        auxiliary = {"phi": heat_bath}
+        auxiliary, health = {"phi": heat_bath}, {"fermion": fermion_health}
     elif fermions == "exact":
         terms["fermion_exact"] = fermion_exact
     observables = {
@@ -216,5 +228,5 @@ def schwinger(L: int = 8, beta: float = 2.0, mass: float = 0.1, n_flavors: int =
     if fermions == "none":
         exact["plaquette"] = _exact.u1_plaquette(beta, volume)
     return Potential(terms=terms, init=init, observables=observables, exact=exact, name="schwinger",
-                     auxiliary=auxiliary,
+                     auxiliary=auxiliary, health=health,
                      embedding=lambda q: jnp.stack([jnp.cos(q["theta"]), jnp.sin(q["theta"])]))

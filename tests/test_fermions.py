@@ -77,7 +77,7 @@ def test_model_checks_its_parameters():
 
 def test_auxiliary_fields_are_redrawn_each_trajectory_kept_apart_and_resumed_bit_exact():
     pot = schwinger(L=L, mass=0.5, beta=1.0)
-    kw = dict(seed=2, num_chains=2, num_warmup=20, num_samples=20, chunk_size=10, num_steps=3, step_size=0.2,
+    kw = dict(seed=2, num_chains=2, num_warmup=0, num_samples=24, chunk_size=8, num_steps=3, step_size=0.2,
               precision="float64", mass_matrix="identity", progress=False)
     whole = hmc.sample(pot, **kw)
     # observables and recorded leaves see the links only
@@ -87,7 +87,7 @@ def test_auxiliary_fields_are_redrawn_each_trajectory_kept_apart_and_resumed_bit
 
     def stop(end):
         saved.append(end.snapshot())
-        return len(saved) == 3
+        return len(saved) == 2
 
     assert hmc.sample(pot, **kw, on_chunk=stop).stopped
     again = hmc.sample(pot, **kw, resume=saved[-1])
@@ -140,3 +140,37 @@ def test_quenched_plaquette_matches_the_bessel_sum():
                    trajectory_length=1.0, progress=False)
     s = r.summary().observables["plaquette"]
     assert abs(float(s.mean) - float(pot.exact["plaquette"])) < 4.0 * float(s.mcse)
+
+
+def test_attribution_names_a_solver_that_stopped_at_its_cap():
+    """The default tier's stand-in for the run below: at a state where the capped CG does
+    not converge, attribution reports ``solver_not_converged`` (not a bare NaN) with the
+    residual and the iteration count."""
+    with jax.enable_x64(True):
+        pot = schwinger(L=L, mass=0.1, beta=2.0, cg_maxiter=5)
+        events = hmc.guard.attribute(pot, {"theta": links()}, phase="sampling", chain=1, draw=3, leapfrog_step=2)
+        assert [e.kind for e in events] == ["solver_not_converged"] and events[0].term == "fermion"
+        assert events[0].details["iterations"] == 5 and events[0].details["residual"] > 1e-8
+        converged = hmc.guard.attribute(schwinger(L=L, mass=0.1, beta=2.0), {"theta": links()}, phase="sampling")
+        assert "solver_not_converged" not in [e.kind for e in converged]
+
+
+@pytest.mark.slow
+def test_a_solver_at_its_iteration_cap_is_refused_then_rejected_and_named():
+    """A CG cap too low to converge: preflight refuses to start; allowed, every trajectory
+    is rejected and the guard reports ``solver_not_converged`` with the term, the residual,
+    the iteration count, the chain and the step."""
+    from hmc.initial import GuardRefused
+
+    pot = schwinger(L=L, mass=0.1, beta=2.0, cg_maxiter=5)
+    kw = dict(seed=0, num_chains=2, num_warmup=0, step_size=0.1, num_samples=4, chunk_size=4, num_steps=2,
+              precision="float64", mass_matrix="identity", progress=False)
+    with pytest.raises(GuardRefused, match="solver_not_converged in term 'fermion'"):
+        hmc.sample(pot, **kw)
+    r = hmc.sample(pot, **kw, max_trip_fraction=1.0, allow=["solver_not_converged"])
+    assert r.stats["guard_tripped"].all() and not r.stats["acceptance_rate"].any()
+    events = [e for e in r.guard_events if e.phase == "sampling"]
+    assert events and all(e.kind == "solver_not_converged" and e.term == "fermion" for e in events)
+    e = events[0]
+    assert e.details["iterations"] == 5 and e.details["residual"] > 1e-8
+    assert e.chain is not None and e.leapfrog_step is not None and e.draw is not None

@@ -12,7 +12,7 @@ is :mod:`hmc.guard.monitor`. Every finding is a :class:`GuardEvent`, one line of
 ``guard.jsonl``.
 """
 
-from hmc.guard.attribution import attribute, term_report
+from hmc.guard.attribution import attribute, term_report, unhealthy_is_nan
 from hmc.guard.events import EVENT_KINDS, MAX_INDICES, PHASES, POLICIES, GuardEvent, allowed, log_event
 from hmc.guard.preflight import STATUSES, PreflightReport, checks_program, preflight, preflight_batch
 from hmc.guard.reach import HIDDEN, REACHED, UNREACHABLE, check_element_reach, element_reach, reach_codes, reach_masks
@@ -21,4 +21,5 @@ __all__ = [
     "EVENT_KINDS", "HIDDEN", "MAX_INDICES", "PHASES", "POLICIES", "REACHED", "STATUSES", "UNREACHABLE",
     "GuardEvent", "PreflightReport", "allowed", "attribute", "check_element_reach", "checks_program",
     "element_reach", "log_event", "preflight", "preflight_batch", "reach_codes", "reach_masks", "term_report",
+    "unhealthy_is_nan",
 ]

@@ -18,6 +18,15 @@ logger = logging.getLogger("hmc.guard")
 PyTree = Any
 
 
+def unhealthy_is_nan(value: Any, ok: Any) -> Any:
+    """``value`` where ``ok``, NaN otherwise, with a NaN gradient too: a term whose solver
+    failed trips the guard (the trajectory is rejected) instead of returning a finite but
+    wrong force. Pair it with a ``health`` check on the :class:`hmc.Potential`."""
+    import jax.numpy as jnp
+
+    return value * jnp.where(ok, 1.0, jnp.nan).astype(jnp.result_type(value))
+
+
 def _nonfinite_indices(x: np.ndarray) -> list[list[int]]:
     bad = np.argwhere(~np.isfinite(np.asarray(x)))
     return [list(map(int, idx)) for idx in bad[:MAX_INDICES]]
@@ -112,9 +121,10 @@ def attribute(
                     **context,
                 )
             ]
-    events = []
+    events, unhealthy = _health_events(potential, position, context)
     for term, (value, grads) in term_report(potential, position).items():
-        events += _term_events(potential.state_terms()[term], term, position, names, value, grads, context)
+        if term not in unhealthy:  # its NaN is the solver's flag, reported above
+            events += _term_events(potential.state_terms()[term], term, position, names, value, grads, context)
     if not events:
         events.append(
             GuardEvent(
@@ -124,6 +134,27 @@ def attribute(
             )
         )
     return events
+
+
+def _health_events(potential: Potential, position: PyTree, context: dict[str, Any]) -> tuple[list, set]:
+    """``solver_not_converged`` events of the terms whose health check fails at ``position``."""
+    events, unhealthy = [], set()
+    for term, check in potential.health.items():
+        try:
+            report = {k: np.asarray(v) for k, v in check(potential.with_auxiliary(position)).items()}
+        except Exception as err:  # diagnostics only
+            logger.debug("health check of term %r failed: %s", term, err)
+            continue
+        if bool(report.get("ok", True)):
+            continue
+        unhealthy.add(term)
+        details = {k: v.item() if v.size == 1 else v.tolist() for k, v in report.items() if k != "ok"}
+        numbers = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in details.items())
+        events.append(GuardEvent(
+            kind="solver_not_converged", term=term, details=details,
+            message=f"the solver of term {term!r} did not converge ({numbers}): its force would be finite but "
+            "wrong; raise its iteration cap or loosen its tolerance", **context))
+    return events, unhealthy
 
 
 def _term_events(fn: Any, term: str, position: PyTree, names: list[str], value: np.ndarray,

@@ -16,6 +16,7 @@ EVENT_KINDS = (
     "nonfinite_gradient",
     "nonfinite_energy",
     "partially_detached",
+    "solver_not_converged",
 )
 PHASES = ("preflight", "warmup", "sampling")
 POLICIES = ("reject", "halt", "off")
@@ -40,6 +41,7 @@ class GuardEvent:
     action: str = "reported"
     cause: str | None = None  # non-finite findings: "overflow", "singularity" or "domain"
     level: int | None = None  # nested timescales: the level of ``term`` (0: outermost)
+    details: dict[str, Any] | None = None  # solver_not_converged: the term's health check (residual, iterations)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -117,7 +117,7 @@ class Outcome(NamedTuple):
 
 def metropolis(potential_fn: Callable[[PyTree], Array], settings: Trajectory, guard: str, metric: Any,
                state: Any, momentum: PyTree, eps: Array, n_steps: Array | int, key_accept: Array,
-               split: _integrators.Split | None = None) -> Outcome:
+               split: _integrators.Split | None = None, start_ok: Array | None = None) -> Outcome:
     """Integrate from ``(state.position, momentum)`` and test the end on the true energy.
 
     A non-finite proposal energy is a rejection; a trajectory whose gradient went
@@ -132,6 +132,15 @@ def metropolis(potential_fn: Callable[[PyTree], Array], settings: Trajectory, gu
     )
     if split is not None:
         potential_fn = split.energy
+    if start_ok is not None:
+        # a start recomputed in this transition (fresh auxiliary fields): its gradient was
+        # not checked by an earlier trajectory; a broken one is a trip at the start
+        bad = ~start_ok
+        keep = lambda new, old: jnp.where(bad, new, old)  # noqa: E731
+        flags = _integrators.GuardFlags(
+            flags.ok & start_ok, jnp.where(bad, 0, flags.first_step).astype(jnp.int32),
+            jax.tree_util.tree_map(keep, state.position, flags.position),
+            jax.tree_util.tree_map(keep, momentum, flags.momentum))
     energy_start = state.potential_energy + metric.kinetic_energy(momentum)
     kinetic_end = metric.kinetic_energy(end.momentum)
     tripped = _tripped(guard, flags, end)
@@ -211,10 +220,13 @@ def _transition(potential_fn: Callable[[PyTree], Array], settings: Trajectory, g
                                 params.trajectory_length)
         metric = _integrators.euclidean_metric(params.inverse_mass_matrix, state.position)
         momentum = metric.sample_momentum(key_momentum, state.position)
-        energy_fn, level_split = potential_fn, split
+        energy_fn, level_split, start_ok = potential_fn, split, None
         if auxiliary:
             state, energy_fn, level_split = with_fresh_auxiliary(potential_fn, settings, rng_key, state)
-        out = metropolis(energy_fn, settings, guard, metric, state, momentum, eps, n_steps, key_accept, level_split)
+            start_ok = jnp.isfinite(state.potential_energy) & jnp.isfinite(
+                _integrators.tree_sum(state.potential_energy_grad))
+        out = metropolis(energy_fn, settings, guard, metric, state, momentum, eps, n_steps, key_accept, level_split,
+                         start_ok)
         new_state = jax.tree_util.tree_map(
             lambda new, old: jnp.where(out.is_accepted, new, old),
             HMCState(out.end.position, out.potential, out.end.potential_energy_grad, state.auxiliary),
