@@ -70,7 +70,7 @@ def test_statistical_references():
 def test_registry_lists_every_model_with_parameters():
     assert set(physics_models.REGISTRY) == {
         "gaussian", "funnel", "rosenbrock", "harmonic_oscillator", "anharmonic_oscillator", "double_well",
-        "classical_double_well", "phi4", "u1_gauge", "lennard_jones",
+        "classical_double_well", "phi4", "u1_gauge", "lennard_jones", "schwinger",
     }
     params = physics_models.parameters("phi4")
     assert set(params) >= {"shape", "m2", "lam"}
@@ -88,6 +88,7 @@ TERMS = {
     "classical_double_well": ({}, {"potential"}, {"x", "x2", "x4"}),
     "phi4": ({}, {"kinetic", "mass", "quartic"}, {"magnetization", "abs_magnetization", "phi2", "action"}),
     "u1_gauge": ({}, {"wilson"}, {"plaquette", "topological_charge", "topological_charge_sin"}),
+    "schwinger": ({"L": 4}, {"gauge", "fermion"}, {"plaquette", "topological_charge", "condensate"}),
     "lennard_jones": ({}, {"pair", "wall", "com"}, {"energy", "radius_of_gyration"}),
 }
 
