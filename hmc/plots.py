@@ -70,6 +70,10 @@ def plot_run(run_dir: str, observables: list[str] | None = None) -> list[str]:
         written.append(_save(warmup_figure(data["warmup_stats"], settings.get("target_accept")),
                              os.path.join(folder, "warmup.png")))
     written.append(_save(guard_figure(data["warmup_stats"], stats, data["events"]), os.path.join(folder, "guard.png")))
+    log_path = os.path.join(run_dir, "log.jsonl")
+    records = [r for r in rundir.read_jsonl(log_path) if r.get("forces")] if os.path.exists(log_path) else []
+    if records:
+        written.append(_save(forces_figure(records), os.path.join(folder, "forces.png")))
     scalars = {k: np.asarray(v, np.float64) for k, v in draws.items() if np.ndim(v) == 2 and k in names}
     if scalars and next(iter(scalars.values())).shape[1] > 4:
         written.append(_save(autocorrelation_figure(scalars), os.path.join(folder, "autocorrelation.png")))
@@ -131,6 +135,29 @@ def vector_figure(name: str, x: np.ndarray, exact: Any = None) -> Any:
         ax.set_xlabel("index")
     ax.set_ylabel(name)
     ax.legend(fontsize=8, loc="upper right")
+    return fig
+
+
+def forces_figure(records: list[dict]) -> Any:
+    """Nested timescales: ``eps_level * |F|`` of each level (rms, and the largest component)
+    at the end of every chunk. Balanced levels sit at the same height."""
+    fig = _figure(7, 3.6)
+    ax = fig.subplots()
+    x = np.arange(len(records))
+    for i, level in enumerate(records[-1]["forces"]["levels"]):
+        label = f"level {i} ({'+'.join(level['terms'])}, steps {level['steps']})"
+        rms = [r["forces"]["levels"][i]["eps_rms"] for r in records]
+        big = [r["forces"]["levels"][i]["eps_max"] for r in records]
+        line, = ax.plot(x, rms, label=label + " rms")
+        ax.plot(x, big, ls="--", color=line.get_color(), label=label + " max")
+    warm = sum(r.get("phase") == "warmup" for r in records)
+    if 0 < warm < len(records):
+        ax.axvline(warm - 0.5, color="grey", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel("chunk")
+    ax.set_ylabel("eps_level * |F|")
+    ax.set_title("force per level at the chunk ends (balanced levels sit together)", fontsize=9, loc="left")
+    ax.legend(fontsize=7, loc="best")
     return fig
 
 

@@ -305,6 +305,10 @@ def summarize_run(path: str, potential: Any = None, result: Any = None) -> dict[
         if note:
             text += f"\nstep size: {note}"
             summary.sampler["step_size_note"] = note
+    forces_text, forces = _forces_note(run_dir)
+    if forces_text:
+        text += "\n" + forces_text
+        summary.sampler["forces"] = forces
     text = f"status: {status}\n" + text
     if not status.startswith("in progress"):
         payload = dict(summary.to_dict(), status=status, guard_events_by_kind=kinds)
@@ -313,6 +317,40 @@ def summarize_run(path: str, potential: Any = None, result: Any = None) -> dict[
             payload["halt_reason"] = result.halt_reason
         _rundir.write_json(run_dir.file("summary.json"), payload)
     return {"summary": summary, "text": text, "status": status}
+
+
+def _forces_note(run_dir: Any) -> tuple[str, dict | None]:
+    """With nested timescales: each level's force and ``eps * |F|`` over the sampling chunks
+    of ``log.jsonl``, and the step counts that balance ``eps * max|F|`` across levels."""
+    from hmc import forces as _forces
+
+    path = run_dir.file("log.jsonl")
+    if not os.path.exists(path):
+        return "", None
+    records = [r for r in _rundir.read_jsonl(path) if r.get("event") == "chunk" and r.get("forces")]
+    sampled = [r for r in records if r.get("phase") == "sampling"] or records
+    if not sampled:
+        return "", None
+    n_levels = len(sampled[-1]["forces"]["levels"])
+    levels = []
+    for i in range(n_levels):
+        rows = [r["forces"]["levels"][i] for r in sampled]
+        levels.append(dict(terms=rows[-1]["terms"], steps=rows[-1]["steps"], step=float(np.mean([x["step"] for x in rows])),
+                           rms=float(np.mean([x["rms"] for x in rows])), max=float(np.max([x["max"] for x in rows])),
+                           eps_rms=float(np.mean([x["eps_rms"] for x in rows])),
+                           eps_max=float(np.max([x["eps_max"] for x in rows]))))
+    lines = ["forces (per level, over the sampling chunks' end states):"]
+    for i, lv in enumerate(levels):
+        lines.append(f"  level {i} {'+'.join(lv['terms'])}: steps {lv['steps']}, eps {lv['step']:.4g}, |F| rms "
+                     f"{lv['rms']:.4g} max {lv['max']:.4g}, eps*|F| rms {lv['eps_rms']:.4g} max {lv['eps_max']:.4g}")
+    dh = [r["delta_energy_mean"] for r in sampled if r.get("delta_energy_mean") is not None]
+    if dh:
+        lines.append(f"  <dH> over the sampling chunks {float(np.mean(dh)):.4g}")
+    suggested = _forces.suggest_steps(levels)
+    if n_levels > 1:
+        lines.append("  steps that balance eps*max|F| across levels: "
+                     + ", ".join(f"level {i}: {n}" for i, n in enumerate(suggested)))
+    return "\n".join(lines), {"levels": levels, "suggested_steps": suggested}
 
 
 def _step_note(config: dict | None, warmup: dict) -> str | None:

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from hmc import adaptation as _adaptation
+from hmc import forces as _forces
 from hmc import devices as _devices
 from hmc import diagnostics as _diagnostics
 from hmc import guard as _guard
@@ -360,7 +361,16 @@ class _Run:
         """The ``log.jsonl`` record of a chunk."""
         c = self.counters
         get = lambda k: out[k] if k in out else out[STAT_PREFIX + k]  # noqa: E731
-        return dict(
+        extra = {}
+        timescales = getattr(self.settings.kernel, "timescales", None)
+        if timescales:
+            # per term and level: |F| at the chunk's end states, and eps_level * |F|
+            extra["forces"] = _forces.chunk_forces(self.potential, timescales, self.loop.states,
+                                                   float(np.mean(get("step_size"))))
+        if STAT_PREFIX + "delta_energy" in out:
+            dh = np.asarray(out[STAT_PREFIX + "delta_energy"], np.float64)
+            extra["delta_energy_mean"] = float(np.mean(dh[np.isfinite(dh)])) if np.isfinite(dh).any() else None
+        return extra | dict(
             phase=phase, iterations_done=c.done, iterations_total=self.settings.total, warmup_done=c.warmup_done,
             draws_done=c.drawn, trajectories=n_traj, acceptance_rate=float(np.mean(get("acceptance_rate"))),
             divergences=int(np.sum(get("diverging"))), guard_trips=new, guard_trips_total=c.tripped_total,

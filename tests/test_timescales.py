@@ -8,6 +8,7 @@ import pytest
 
 import hmc
 from hmc import integrators
+from hmc.forces import suggest_steps
 from hmc.config import ConfigError, RunConfig
 from physics_models import phi4
 
@@ -229,3 +230,46 @@ def test_a_trip_names_the_term_and_its_level():
     trips = [e for e in result.guard_events if e.kind == "nonfinite_gradient"]
     assert trips and all(e.term == "barrier" and e.level == 0 for e in trips), [str(e) for e in trips]
     assert "in term 'barrier' (timescale level 0)" in str(trips[0])
+
+
+def test_force_monitoring_in_the_log_the_summary_and_a_plot(tmp_path, capsys):
+    """A nested run from a config: every chunk's log record has each term's and each
+    level's |F| and eps_level * |F|; ``hmc summary`` prints them with the step counts
+    that balance the levels; ``hmc plot`` draws them."""
+    import json
+    import os
+
+    from hmc import cli
+    from hmc.forces import suggest_steps
+
+    cfg = tmp_path / "nested.yaml"
+    cfg.write_text("model: {name: phi4, params: {shape: [4, 4]}}\n"
+                   "sampler: {num_chains: 4, num_warmup: 40, num_samples: 40, num_steps: 3, integrator: leapfrog,\n"
+                   "          timescales: [{terms: [quartic], steps: 1}, {terms: [kinetic, mass], steps: 2}]}\n"
+                   f"run: {{chunk_size: 20}}\noutput: {{dir: {tmp_path / 'out'}}}\n")
+    assert cli.main(["run", str(cfg), "--no-progress"]) == 0
+    out = tmp_path / "out"
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    chunks = [r for r in records if r.get("event") == "chunk"]
+    assert chunks and all("forces" in r for r in chunks)
+    forces = chunks[-1]["forces"]
+    assert set(forces["terms"]) == {"kinetic", "mass", "quartic"}
+    outer, inner = forces["levels"]
+    assert inner["terms"] == ["kinetic", "mass"] and inner["steps"] == 2
+    assert inner["step"] == pytest.approx(outer["step"] / 2)
+    assert inner["eps_max"] == pytest.approx(inner["step"] * inner["max"])
+    assert all(r["delta_energy_mean"] is not None for r in chunks if r["phase"] == "sampling")
+    capsys.readouterr()
+    assert cli.main(["summary", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "level 1 kinetic+mass: steps 2" in text and "steps that balance eps*max|F|" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sampler"]["forces"]["suggested_steps"][0] == 1
+    assert cli.main(["plot", str(out)]) == 0
+    assert os.path.getsize(out / "plots" / "forces.png") > 1000
+
+
+def test_suggested_steps_balance_eps_times_force():
+    # outer: 1 step, |F| 1; inner: |F| 6 -> 6 inner steps per outer step bring eps*|F| level
+    levels = [dict(steps=1, max=1.0), dict(steps=2, max=6.0), dict(steps=1, max=24.0)]
+    assert suggest_steps(levels) == [1, 6, 4]
