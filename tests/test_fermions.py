@@ -12,6 +12,14 @@ from physics_models import fermions, schwinger
 L, MASS = 4, 0.1
 
 
+@pytest.fixture
+def x64_off_after():
+    """``precision="float64"`` switches x64 on for the whole process: off again after the
+    test, so that the tests after it in this worker run as they would alone."""
+    yield
+    jax.config.update("jax_enable_x64", False)
+
+
 def links(seed=1, spread=np.pi):
     return jax.random.uniform(jax.random.key(seed), (2, L, L), minval=-spread, maxval=spread)
 
@@ -75,7 +83,7 @@ def test_model_checks_its_parameters():
         schwinger(n_flavors=1)
 
 
-def test_auxiliary_fields_are_redrawn_each_trajectory_kept_apart_and_resumed_bit_exact():
+def test_auxiliary_fields_are_redrawn_each_trajectory_kept_apart_and_resumed_bit_exact(x64_off_after):
     pot = schwinger(L=L, mass=0.5, beta=1.0)
     kw = dict(seed=2, num_chains=2, num_warmup=0, num_samples=24, chunk_size=8, num_steps=3, step_size=0.2,
               precision="float64", mass_matrix="identity", progress=False)
@@ -118,7 +126,7 @@ def test_the_kernel_redraws_the_fields_and_tests_at_fixed_fields():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("size", [4])
-def test_pseudofermions_agree_with_the_exact_determinant(size):
+def test_pseudofermions_agree_with_the_exact_determinant(size, x64_off_after):
     """Two flavours at beta = 2, m = 0.1: the pseudofermion run and the exact-determinant
     run agree within their Monte Carlo errors on the plaquette and the condensate."""
     results = {}
@@ -156,7 +164,7 @@ def test_attribution_names_a_solver_that_stopped_at_its_cap():
 
 
 @pytest.mark.slow
-def test_a_solver_at_its_iteration_cap_is_refused_then_rejected_and_named():
+def test_a_solver_at_its_iteration_cap_is_refused_then_rejected_and_named(x64_off_after):
     """A CG cap too low to converge: preflight refuses to start; allowed, every trajectory
     is rejected and the guard reports ``solver_not_converged`` with the term, the residual,
     the iteration count, the chain and the step."""
