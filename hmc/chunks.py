@@ -208,8 +208,41 @@ def lengthener(program: Program, potential: Potential) -> Callable:
     return update
 
 
-def _warmup_chunk(step: Callable, adapt: Callable, limit: Callable, lengthen: Callable, chunk_size: int,
-                  adaptive_length: bool) -> Callable:
+def tempering_rounds(program: Program, potential: Potential) -> Callable:
+    """``(t, states) -> states``: with tempering, the ladder adapted at the end of each warmup
+    round (:func:`hmc.kernels.tempering.adapt_ladder`, rejection rates pooled over chains in a
+    fixed order), and the swap and round-trip counters reset at the end of warmup (so the
+    sampling phase counts its own)."""
+    adapter = getattr(program.kernel, "ladder_adapter", None)
+    if adapter is None or not program.num_warmup:
+        return lambda t, states: states
+    adapt = adapter(potential, program.guard)
+    ends = np.zeros(program.num_warmup, bool)
+    if program.kernel.adapt:
+        ends[_tempering_round_ends(program.num_warmup)] = True
+    round_end, last = jnp.asarray(ends), program.num_warmup - 1
+
+    def update(t, states):
+        states = jax.lax.cond(round_end[t], lambda s: adapt(s, ordered_mean, True), lambda s: s, states)
+        return jax.lax.cond(t == last, lambda s: adapt(s, ordered_mean, False), lambda s: s, states)
+
+    return update
+
+
+def _tempering_round_ends(num_warmup: int, first: int = 8) -> list[int]:
+    """The last iterations of the ladder's adaptation rounds: rounds double in length (as in
+    Pigeons) and the last ends at 3/4 of warmup, so the step size settles on the final
+    ladder; rounds shorter than ``first`` iterations are merged into the next."""
+    end = (3 * num_warmup) // 4
+    ends = []
+    while end >= first:
+        ends.append(end - 1)
+        end //= 2
+    return sorted(ends)
+
+
+def _warmup_chunk(step: Callable, adapt: Callable, limit: Callable, lengthen: Callable, temper: Callable,
+                  chunk_size: int, adaptive_length: bool) -> Callable:
     @jax.jit
     def warmup_chunk(chain_keys, states, adapt_state, start, n_valid):
         def one(carry, i):
@@ -223,6 +256,7 @@ def _warmup_chunk(step: Callable, adapt: Callable, limit: Callable, lengthen: Ca
             states, info, trip = step(keys, states, params)
             adapt_state = adapt(adapt_state, t, info, states)
             adapt_state = lengthen(adapt_state, t, before, info, params.trajectory_length)
+            states = temper(t, states)
             out = {
                 "acceptance_rate": info.acceptance_rate,
                 "step_size": info.step_size,
@@ -234,6 +268,9 @@ def _warmup_chunk(step: Callable, adapt: Callable, limit: Callable, lengthen: Ca
                 "adapted_step": jnp.broadcast_to(adapt_state.step_size, info.step_size.shape),
                 "trajectory_length": jnp.broadcast_to(adapt_state.trajectory_length, info.step_size.shape),
             }
+            if getattr(info, "swap_acceptance", None) is not None:
+                out["swap_acceptance"] = info.swap_acceptance
+                out["ladder"] = states.ladder
             return (states, adapt_state, _replay.record(trips, trip, t)), out
 
         carry = (states, adapt_state, _replay.empty(states.position))
@@ -282,6 +319,8 @@ def _draw_record(potential: Potential, program: Program, states: Any, info: Any,
         guard_tripped=tripped,
         delta_energy=info.delta_energy,  # of the last transition of the draw
     )
+    if getattr(info, "beta_index", None) is not None:  # tempering: the index process
+        stats["beta_index"] = info.beta_index
     out.update({STAT_PREFIX + k: v for k, v in stats.items()})
     return out
 
@@ -309,7 +348,7 @@ def _build(potential: Potential, program: Program, with_replay: bool) -> Chunks:
     kernel = program.kernel.build(potential, program.guard)
     step = all_chains(kernel, program, with_replay)
     warmup = _warmup_chunk(step, adapter(program), limiter(program, potential),
-                           lengthener(program, potential), program.chunk_size,
+                           lengthener(program, potential), tempering_rounds(program, potential), program.chunk_size,
                            getattr(program.kernel, "adaptive_length", False))
     return Chunks(warmup,
                   _sample_chunk(potential, program, step))

@@ -26,6 +26,7 @@ from hmc import devices as _devices
 from hmc import diagnostics as _diagnostics
 from hmc import guard as _guard
 from hmc import initial as _initial
+from hmc.kernels import tempering as _tempering
 from hmc.checkpoint import STAT_NAMES, STAT_PREFIX, Checkpoint, LoopState, stack_chunks
 from hmc.chunks import chunk_programs
 from hmc.devices import resolve_devices
@@ -63,6 +64,7 @@ class SampleResult:
     derived: dict[str, Any] = dataclasses.field(default_factory=dict)
     stopped: bool = False
     step_note: str | None = None
+    tempering: dict[str, Any] | None = None
 
     def halted_reason_text(self) -> str:
         return self.halt_reason if self.halted else "no"
@@ -118,6 +120,7 @@ def sample(
     divergence_threshold: float = 1000.0,
     max_num_steps: int | None = None,
     timescales: Sequence[Mapping[str, Any]] | None = None,
+    tempering: Mapping[str, Any] | None = None,
     progress: bool = True,
     resume: Checkpoint | None = None,
     on_chunk: Callable[[ChunkEnd], bool | None] | None = None,
@@ -157,6 +160,12 @@ def sample(
         level runs the chosen integrator with its own terms' force; level ``l >= 1`` makes
         ``steps`` steps per drift of level ``l - 1`` (``steps`` of level 0: sub-steps per
         integrator step). Every term is on exactly one level. ``None``: one level.
+    tempering
+        Replica exchange (non-reversible parallel tempering, :mod:`hmc.kernels.tempering`):
+        ``{"replicas": R, "beta_min": b}`` (a geometric ladder from 1 down to ``b``, adapted in
+        warmup), or ``{"ladder": [1, ...]}``; ``"terms"``: the tempered terms (default all);
+        ``"adapt": False`` keeps the ladder. Draws come from the ``beta = 1`` replica;
+        ``result.tempering`` has the swap rates, round trips, the barrier and the ladder.
     persistence
         ``ghmc`` only: the momentum kept per transition, ``c`` in
         ``p <- c p + sqrt(1 - c^2) xi`` (default 0.9).
@@ -222,7 +231,7 @@ def sample(
     settings = Settings.from_arguments(
         kernel, integrator=integrator, num_steps=num_steps, trajectory_length=trajectory_length, jitter=jitter,
         persistence=persistence, divergence_threshold=divergence_threshold, max_num_steps=max_num_steps,
-        timescales=timescales, seed=seed, num_chains=num_chains,
+        timescales=timescales, tempering=tempering, seed=seed, num_chains=num_chains,
         num_warmup=num_warmup, num_samples=num_samples, thin=thin, step_size=step_size, mass_matrix=mass_matrix,
         target_accept=target_accept, adaptation=adaptation, guard=guard, max_trip_fraction=max_trip_fraction,
         allow=allow, guard_check=guard_check, probe_chains=probe_chains, chunk_size=chunk_size,
@@ -419,7 +428,16 @@ class _Run:
             derived=dict(self.potential.derived),
             stopped=self.stopped,
             step_note=self.step_note(),
+            tempering=self._tempering(sampled),
         )
+
+    def _tempering(self, sampled: dict) -> dict[str, Any] | None:
+        """Replica exchange over the sampling phase: see :func:`hmc.kernels.tempering.report`."""
+        if not hasattr(self.loop.states, "ladder"):
+            return None
+        index = sampled.get(STAT_PREFIX + "beta_index")
+        return _tempering.report(_devices.host(self.loop.states), self.counters.drawn * self.settings.thin,
+                                 None if index is None else np.asarray(index))
 
     def _no_draws(self) -> dict[str, np.ndarray]:
         """Halted before the first draw: empty ``(chain, 0, ...)`` arrays with the right names."""

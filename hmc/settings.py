@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from hmc import adaptation as _adaptation
 from hmc import kernels as _kernels
+from hmc.kernels import tempering as _tempering
 from hmc.guard import POLICIES
 
 PRECISIONS = {"float32": jnp.float32, "float64": jnp.float64}
@@ -81,7 +82,7 @@ class Settings:
     def from_arguments(cls, kernel: Any = "hmc", *, integrator: str, num_steps: int | None,
                        trajectory_length: float | None, jitter: float, divergence_threshold: float,
                        persistence: float | None = None, max_num_steps: int | None = None,
-                       timescales: Any = None, **rest: Any) -> Settings:
+                       timescales: Any = None, tempering: Any = None, **rest: Any) -> Settings:
         """The settings of ``hmc.sample(**arguments)``; the trajectory arguments go to a
         kernel named by a string (a kernel object carries its own)."""
         extra = {} if persistence is None else {"persistence": float(persistence)}
@@ -94,6 +95,7 @@ class Settings:
         if trajectory_length == "auto" and not getattr(spec, "adaptive_length", False):
             raise ValueError(f"trajectory_length='auto' needs a kernel with a trajectory (kernel='hmc'); "
                              f"{kernel!r} has none")
+        spec = _tempering.Tempered.of(spec, tempering)
         rest["allow"] = tuple(rest.get("allow", ()))
         return cls(kernel=spec, **rest)
 
@@ -107,8 +109,11 @@ class Settings:
 
     @property
     def in_loop_guard(self) -> str:
-        """How the kernel notices a trip: ``"trajectory"``, ``"step"`` or ``"off"``."""
-        return self.guard_check if self.guard_on else "off"
+        """How the kernel notices a trip: ``"trajectory"``, ``"step"`` or ``"off"`` (a kernel
+        that locates its own trips, as tempering does, always checks per step)."""
+        if not self.guard_on:
+            return "off"
+        return "step" if getattr(self.kernel, "locates_trips", False) else self.guard_check
 
     @property
     def total(self) -> int:

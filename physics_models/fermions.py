@@ -129,6 +129,30 @@ def solve_normal(theta: jax.Array, phi: jax.Array, mass: float, tol: float, maxi
     return jax.lax.custom_linear_solve(matvec, phi, solve, symmetric=True, has_aux=True)
 
 
+def point_propagator(theta: jax.Array, mass: float, tol: float, maxiter: int) -> jax.Array:
+    """The quark propagator from a point source at the origin, ``S(x) = D^{-1}(x, 0)``:
+    ``(L, L, 2, 2)`` complex (sink spinor, source spinor), one CG solve of ``D^dagger D``
+    per source spinor component (``D^{-1} b = (D^dagger D)^{-1} D^dagger b``)."""
+    L = theta.shape[1]
+    ctype = jnp.result_type(theta.dtype, jnp.complex64)
+
+    def column(a):
+        source = jnp.zeros((L, L, 2), ctype).at[0, 0, a].set(1.0)
+        rhs = to_real(dirac_dagger(theta, source, mass)).astype(theta.dtype)
+        x, _ = conjugate_gradient(normal_operator(theta, mass), rhs, tol, maxiter)
+        return to_complex(x)
+
+    return jnp.stack([column(0), column(1)], axis=-1)
+
+
+def pion_correlator(propagator: jax.Array) -> jax.Array:
+    """The isovector pseudoscalar (pion) correlator at zero momentum from a point-source
+    propagator: ``C(t) = sum_x tr[S(t, x) S(t, x)^dagger]`` (``gamma_5``-hermiticity turns
+    ``tr[gamma_5 S gamma_5 S(0 <- x)]`` into the sum of squared moduli; two degenerate
+    flavours have no disconnected part). ``t`` runs along axis 0, the antiperiodic time."""
+    return jnp.sum(jnp.abs(propagator) ** 2, axis=(1, 2, 3))
+
+
 def dense_dirac(theta: jax.Array, mass: float) -> jax.Array:
     """``D`` as a dense ``(2V, 2V)`` complex matrix (small lattices)."""
     L = theta.shape[1]
@@ -155,7 +179,9 @@ def schwinger(L: int = 8, beta: float = 2.0, mass: float = 0.1, n_flavors: int =
     Observables: ``plaquette`` ``<cos theta_p>``, ``topological_charge``, and
     ``condensate``, the chiral condensate per flavour ``(1/V) Re tr D^{-1}`` by a stochastic
     estimator with ``n_noise`` fixed Z2 noise vectors (``eta^dagger D^{-1} eta``, each a CG
-    solve of ``D^dagger D``), unbiased over configurations. Run fermions in float64
+    solve of ``D^dagger D``), unbiased over configurations, and ``pion``, the zero-momentum
+    pion correlator ``C(t)``, ``t = 0 .. L-1``, from a point source at the origin (two
+    solves; :func:`pion_correlator`). Run fermions in float64
     (``precision="float64"``): the solve's tolerance is below float32's resolution.
     Pseudofermions need two flavours (``n_flavors=2``).
     """
@@ -208,6 +234,9 @@ def schwinger(L: int = 8, beta: float = 2.0, mass: float = 0.1, n_flavors: int =
 
         return jnp.mean(jax.vmap(one)(jnp.asarray(noise))) / volume
 
+    def pion(q):
+        return pion_correlator(point_propagator(q["theta"], mass, cg_tol, cg_maxiter))
+
     def init(key):
         return {"theta": jax.random.uniform(key, (2, L, L), minval=-0.5, maxval=0.5)}
 
@@ -224,6 +253,7 @@ def schwinger(L: int = 8, beta: float = 2.0, mass: float = 0.1, n_flavors: int =
     }
     if fermions != "none":
         observables["condensate"] = condensate
+        observables["pion"] = pion
     exact = {"topological_charge": 0.0}
     if fermions == "none":
         exact["plaquette"] = _exact.u1_plaquette(beta, volume)

@@ -40,6 +40,43 @@ def test_wilson_dirac_is_gamma5_hermitian_and_its_dense_form_matches():
         assert free.min() > MASS
 
 
+def free_pion_correlator(size, mass):
+    """The free Wilson pion correlator from momentum space, independent of the position-space
+    operator: ``D(p) = m + sum_mu (1 - cos p_mu) + i sum_mu gamma_mu sin p_mu`` with
+    antiperiodic time momenta ``p_0 = pi (2n + 1) / L``, ``S(x) = (1/V) sum_p e^{ipx} D(p)^{-1}``."""
+    gammas = [np.array([[0, 1], [1, 0]], complex), np.array([[0, -1j], [1j, 0]])]
+    p0 = np.pi * (2 * np.arange(size) + 1) / size
+    p1 = 2 * np.pi * np.arange(size) / size
+    x = np.arange(size)
+    prop = np.zeros((size, size, 2, 2), complex)
+    for a in p0:
+        for b in p1:
+            d = (mass + 2 - np.cos(a) - np.cos(b)) * np.eye(2) + 1j * (np.sin(a) * gammas[0] + np.sin(b) * gammas[1])
+            phase = np.exp(1j * (a * x[:, None] + b * x[None, :]))
+            prop += phase[..., None, None] * np.linalg.inv(d)
+    prop /= size * size
+    return np.sum(np.abs(prop) ** 2, axis=(1, 2, 3))
+
+
+def test_pion_correlator_is_the_free_field_value_and_agrees_with_the_dense_inverse():
+    with jax.enable_x64(True):
+        size = 6
+        free = np.asarray(fermions.pion_correlator(fermions.point_propagator(jnp.zeros((2, size, size)), MASS,
+                                                                             1e-12, 1000)))
+        np.testing.assert_allclose(free, free_pion_correlator(size, MASS), rtol=1e-9)
+        assert np.all(free > 0) and free[1] > free[size // 2]  # decays towards the middle of the torus
+        np.testing.assert_allclose(free, free[(-np.arange(size)) % size], rtol=1e-9)  # C(t) = C(L - t)
+        # on a rough configuration: the CG propagator is a column of the dense inverse
+        theta = links(seed=3)
+        inverse = np.linalg.inv(np.asarray(fermions.dense_dirac(theta, MASS))).reshape(L, L, 2, L, L, 2)
+        column = inverse[:, :, :, 0, 0, :]
+        np.testing.assert_allclose(np.asarray(fermions.point_propagator(theta, MASS, 1e-12, 1000)), column,
+                                   atol=1e-9)
+        pot = schwinger(L=L, mass=MASS)
+        np.testing.assert_allclose(np.asarray(pot.observables["pion"]({"theta": theta})),
+                                   np.sum(np.abs(column) ** 2, axis=(1, 2, 3)), rtol=1e-6)
+
+
 def test_pseudofermion_action_of_the_heat_bath_is_eta_squared_and_its_force_is_exact():
     with jax.enable_x64(True):
         pot = schwinger(L=L, mass=MASS, cg_tol=1e-12)
@@ -89,7 +126,7 @@ def test_auxiliary_fields_are_redrawn_each_trajectory_kept_apart_and_resumed_bit
               precision="float64", mass_matrix="identity", progress=False)
     whole = hmc.sample(pot, **kw)
     # observables and recorded leaves see the links only
-    assert set(whole.draws) == {"plaquette", "topological_charge", "condensate", "theta"}
+    assert set(whole.draws) == {"plaquette", "topological_charge", "condensate", "pion", "theta"}
     assert np.mean(whole.stats["acceptance_rate"]) > 0.5
     saved = []
 

@@ -42,6 +42,7 @@ class GuardEvent:
     cause: str | None = None  # non-finite findings: "overflow", "singularity" or "domain"
     level: int | None = None  # nested timescales: the level of ``term`` (0: outermost)
     details: dict[str, Any] | None = None  # solver_not_converged: the term's health check (residual, iterations)
+    replica: int | None = None  # tempering: the temperature index of the replica that tripped (0: beta = 1)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -53,6 +54,8 @@ class GuardEvent:
         where = []
         if self.chain is not None:
             where.append(f"chain {self.chain}")
+        if self.replica is not None:
+            where.append(f"replica {self.replica}")
         if self.draw is not None:
             where.append(f"draw {self.draw}")
         if self.leapfrog_step is not None:

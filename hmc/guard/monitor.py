@@ -63,7 +63,9 @@ class Monitor:
                                    leapfrog_step=int(trips.steps[k]), action=self.action):
                 if event.term in self.level_of:
                     event.level = self.level_of[event.term]
-                key = (event.kind, event.term, event.leaf, event.primitive)
+                if int(trips.replicas[k]) >= 0:
+                    event.replica = int(trips.replicas[k])
+                key = (event.kind, event.term, event.leaf, event.primitive, event.replica)
                 if key not in seen:
                     seen.add(key)
                     self.add(event)

@@ -28,6 +28,7 @@ class Trip(NamedTuple):
     chain: jax.Array
     step: jax.Array
     position: PyTree
+    replica: jax.Array  # tempering: the temperature index of the tripped replica (-1: none)
 
 
 class Trips(NamedTuple):
@@ -39,17 +40,19 @@ class Trips(NamedTuple):
     iterations: jax.Array
     steps: jax.Array
     positions: PyTree
+    replicas: jax.Array
 
 
 def no_trip(positions: PyTree) -> Trip:
     one_state = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape[1:], x.dtype), positions)
-    return Trip(jnp.array(False), jnp.array(0, jnp.int32), jnp.array(-1, jnp.int32), one_state)
+    return Trip(jnp.array(False), jnp.array(0, jnp.int32), jnp.array(-1, jnp.int32), one_state,
+                jnp.array(-1, jnp.int32))
 
 
 def empty(positions: PyTree) -> Trips:
     minus = jnp.full((SLOTS,), -1, jnp.int32)
     where = jax.tree_util.tree_map(lambda x: jnp.zeros((SLOTS,) + x.shape[1:], x.dtype), positions)
-    return Trips(jnp.array(0, jnp.int32), minus, minus, minus, where)
+    return Trips(jnp.array(0, jnp.int32), minus, minus, minus, where, minus)
 
 
 def record(trips: Trips, trip: Trip, iteration: jax.Array) -> Trips:
@@ -63,6 +66,7 @@ def record(trips: Trips, trip: Trip, iteration: jax.Array) -> Trips:
             trips.iterations.at[count].set(jnp.asarray(iteration, jnp.int32)),
             trips.steps.at[count].set(trip.step),
             jax.tree_util.tree_map(lambda w, p: w.at[count].set(p), trips.positions, trip.position),
+            trips.replicas.at[count].set(trip.replica),
         )
 
     return jax.lax.cond(trip.found & (trips.count < SLOTS), store, lambda t: t, trips)
@@ -71,8 +75,10 @@ def record(trips: Trips, trip: Trip, iteration: jax.Array) -> Trips:
 def first_located(info: Any) -> Trip:
     """The first chain whose own step located a trip (the ``"step"`` in-loop guard)."""
     c = jnp.argmax(info.guard_tripped)
+    replica = getattr(info, "replica", None)
     return Trip(jnp.any(info.guard_tripped), c.astype(jnp.int32), info.guard_step[c],
-                jax.tree_util.tree_map(lambda x: x[c], info.guard_position))
+                jax.tree_util.tree_map(lambda x: x[c], info.guard_position),
+                jnp.array(-1, jnp.int32) if replica is None else replica[c].astype(jnp.int32))
 
 
 def _replay_some(kernel: Any, axes: Any, keys: jax.Array, states: Any, params: Any, info: Any,
@@ -99,7 +105,7 @@ def _replay_some(kernel: Any, axes: Any, keys: jax.Array, states: Any, params: A
     genuine = valid & located & again.guard_tripped
     k = jnp.argmax(genuine)
     trip = Trip(jnp.any(genuine), idx[k].astype(jnp.int32), again.guard_step[k],
-                jax.tree_util.tree_map(lambda x: x[k], again.guard_position))
+                jax.tree_util.tree_map(lambda x: x[k], again.guard_position), jnp.array(-1, jnp.int32))
     return (put(tripped, again.guard_tripped & located), put(divergent, again.is_divergent | ~located),
             put(step, again.guard_step)), trip
 

@@ -247,6 +247,7 @@ class HMC(Trajectory):
     the true energy. See :class:`hmc.kernels.base.Trajectory` for the settings."""
 
     name: str = dataclasses.field(default="hmc", init=False)
+    can_temper = True  # :class:`hmc.kernels.tempering.Tempered` can wrap it
 
     def build(self, potential_fn: Callable[[PyTree], Array], guard: str = "trajectory") -> Kernel:
         check_guard(guard)

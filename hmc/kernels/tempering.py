@@ -1,0 +1,416 @@
+"""Replica exchange: non-reversible parallel tempering (NRPT) around the HMC kernel.
+
+Each chain carries ``R`` replicas of the state at inverse temperatures
+``beta_0 = 1 > beta_1 > ... > beta_{R-1} = beta_min``; replica ``r`` samples
+``exp(-(beta U_T + U_rest))``, with ``U_T`` the tempered terms (all, by default) and
+``U_rest`` the others (a prior kept at ``beta = 1``). One transition moves every
+replica by one HMC trajectory (vmapped: the replicas are a batch axis inside the chain)
+and then proposes swaps between neighbouring temperatures by the deterministic even/odd
+scheme (DEO): on even transitions the pairs ``(0, 1), (2, 3), ...``, on odd ones
+``(1, 2), (3, 4), ...``. A swap exchanges the temperature *labels* of two replicas, not
+their fields; its acceptance is ``min(1, exp((beta_i - beta_{i+1}) (U_T(x_i) - U_T(x_{i+1}))))``.
+The deterministic alternation makes the temperature index of each replica a
+non-reversible walk: its round-trip rate is ``(2 + 2 sum_i r_i / (1 - r_i))^-1`` with
+``r_i`` the rejection rate of pair ``i`` (Syed, Bouchard-Cote, Deligiannidis & Doucet,
+JRSS-B 84 (2022) 321), where reversible swaps collapse as replicas are added.
+
+Draws and observables come from the replica at ``beta = 1`` (the chain's ``position``).
+The ladder lives in the chain state (so a checkpoint resumes it bit for bit) and is
+adapted in warmup by the driver in rounds (:func:`adapt_ladder`): the cumulative
+rejection ``Lambda(beta)`` is made equally spaced, which equalises the pairs' rejection
+rates; ``Lambda = sum_i r_i`` is the communication barrier.
+
+Every replica uses the target's step size and trajectory. When every term is tempered,
+replica ``beta`` runs with the mass matrix ``beta M`` (inverse ``M^-1 / beta``): HMC on
+``beta U`` then has the equations of motion in ``q`` of ``U``, with velocities
+``beta^(-1/2)`` larger, so the step is as stable and a trajectory covers the same phase
+at every temperature while reaching the wider tempered distribution; with some terms kept
+at ``beta = 1`` every replica uses the target's mass matrix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from hmc import integrators as _integrators
+from hmc import rng as _rng
+from hmc.kernels.base import Kernel, Params, check_guard
+
+PyTree = Any
+SWAP_STREAM = 5  # fold_in(key, 5): the keys of a transition's swap tests
+TEMPERING_KEYS = ("replicas", "beta_min", "ladder", "terms", "adapt")
+
+
+class TemperedState(NamedTuple):
+    """One chain: the ``beta = 1`` replica's ``position``, ``potential_energy`` and gradient
+    (what the driver reads), and the replica system.
+
+    ``replicas`` holds the ``R`` base-kernel states (leading axis: the replica slot, each
+    at its own temperature); ``slot_of[i]`` is the slot at temperature index ``i`` and
+    ``ladder[i]`` that temperature. ``rejection[i]``/``attempts[i]`` sum the swap
+    rejection probabilities of pair ``(i, i + 1)`` since the last reset, ``last_end[s]``
+    is the end of the ladder slot ``s`` visited last (0: none yet, 1: the target, 2: the
+    reference), ``round_trips`` the completed target -> reference -> target trips since the
+    last reset, ``transitions`` the transitions so far (the DEO parity)."""
+
+    position: PyTree
+    potential_energy: Array
+    potential_energy_grad: PyTree
+    replicas: Any
+    slot_of: Array
+    ladder: Array
+    rejection: Array
+    attempts: Array
+    last_end: Array
+    round_trips: Array
+    transitions: Array
+
+
+class TemperedInfo(NamedTuple):
+    """:class:`hmc.kernels.base.Info` of the ``beta = 1`` replica (``num_steps``: the
+    steps of all replicas; ``guard_*``: the first tripped replica's), and the replicas'."""
+
+    acceptance_rate: Array
+    is_accepted: Array
+    is_divergent: Array
+    energy: Array
+    delta_energy: Array
+    num_steps: Array
+    step_size: Array
+    guard_tripped: Array
+    guard_step: Array
+    guard_position: PyTree
+    proposal: PyTree = None
+    proposal_velocity: PyTree = None
+    replica: Array = None          # temperature index of the tripped replica (-1: none)
+    swap_acceptance: Array = None  # (R - 1,): acceptance probability of each pair tried (NaN: not tried)
+    beta_index: Array = None       # (R,): the temperature index of each slot after the swaps
+    round_trips: Array = None      # completed round trips of the chain (since the last reset)
+
+
+def ladder_of(replicas: int, beta_min: float) -> np.ndarray:
+    """The geometric ladder ``beta_i = beta_min^(i / (R - 1))``: 1 down to ``beta_min``."""
+    return np.asarray(beta_min, np.float64) ** (np.arange(replicas) / (replicas - 1))
+
+
+def check_ladder(ladder: Sequence[float], key: str = "tempering.ladder") -> np.ndarray:
+    values = np.asarray(ladder, np.float64)
+    if values.ndim != 1 or values.size < 2:
+        raise ValueError(f"{key} must list at least 2 inverse temperatures, got {list(np.atleast_1d(values))}")
+    if not np.all((values > 0) & (values <= 1)) or not np.all(np.isfinite(values)):
+        raise ValueError(f"{key}: every beta must be in (0, 1], got {values.tolist()}")
+    if values[0] != 1.0:
+        raise ValueError(f"{key} must start at beta = 1 (the target), got {values[0]!r}")
+    if not np.all(np.diff(values) < 0):
+        raise ValueError(f"{key} must be strictly decreasing, got {values.tolist()}")
+    return values
+
+
+def equalized_ladder(ladder: np.ndarray, rejection: np.ndarray) -> np.ndarray:
+    """The ladder on which the cumulative rejection ``Lambda(beta)``, interpolated
+    monotonically (piecewise linear in ``beta``) through the current points, is equally
+    spaced. Keeps ``beta_0 = 1`` and ``beta_{R-1}``. Works on host or traced arrays."""
+    xp = jnp if isinstance(ladder, jax.Array) or isinstance(rejection, jax.Array) else np
+    r = xp.clip(rejection, 1e-6, 1.0)  # a pair that never rejects still spans some barrier
+    cumulative = xp.concatenate([xp.zeros(1, r.dtype), xp.cumsum(r)])
+    targets = cumulative[-1] * xp.arange(ladder.shape[0], dtype=r.dtype) / (ladder.shape[0] - 1)
+    # Lambda increases from beta = 1 (index 0) to beta_min: interpolate beta(Lambda)
+    new = xp.interp(targets, cumulative, ladder)
+    if xp is np:
+        new[0], new[-1] = ladder[0], ladder[-1]
+        return new
+    return new.at[0].set(ladder[0]).at[-1].set(ladder[-1])
+
+
+@dataclasses.dataclass(frozen=True)
+class Tempered:
+    """Non-reversible parallel tempering around a kernel that can temper (``kernel="hmc"``).
+
+    ``hmc.sample(tempering={"replicas": 8, "beta_min": 0.05})``; ``ladder`` gives the
+    inverse temperatures instead (decreasing from 1, in ``(0, 1]``); ``terms`` the tempered
+    terms (default: all); ``adapt`` (default true) adapts the ladder in warmup, keeping
+    ``beta_min``. See the module docstring.
+    """
+
+    base: Any
+    replicas: int = 8
+    beta_min: float = 0.1
+    ladder: tuple | None = None
+    terms: tuple | None = None
+    adapt: bool = True
+    name: str = dataclasses.field(default="tempered", init=False)
+    locates_trips = True  # a replay from the end state would not see the other replicas' moves
+
+    def __post_init__(self) -> None:
+        if not getattr(self.base, "can_temper", False):
+            raise ValueError(f"tempering needs a kernel that can temper (kernel='hmc'); "
+                             f"{getattr(self.base, 'name', self.base)!r} cannot")
+        if getattr(self.base, "adaptive_length", False):
+            raise ValueError("tempering: trajectory_length='auto' is not supported with tempering (the length "
+                             "signal would mix temperatures); give a float trajectory_length or num_steps")
+        if self.ladder is not None:
+            ladder = tuple(float(b) for b in check_ladder(self.ladder))
+            object.__setattr__(self, "ladder", ladder)
+            object.__setattr__(self, "replicas", len(ladder))
+            object.__setattr__(self, "beta_min", ladder[-1])
+        if isinstance(self.replicas, bool) or int(self.replicas) != self.replicas or self.replicas < 2:
+            raise ValueError(f"tempering.replicas must be an integer >= 2, got {self.replicas!r}")
+        object.__setattr__(self, "replicas", int(self.replicas))
+        if not (isinstance(self.beta_min, (int, float)) and 0.0 < self.beta_min < 1.0):
+            raise ValueError(f"tempering.beta_min must be in (0, 1), got {self.beta_min!r}")
+        if self.terms is not None:
+            terms = (self.terms,) if isinstance(self.terms, str) else tuple(self.terms)
+            if not terms or not all(isinstance(t, str) and t for t in terms):
+                raise ValueError(f"tempering.terms must be a non-empty list of term names, got {self.terms!r}")
+            object.__setattr__(self, "terms", terms)
+
+    @classmethod
+    def of(cls, base: Any, options: Mapping[str, Any] | None) -> Tempered | Any:
+        """``base`` wrapped by the ``tempering`` options (a dict, ``None``: no tempering)."""
+        if options is None:
+            return base
+        if not isinstance(options, Mapping):
+            raise ValueError(f"tempering must be a dict such as {{'replicas': 8, 'beta_min': 0.1}}, got {options!r}")
+        unknown = sorted(set(options) - set(TEMPERING_KEYS))
+        if unknown:
+            raise ValueError(f"tempering: unknown key {unknown[0]!r} (keys: {list(TEMPERING_KEYS)})")
+        given = dict(options)
+        if given.get("ladder") is not None:
+            given["ladder"] = tuple(given["ladder"])
+            if "replicas" in given and int(given["replicas"]) != len(given["ladder"]):
+                raise ValueError(f"tempering.replicas ({given['replicas']}) differs from the length of "
+                                 f"tempering.ladder ({len(given['ladder'])})")
+        return cls(base=base, **given)
+
+    # what the driver reads of a trajectory kernel
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "base":
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    @property
+    def initial_ladder(self) -> np.ndarray:
+        return np.asarray(self.ladder) if self.ladder is not None else ladder_of(self.replicas, self.beta_min)
+
+    def tempered_names(self, term_names: Sequence[str]) -> tuple[str, ...]:
+        names = list(term_names)
+        if self.terms is None:
+            return tuple(names)
+        for t in self.terms:
+            if t not in names:
+                raise ValueError(f"tempering.terms names {t!r}, which is not a term of the potential (terms: {names})")
+        return tuple(self.terms)
+
+    def build(self, potential: Any, guard: str = "trajectory") -> Kernel:
+        parts = self._parts(potential, guard)
+        return Kernel(init=parts.init, step=parts.step,
+                      replay=lambda key, state, params: parts.step(key, state, params)[1])
+
+    def ladder_adapter(self, potential: Any, guard: str = "trajectory") -> Callable:
+        """``(states, mean, move) -> states``: the end of a warmup round (see
+        :func:`adapt_ladder`); ``states`` with the chain axis first."""
+        rescaled = self._parts(potential, guard).rescaled
+
+        def adapt(states: TemperedState, mean: Callable[[Array], Array], move: bool) -> TemperedState:
+            return adapt_ladder(states, mean, move, rescaled)
+
+        return adapt
+
+    def _parts(self, potential: Any, guard: str) -> Any:
+        check_guard(guard)
+        terms = getattr(potential, "terms", None)
+        if terms is None:
+            raise ValueError("tempering scales a Potential's named terms; this kernel was built for a bare function")
+        if getattr(potential, "auxiliary", None):
+            raise ValueError("tempering: a potential with auxiliary fields cannot be tempered yet (the fields' "
+                             "heat bath is drawn at beta = 1)")
+        tempered = self.tempered_names(list(terms))
+        all_tempered = len(tempered) == len(terms)
+        R = self.replicas
+        base = self.base
+        # every replica checks its gradients as it goes: a tripped replica is located in the
+        # transition itself (a replay from the end state would not see the other replicas' moves)
+        located_guard = "off" if guard == "off" else "step"
+
+        def at(beta: Array) -> Any:
+            scaled = {name: (lambda f: (lambda q: beta * f(q)))(fn) if name in tempered else fn
+                      for name, fn in terms.items()}
+            return dataclasses.replace(potential, terms=scaled)
+
+        def tempered_energy(q: PyTree) -> Array:
+            total = jnp.asarray(terms[tempered[0]](q))
+            for name in tempered[1:]:
+                total = total + terms[name](q)
+            return total
+
+        def init_at(position: PyTree, beta: Array) -> Any:
+            return base.build(at(beta), located_guard).init(position)
+
+        def init(position: PyTree) -> TemperedState:
+            dtype = jnp.result_type(*[jnp.asarray(x).dtype for x in jax.tree_util.tree_leaves(position)])
+            ladder = jnp.asarray(self.initial_ladder, dtype)
+            replicas = jax.vmap(init_at, in_axes=(None, 0))(position, ladder)
+            target = jax.tree_util.tree_map(lambda x: x[0], replicas)
+            return TemperedState(target.position, target.potential_energy, target.potential_energy_grad, replicas,
+                                 jnp.arange(R, dtype=jnp.int32), ladder, jnp.zeros(R - 1, dtype),
+                                 jnp.zeros(R - 1, dtype), jnp.zeros(R, jnp.int8), jnp.zeros((), jnp.int32),
+                                 jnp.zeros((), jnp.int32))
+
+        def move(key: Array, state: Any, params: Params, beta: Array) -> tuple:
+            if all_tempered:
+                # HMC on beta U with the mass matrix beta M: the same equations of motion in q
+                # as at beta = 1, with velocities 1/sqrt(beta) larger; the same step size and
+                # number of steps are as stable and cover the same phase at every temperature
+                minv = params.inverse_mass_matrix
+                if minv is None:
+                    size = sum(int(np.prod(jnp.shape(x))) for x in jax.tree_util.tree_leaves(state.position))
+                    minv = jnp.full((size,), 1.0, beta.dtype) / beta
+                else:
+                    minv = minv / beta
+                params = params._replace(inverse_mass_matrix=minv)
+            return base.build(at(beta), located_guard).step(key, state, params)
+
+        def rescaled(state: Any, old: Array, new: Array) -> Any:
+            """A replica's state at a new temperature: exact rescaling when every term is
+            tempered, else a fresh energy and gradient (only where the label changed)."""
+            if all_tempered:
+                ratio = new / old
+                return state._replace(potential_energy=state.potential_energy * ratio,
+                                      potential_energy_grad=jax.tree_util.tree_map(lambda g: g * ratio,
+                                                                                   state.potential_energy_grad))
+            fresh = init_at(state.position, new)
+            return jax.tree_util.tree_map(lambda f, s: jnp.where(new != old, f, s), fresh, state)
+
+        def step(key: Array, state: TemperedState, params: Params) -> tuple[TemperedState, TemperedInfo]:
+            ladder = state.ladder
+            beta_index = jnp.zeros(R, jnp.int32).at[state.slot_of].set(jnp.arange(R, dtype=jnp.int32))
+            beta_of_slot = ladder[beta_index]
+            keys = jax.vmap(lambda s: _rng.fold_in(key, s))(jnp.arange(R))
+            moved, infos = jax.vmap(move, in_axes=(0, 0, None, 0))(keys, state.replicas, params, beta_of_slot)
+            # swaps (DEO): pairs (i, i + 1) with i of the transition's parity
+            u_t = moved.potential_energy / beta_of_slot if all_tempered else jax.vmap(tempered_energy)(moved.position)
+            lower = state.slot_of[:-1]
+            upper = state.slot_of[1:]
+            log_ratio = (ladder[:-1] - ladder[1:]) * (u_t[lower] - u_t[upper])
+            log_ratio = jnp.where(jnp.isnan(log_ratio), -jnp.inf, log_ratio)
+            alpha = jnp.minimum(1.0, jnp.exp(jnp.minimum(log_ratio, 0.0))).astype(ladder.dtype)
+            pair = jnp.arange(R - 1)
+            tried = pair % 2 == state.transitions % 2
+            u = jax.vmap(lambda i: _rng.uniform(_rng.fold_in(_rng.fold_in(key, SWAP_STREAM), i), ladder.dtype))(pair)
+            swap = tried & (jnp.log(u) < log_ratio)
+            # exchange the labels of accepted pairs (the tried pairs are disjoint)
+            down = jnp.concatenate([swap, jnp.zeros(1, bool)])  # index i takes the slot of i + 1
+            up = jnp.concatenate([jnp.zeros(1, bool), swap])    # index i takes the slot of i - 1
+            slot_of = jnp.where(down, jnp.roll(state.slot_of, -1), jnp.where(up, jnp.roll(state.slot_of, 1),
+                                                                              state.slot_of))
+            new_index = jnp.zeros(R, jnp.int32).at[slot_of].set(jnp.arange(R, dtype=jnp.int32))
+            new_beta = ladder[new_index]
+            replicas = jax.vmap(rescaled)(moved, beta_of_slot, new_beta)
+            # round trips: a slot that reached the reference after the target and comes back
+            at_target, at_reference = new_index == 0, new_index == R - 1
+            completed = at_target & (state.last_end == 2)
+            last_end = jnp.where(at_target, 1, jnp.where(at_reference & (state.last_end == 1), 2,
+                                                         state.last_end)).astype(jnp.int8)
+            target_slot = slot_of[0]
+            target = jax.tree_util.tree_map(lambda x: x[target_slot], replicas)
+            new_state = TemperedState(
+                target.position, target.potential_energy, target.potential_energy_grad, replicas, slot_of, ladder,
+                state.rejection + jnp.where(tried, 1.0 - alpha, 0.0).astype(ladder.dtype),
+                state.attempts + tried.astype(ladder.dtype), last_end,
+                state.round_trips + jnp.sum(completed).astype(jnp.int32), state.transitions + 1)
+            # the target replica's transition (it was at temperature index 0 before the swaps)
+            t_slot = state.slot_of[0]
+            pick = lambda x: x[t_slot]  # noqa: E731
+            tripped_by_index = infos.guard_tripped[state.slot_of]
+            first = jnp.argmax(tripped_by_index)
+            f_slot = state.slot_of[first]
+            any_trip = jnp.any(tripped_by_index)
+            info = TemperedInfo(
+                acceptance_rate=pick(infos.acceptance_rate), is_accepted=pick(infos.is_accepted),
+                is_divergent=pick(infos.is_divergent), energy=pick(infos.energy),
+                delta_energy=pick(infos.delta_energy), num_steps=jnp.sum(infos.num_steps).astype(jnp.int32),
+                step_size=pick(infos.step_size), guard_tripped=any_trip,
+                guard_step=jnp.where(any_trip, infos.guard_step[f_slot], -1).astype(jnp.int32),
+                guard_position=jax.tree_util.tree_map(lambda x: x[f_slot], infos.guard_position),
+                replica=jnp.where(any_trip, first, -1).astype(jnp.int32),
+                swap_acceptance=jnp.where(tried, alpha, jnp.nan).astype(ladder.dtype),
+                beta_index=new_index, round_trips=new_state.round_trips)
+            return new_state, info
+
+        return _Parts(init, step, rescaled)
+
+
+class _Parts(NamedTuple):
+    init: Callable
+    step: Callable
+    rescaled: Callable
+
+
+def adapt_ladder(states: TemperedState, mean: Callable[[Array], Array], move: bool,
+                 rescaled: Callable) -> TemperedState:
+    """At the end of a warmup round: the rejection rate of each pair pooled over chains
+    (``mean`` over the chain axis, in a fixed order), the ladder equalised on it when
+    ``move`` (every replica's energy and gradient moved to its new temperature), and the
+    swap and round-trip counters reset. ``states`` has the chain axis first."""
+    rejection = mean(states.rejection) / jnp.maximum(mean(states.attempts), jnp.finfo(states.ladder.dtype).tiny)
+    ladder = states.ladder
+    replicas = states.replicas
+    if move:
+        new = equalized_ladder(ladder[0], rejection).astype(ladder.dtype)
+        ladder = jnp.broadcast_to(new, ladder.shape)
+
+        def one_chain(reps, slot_of, old_ladder, new_ladder):
+            R = slot_of.shape[0]
+            index = jnp.zeros(R, jnp.int32).at[slot_of].set(jnp.arange(R, dtype=jnp.int32))
+            return jax.vmap(rescaled)(reps, old_ladder[index], new_ladder[index])
+
+        replicas = jax.vmap(one_chain)(replicas, states.slot_of, states.ladder, ladder)
+    zeros = jnp.zeros_like(states.rejection)
+    return states._replace(replicas=replicas, ladder=ladder, rejection=zeros, attempts=zeros,
+                           round_trips=jnp.zeros_like(states.round_trips), last_end=jnp.zeros_like(states.last_end))
+
+
+def barrier(rejection: np.ndarray) -> float:
+    """The communication barrier ``Lambda = sum_i r_i``."""
+    return float(np.sum(rejection))
+
+
+def predicted_round_trip_rate(rejection: np.ndarray) -> float:
+    """``(2 + 2 sum_i r_i / (1 - r_i))^-1`` round trips per transition (DEO)."""
+    r = np.clip(np.asarray(rejection, np.float64), 0.0, 1.0 - 1e-12)
+    return float(1.0 / (2.0 + 2.0 * np.sum(r / (1.0 - r))))
+
+
+def report(states: TemperedState, transitions: int, index_process: np.ndarray | None = None) -> dict[str, Any]:
+    """What replica exchange did over the sampling phase (the counters were reset at the
+    end of warmup), from the chains' final states (chain axis first): the ladder, each
+    pair's swap acceptance (Rao-Blackwellised: the mean acceptance probability, pooled
+    over chains), the barrier ``Lambda``, round trips per chain and their rate per
+    transition against the DEO prediction, and the index process (the temperature index
+    of every replica at every draw, ``(chains, draws, R)``) when recorded."""
+    attempts = np.asarray(states.attempts, np.float64).sum(axis=0)
+    rejection = np.asarray(states.rejection, np.float64).sum(axis=0) / np.maximum(attempts, 1.0)
+    trips = np.asarray(states.round_trips).astype(int)
+    rate = trips / max(transitions, 1)
+    return {
+        "ladder": np.asarray(states.ladder[0], np.float64).tolist(),
+        "replicas": int(np.shape(states.ladder)[-1]),
+        "swap_acceptance": (1.0 - rejection).tolist(),
+        "barrier": barrier(rejection),
+        "round_trips": trips.tolist(),
+        "round_trip_rate": float(np.mean(rate)),
+        "predicted_round_trip_rate": predicted_round_trip_rate(rejection),
+        "transitions": int(transitions),
+        "index_process": index_process,
+    }
+
+
+__all__ = ["Tempered", "TemperedInfo", "TemperedState", "adapt_ladder", "barrier", "check_ladder", "equalized_ladder",
+           "ladder_of", "predicted_round_trip_rate", "report"]

@@ -1,0 +1,184 @@
+"""Replica exchange (non-reversible parallel tempering): the settings' errors, the DEO swap
+mechanics, the ladder adaptation, the target replica's distribution, the guard's replica
+index, and bit-exact resume."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import hmc
+import physics_models
+from hmc.kernels import HMC, Params
+from hmc.kernels import tempering as T
+
+
+def double_well(height=12.0):
+    return physics_models.classical_double_well(height=height, dim=1)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"replicas": 1}, "tempering.replicas must be an integer >= 2"),
+    ({"replicas": 2.5}, "tempering.replicas must be an integer >= 2"),
+    ({"ladder": [1.0, 0.5, 0.7]}, "tempering.ladder must be strictly decreasing"),
+    ({"ladder": [1.0, 0.5, 0.0]}, r"every beta must be in \(0, 1\]"),
+    ({"ladder": [1.0, 1.5]}, r"every beta must be in \(0, 1\]"),
+    ({"ladder": [0.9, 0.5]}, "must start at beta = 1"),
+    ({"ladder": [1.0, 0.5], "replicas": 3}, "tempering.replicas \\(3\\) differs"),
+    ({"beta_min": 1.5}, r"tempering.beta_min must be in \(0, 1\)"),
+    ({"replica": 4}, "tempering: unknown key 'replica'"),
+    ([8], "tempering must be a dict"),
+])
+def test_bad_tempering_settings_name_the_key(options, message):
+    with pytest.raises(ValueError, match=message):
+        hmc.sample(double_well(), num_warmup=10, num_samples=10, tempering=options, progress=False)
+
+
+def test_a_kernel_that_cannot_temper_is_refused_by_name():
+    with pytest.raises(ValueError, match="tempering needs a kernel that can temper.*'ghmc'"):
+        hmc.sample(double_well(), kernel="ghmc", num_warmup=10, num_samples=10, tempering={"replicas": 4},
+                   progress=False)
+    with pytest.raises(ValueError, match="trajectory_length='auto' is not supported with tempering"):
+        hmc.sample(double_well(), trajectory_length="auto", num_warmup=100, num_samples=10,
+                   tempering={"replicas": 4}, progress=False)
+    with pytest.raises(ValueError, match="tempering.terms names 'prior'"):
+        hmc.sample(double_well(), num_warmup=10, num_samples=10, tempering={"replicas": 4, "terms": ["prior"]},
+                   progress=False)
+
+
+def test_equalized_ladder_spaces_the_cumulative_rejection_evenly():
+    ladder = T.ladder_of(5, 0.01)
+    np.testing.assert_allclose(ladder, [1, 0.01 ** 0.25, 0.1, 0.01 ** 0.75, 0.01])
+    rejection = np.array([0.6, 0.2, 0.1, 0.1])  # most of the barrier near beta = 1
+    new = T.equalized_ladder(ladder, rejection)
+    assert new[0] == 1.0 and new[-1] == 0.01 and np.all(np.diff(new) < 0)
+    # the new points sit at equal steps of the piecewise-linear Lambda(beta)
+    cumulative = np.concatenate([[0], np.cumsum(rejection)])
+    at_new = np.interp(-new, -ladder, cumulative)  # Lambda at the new betas
+    np.testing.assert_allclose(np.diff(at_new), rejection.sum() / 4, rtol=1e-12)
+    # equal rejections leave the ladder where it is
+    np.testing.assert_allclose(T.equalized_ladder(ladder, np.full(4, 0.3)), ladder, rtol=1e-12)
+    assert T.predicted_round_trip_rate(np.zeros(4)) == 0.5
+
+
+def test_one_transition_swaps_the_pairs_of_its_parity_by_label():
+    """By hand: every replica moved by its own HMC step at its own temperature; only pairs
+    of the transition's parity are tried, a swap exchanges labels (the fields stay in their
+    slots) and moves the replicas' energies to their new temperatures; the chain's position
+    is the replica at beta = 1."""
+    pot = double_well(4.0)
+    spec = T.Tempered(HMC(num_steps=3), ladder=(1.0, 0.6, 0.3, 0.1))
+    kernel = spec.build(pot, "step")
+    x0 = {"x": jnp.array([0.9])}
+    state = kernel.init(x0)
+    np.testing.assert_allclose(state.replicas.potential_energy, np.asarray(spec.initial_ladder) * pot.energy(x0),
+                               rtol=1e-6)
+    params = Params(jnp.asarray(0.2), None)
+    seen = set()
+    for t in range(8):
+        before = state
+        state, info = kernel.step(jax.random.key(t), state, params)
+        tried = ~np.isnan(np.asarray(info.swap_acceptance))
+        np.testing.assert_array_equal(tried, np.arange(3) % 2 == t % 2)
+        # labels: a permutation; the target slot is the chain's position
+        assert sorted(np.asarray(state.slot_of).tolist()) == [0, 1, 2, 3]
+        np.testing.assert_array_equal(state.position["x"], state.replicas.position["x"][state.slot_of[0]])
+        # every stored energy is that of the replica's position at its current temperature
+        betas = np.asarray(state.ladder)[np.asarray(info.beta_index)]
+        u = np.array([float(pot.energy({"x": state.replicas.position["x"][s]})) for s in range(4)])
+        np.testing.assert_allclose(state.replicas.potential_energy, betas * u, rtol=1e-5, atol=1e-6)
+        moved = np.asarray(state.slot_of) != np.asarray(before.slot_of)
+        seen.update(np.flatnonzero(moved).tolist())
+        assert int(state.transitions) == t + 1
+    assert seen, "no swap was accepted in 8 transitions at these temperatures"
+
+
+def test_tempering_crosses_the_barrier_plain_hmc_cannot():
+    pot = double_well(12.0)
+    kw = dict(seed=3, num_chains=4, num_warmup=200, num_samples=400, trajectory_length=1.0, progress=False)
+    plain = hmc.sample(pot, **kw)
+    tempered = hmc.sample(pot, **kw, tempering={"replicas": 6, "beta_min": 0.05})
+    flips = lambda r: np.sum(np.diff(np.sign(np.asarray(r.draws["x"])[..., 0]), axis=1) != 0)  # noqa: E731
+    assert flips(plain) == 0  # h = 12: the barrier is e^12 high
+    assert flips(tempered) > 100
+    s = tempered.summary().observables
+    for name in ("x", "x2", "x4"):
+        z = (float(np.ravel(s[name].mean)[0]) - float(np.ravel(s[name].exact)[0])) / float(np.ravel(s[name].mcse)[0])
+        assert abs(z) < 4, (name, z)
+    # the potential energy of the target replica, the sharpest test of the swap rule (a
+    # wrong acceptance sends hot states to beta = 1): the fraction of draws with U > 2
+    grid = np.linspace(-3, 3, 60001)
+    u = 12.0 * (grid ** 2 - 1) ** 2
+    exact = np.sum((u > 2.0) * np.exp(-u)) / np.sum(np.exp(-u))
+    high = (-np.asarray(tempered.stats["lp"], np.float64) > 2.0).astype(np.float64)
+    z = (high.mean() - exact) / float(hmc.diagnostics.mcse(high))
+    assert abs(z) < 4, (high.mean(), exact, z)
+    rep = tempered.tempering
+    assert rep["replicas"] == 6 and rep["ladder"][0] == 1.0 and rep["ladder"][-1] == pytest.approx(0.05)
+    assert np.all(np.diff(rep["ladder"]) < 0)
+    # the adapted ladder equalises the swap rates, and round trips happen at about the DEO rate
+    acc = np.asarray(rep["swap_acceptance"])
+    assert acc.min() > 0.5 and acc.max() - acc.min() < 0.2
+    assert rep["barrier"] == pytest.approx(np.sum(1 - acc))
+    assert 0.3 * rep["predicted_round_trip_rate"] < rep["round_trip_rate"] <= rep["predicted_round_trip_rate"] * 1.2
+    assert rep["index_process"].shape == (4, 400, 6)
+    # gradients: every replica's steps are counted
+    assert np.all(tempered.stats["n_steps"] >= 6)
+
+
+def test_a_prior_kept_at_beta_one_is_not_tempered():
+    """``terms``: the likelihood is tempered, the prior is not; the target is still exact.
+    U = prior + likelihood with a Gaussian prior and a bimodal likelihood."""
+    pot = hmc.Potential(
+        terms={"prior": lambda q: 0.5 * jnp.sum(q["x"] ** 2) / 4.0,
+               "likelihood": lambda q: 10.0 * jnp.sum((q["x"] ** 2 - 1.0) ** 2)},
+        init=lambda key: {"x": jax.random.normal(key, (1,))},
+        observables={"x": lambda q: q["x"][0], "x2": lambda q: q["x"][0] ** 2})
+    grid = np.linspace(-4, 4, 40001)
+    w = np.exp(-(grid ** 2 / 8.0 + 10.0 * (grid ** 2 - 1) ** 2))
+    x2 = np.sum(grid ** 2 * w) / np.sum(w)
+    r = hmc.sample(pot, seed=5, num_chains=4, num_warmup=200, num_samples=400, trajectory_length=1.0,
+                   progress=False, tempering={"replicas": 5, "beta_min": 0.05, "terms": ["likelihood"]})
+    s = r.summary().observables
+    assert abs(float(s["x"].mean)) < 4 * float(s["x"].mcse)
+    assert abs(float(s["x2"].mean) - x2) < 4 * float(s["x2"].mcse)
+
+
+def test_a_trip_in_a_hot_replica_is_named_with_the_replica():
+    """A term whose gradient is NaN beyond |x| = 1.8, where only hot replicas go: the
+    event names the term, the primitive and the replica's temperature index."""
+
+    def rim(q):
+        x = q["x"]
+        return jnp.sum(jnp.where(jnp.abs(x) < 1.8, 0.0, jnp.sqrt(1.8 - jnp.abs(x))))
+
+    pot = hmc.Potential(terms={"well": lambda q: 12.0 * jnp.sum((q["x"] ** 2 - 1.0) ** 2), "rim": rim},
+                        init=lambda key: {"x": jnp.array([1.0]) + 0.01 * jax.random.normal(key, (1,))})
+    r = hmc.sample(pot, seed=0, num_chains=4, num_warmup=50, num_samples=100, num_steps=5,
+                   progress=False, guard="reject", max_trip_fraction=1.0,
+                   tempering={"replicas": 6, "beta_min": 0.01})
+    events = [e for e in r.guard_events if e.term == "rim"]
+    assert events, [str(e) for e in r.guard_events]
+    assert all(e.replica is not None and e.replica > 0 for e in events)
+    assert any(e.primitive in ("sqrt", "rsqrt", "div", "pow") for e in events), [str(e) for e in events]
+    assert "replica" in str(events[0])
+
+
+def test_resume_is_bit_exact_and_the_ladder_is_part_of_the_state():
+    pot = double_well(8.0)
+    kw = dict(seed=4, num_chains=2, num_warmup=40, num_samples=30, chunk_size=10, num_steps=4, progress=False,
+              tempering={"replicas": 4, "beta_min": 0.1})
+    whole = hmc.sample(pot, **kw)
+    saved = []
+
+    def stop(end):
+        saved.append(end.snapshot())
+        return len(saved) == 3  # inside warmup, after the first ladder round
+
+    assert hmc.sample(pot, **kw, on_chunk=stop).stopped
+    again = hmc.sample(pot, **kw, resume=saved[-1])
+    for k, v in whole.draws.items():
+        np.testing.assert_array_equal(v, again.draws[k], err_msg=k)
+    np.testing.assert_array_equal(whole.stats["lp"], again.stats["lp"])
+    assert whole.tempering["ladder"] == again.tempering["ladder"]
+    assert whole.tempering["round_trips"] == again.tempering["round_trips"]
