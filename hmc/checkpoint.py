@@ -20,9 +20,10 @@ PyTree = Any
 
 STAT_NAMES = ("lp", "energy", "acceptance_rate", "diverging", "step_size", "n_steps", "guard_tripped",
               "delta_energy")
+OPTIONAL_STATS = ("beta_index",)  # tempering: the temperature index of every replica slot
 STAT_PREFIX = "stat:"  # sampling outputs: statistics are told from observables by this prefix
 WARMUP_STATS = ("acceptance_rate", "step_size", "diverging", "guard_tripped", "n_steps", "step_limit",
-                "adapted_step", "trajectory_length")
+                "adapted_step", "trajectory_length", "swap_acceptance", "ladder")
 FORMAT = 1
 
 
@@ -138,5 +139,5 @@ def stack_chunks(chunks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.swapaxes(np.concatenate([c[k] for c in chunks]), 0, 1) for k in chunks[0]}
 
 
-__all__ = ["STAT_NAMES", "STAT_PREFIX", "WARMUP_STATS", "Checkpoint", "Counters", "LoopState", "flat_arrays",
+__all__ = ["OPTIONAL_STATS", "STAT_NAMES", "STAT_PREFIX", "WARMUP_STATS", "Checkpoint", "Counters", "LoopState", "flat_arrays",
            "restore_leaves", "stack_chunks"]

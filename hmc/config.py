@@ -52,6 +52,14 @@ class TimescaleLevel(_Section):
     steps: PositiveInt = 1  # steps of this level per drift of the level outside it
 
 
+class TemperingConfig(_Section):
+    replicas: int = Field(8, ge=2)  # replicas per chain (temperatures), beta = 1 first
+    beta_min: float = Field(0.1, gt=0.0, lt=1.0)  # the hottest replica's inverse temperature
+    ladder: list[float] | None = None  # explicit inverse temperatures, 1 first, decreasing (overrides the above)
+    terms: list[str] | None = None  # the tempered terms (default: all)
+    adapt: bool = True  # adapt the ladder in warmup rounds
+
+
 class SamplerConfig(_Section):
     kernel: Literal["hmc", "ghmc"] = "hmc"
     integrator: Literal["leapfrog", "minimum_norm", "yoshida4"] = "minimum_norm"
@@ -70,6 +78,7 @@ class SamplerConfig(_Section):
     thin: PositiveInt = 1
     record: list[str] | Literal["auto"] | None = "auto"  # null: every state leaf
     timescales: list[TimescaleLevel] | None = None  # nested integration by term, outermost level first
+    tempering: TemperingConfig | None = None  # replica exchange (non-reversible parallel tempering)
 
     @model_validator(mode="after")
     def _kernel_settings(self) -> SamplerConfig:
@@ -77,6 +86,8 @@ class SamplerConfig(_Section):
             self.num_steps = 1  # a few integrator steps per transition is what GHMC is for
         if self.kernel != "ghmc" and self.persistence is not None:
             raise ValueError(f"persistence applies to kernel ghmc only (kernel is {self.kernel!r})")
+        if self.tempering is not None and self.kernel != "hmc":
+            raise ValueError(f"tempering needs kernel hmc (kernel is {self.kernel!r})")
         if self.trajectory_length == "auto" and self.kernel != "hmc":
             raise ValueError(f"trajectory_length: auto applies to kernel hmc only (kernel is {self.kernel!r})")
         return self
@@ -302,6 +313,16 @@ def _import_factory(spec: str, config_dir: str | None) -> Any:
     return getattr(module, attr)
 
 
+def _tempering_options(t: TemperingConfig) -> dict[str, Any]:
+    """The ``tempering`` argument: an explicit ladder replaces ``replicas`` and ``beta_min``."""
+    options = {"adapt": t.adapt, "terms": t.terms}
+    if t.ladder is not None:
+        options["ladder"] = list(t.ladder)
+    else:
+        options.update(replicas=t.replicas, beta_min=t.beta_min)
+    return options
+
+
 def sample_kwargs(config: RunConfig) -> dict[str, Any]:
     """The keyword arguments of :func:`hmc.sample` this config asks for."""
     s, g, r = config.sampler, config.guard, config.run
@@ -319,6 +340,7 @@ def sample_kwargs(config: RunConfig) -> dict[str, Any]:
         jitter=s.jitter,
         max_num_steps=s.max_num_steps,
         timescales=None if s.timescales is None else [level.model_dump() for level in s.timescales],
+        tempering=None if s.tempering is None else _tempering_options(s.tempering),
         mass_matrix=s.mass_matrix,
         adaptation=s.adaptation,
         target_accept=s.target_accept,

@@ -74,6 +74,10 @@ def plot_run(run_dir: str, observables: list[str] | None = None) -> list[str]:
     records = [r for r in rundir.read_jsonl(log_path) if r.get("forces")] if os.path.exists(log_path) else []
     if records:
         written.append(_save(forces_figure(records), os.path.join(folder, "forces.png")))
+    tempering = [r for r in rundir.read_jsonl(log_path) if r.get("tempering")] if os.path.exists(log_path) else []
+    if tempering and "beta_index" in stats and np.shape(stats["beta_index"])[1] > 1:
+        written.append(_save(tempering_figure(np.asarray(stats["beta_index"]), tempering[-1]["tempering"]),
+                             os.path.join(folder, "tempering.png")))
     scalars = {k: np.asarray(v, np.float64) for k, v in draws.items() if np.ndim(v) == 2 and k in names}
     if scalars and next(iter(scalars.values())).shape[1] > 4:
         written.append(_save(autocorrelation_figure(scalars), os.path.join(folder, "autocorrelation.png")))
@@ -158,6 +162,34 @@ def forces_figure(records: list[dict]) -> Any:
     ax.set_ylabel("eps_level * |F|")
     ax.set_title("force per level at the chunk ends (balanced levels sit together)", fontsize=9, loc="left")
     ax.legend(fontsize=7, loc="best")
+    return fig
+
+
+def tempering_figure(beta_index: np.ndarray, report: Mapping[str, Any]) -> Any:
+    """Replica exchange: the index process of chain 0 (the temperature index of each
+    replica at every draw; a replica that sweeps 0 -> R-1 -> 0 made a round trip), and the
+    swap rejection rate of each neighbouring pair (an adapted ladder makes them equal)."""
+    fig = _figure(10, 3.6)
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]})
+    chain = beta_index[0]
+    R = chain.shape[1]
+    # three replicas: those that start the sampling phase at beta = 1, mid-ladder and the reference
+    for index in sorted({0, R // 2, R - 1}):
+        slot = int(np.flatnonzero(chain[0] == index)[0])
+        left.step(np.arange(chain.shape[0]), chain[:, slot], where="post", lw=0.9,
+                  label=f"replica starting at index {index}")
+    left.legend(fontsize=7, loc="upper right")
+    left.set_xlabel("draw")
+    left.set_ylabel("temperature index (0: beta = 1)")
+    left.invert_yaxis()
+    left.set_title(f"index process, chain 0 ({R} replicas; a sweep 0 -> {R - 1} -> 0 is a round trip)", fontsize=9,
+                   loc="left")
+    rejection = 1.0 - np.asarray(report["swap_acceptance"], np.float64)
+    right.bar(np.arange(rejection.size), rejection, color="tab:orange")
+    right.set_xlabel("pair (i, i + 1)")
+    right.set_ylabel("swap rejection rate")
+    right.set_title(f"barrier {report['barrier']:.2f}; round trips/transition {report['round_trip_rate']:.3f} "
+                    f"(DEO: {report['predicted_round_trip_rate']:.3f})", fontsize=8, loc="left")
     return fig
 
 

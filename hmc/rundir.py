@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from hmc.checkpoint import STAT_NAMES, STAT_PREFIX, WARMUP_STATS, Checkpoint
+from hmc.checkpoint import OPTIONAL_STATS, STAT_NAMES, STAT_PREFIX, WARMUP_STATS, Checkpoint
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.npz"
@@ -243,7 +243,7 @@ def device_layout(devices: Any = "auto", num_chains: int = 1) -> dict[str, Any]:
 # Keys added since the first checkpoints were written, with the value that an older
 # checkpoint (which lacks them) ran with.
 _ADDED_KEYS = {"sampler.kernel": "hmc", "sampler.persistence": None, "sampler.max_num_steps": 1000,
-               "sampler.timescales": None}
+               "sampler.timescales": None, "sampler.tempering": None}
 
 # Keys that may change between a run and its resumption without changing a single draw.
 _RESUMABLE_CHANGES = ("output.dir", "run.checkpoint_every")
@@ -529,7 +529,7 @@ def write_draws(
             var_attrs[k]["exact"] = np.asarray(v, np.float64)
     groups = {
         "posterior": _dataset(draws, group_attrs, var_attrs),
-        "sample_stats": _dataset({k: stats[k] for k in STAT_NAMES if k in stats}, group_attrs),
+        "sample_stats": _dataset({k: stats[k] for k in (*STAT_NAMES, *OPTIONAL_STATS) if k in stats}, group_attrs),
     }
     if warmup_stats:
         groups["warmup_sample_stats"] = _dataset({k: warmup_stats[k] for k in WARMUP_STATS if k in warmup_stats},

@@ -305,6 +305,10 @@ def summarize_run(path: str, potential: Any = None, result: Any = None) -> dict[
         if note:
             text += f"\nstep size: {note}"
             summary.sampler["step_size_note"] = note
+    tempering_text, tempering = _tempering_note(run_dir, result)
+    if tempering_text:
+        text += "\n" + tempering_text
+        summary.sampler["tempering"] = tempering
     forces_text, forces = _forces_note(run_dir)
     if forces_text:
         text += "\n" + forces_text
@@ -317,6 +321,29 @@ def summarize_run(path: str, potential: Any = None, result: Any = None) -> dict[
             payload["halt_reason"] = result.halt_reason
         _rundir.write_json(run_dir.file("summary.json"), payload)
     return {"summary": summary, "text": text, "status": status}
+
+
+def _tempering_note(run_dir: Any, result: Any = None) -> tuple[str, dict | None]:
+    """With replica exchange: the ladder, the swap acceptance of each pair, the barrier and
+    the round trips over the sampling phase (the result's, or the last record of ``log.jsonl``)."""
+    report = None
+    if result is not None and getattr(result, "tempering", None):
+        report = {k: v for k, v in result.tempering.items() if k != "index_process"}
+    else:
+        path = run_dir.file("log.jsonl")
+        if os.path.exists(path):
+            records = [r for r in _rundir.read_jsonl(path) if r.get("event") == "chunk" and r.get("tempering")
+                       and r.get("phase") == "sampling"]
+            report = records[-1]["tempering"] if records else None
+    if not report:
+        return "", None
+    fmt = lambda xs: "[" + ", ".join(f"{x:.3g}" for x in xs) + "]"  # noqa: E731
+    text = (f"tempering: {report['replicas']} replicas, ladder {fmt(report['ladder'])}\n"
+            f"  swap acceptance per pair {fmt(report['swap_acceptance'])}; barrier Lambda = {report['barrier']:.3g} "
+            f"(about 2 Lambda + 1 = {2 * report['barrier'] + 1:.0f} replicas suffice)\n"
+            f"  round trips per chain {report['round_trips']} in {report['transitions']} transitions: "
+            f"{report['round_trip_rate']:.3g} per transition (DEO prediction {report['predicted_round_trip_rate']:.3g})")
+    return text, report
 
 
 def _forces_note(run_dir: Any) -> tuple[str, dict | None]:

@@ -27,7 +27,7 @@ from hmc import diagnostics as _diagnostics
 from hmc import guard as _guard
 from hmc import initial as _initial
 from hmc.kernels import tempering as _tempering
-from hmc.checkpoint import STAT_NAMES, STAT_PREFIX, Checkpoint, LoopState, stack_chunks
+from hmc.checkpoint import OPTIONAL_STATS, STAT_NAMES, STAT_PREFIX, Checkpoint, LoopState, stack_chunks
 from hmc.chunks import chunk_programs
 from hmc.devices import resolve_devices
 from hmc.guard.monitor import Monitor
@@ -376,6 +376,10 @@ class _Run:
             # per term and level: |F| at the chunk's end states, and eps_level * |F|
             extra["forces"] = _forces.chunk_forces(self.potential, timescales, self.loop.states,
                                                    float(np.mean(get("step_size"))))
+        if hasattr(self.loop.states, "ladder"):  # replica exchange since the last reset
+            report = _tempering.report(_devices.host(self.loop.states))
+            report.pop("index_process")
+            extra["tempering"] = report
         if STAT_PREFIX + "delta_energy" in out:
             dh = np.asarray(out[STAT_PREFIX + "delta_energy"], np.float64)
             extra["delta_energy_mean"] = float(np.mean(dh[np.isfinite(dh)])) if np.isfinite(dh).any() else None
@@ -414,7 +418,7 @@ class _Run:
         adapt_state = _devices.host(self.loop.adapt_state)
         return SampleResult(
             draws={k: v for k, v in sampled.items() if not k.startswith(STAT_PREFIX)},
-            stats={k: sampled[STAT_PREFIX + k] for k in STAT_NAMES},
+            stats={k: sampled[STAT_PREFIX + k] for k in (*STAT_NAMES, *OPTIONAL_STATS) if STAT_PREFIX + k in sampled},
             warmup_stats=stack_chunks(self.loop.warmup_chunks),
             guard_events=self.events,
             step_size=np.asarray(adapt_state.step_size),
@@ -436,8 +440,7 @@ class _Run:
         if not hasattr(self.loop.states, "ladder"):
             return None
         index = sampled.get(STAT_PREFIX + "beta_index")
-        return _tempering.report(_devices.host(self.loop.states), self.counters.drawn * self.settings.thin,
-                                 None if index is None else np.asarray(index))
+        return _tempering.report(_devices.host(self.loop.states), None if index is None else np.asarray(index))
 
     def _no_draws(self) -> dict[str, np.ndarray]:
         """Halted before the first draw: empty ``(chain, 0, ...)`` arrays with the right names."""

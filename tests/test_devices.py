@@ -36,9 +36,12 @@ SCRIPT = textwrap.dedent('''
     auto_cases = {
         "auto_length": (pot, {}),
         "auto_length_embedding": (pm.get("u1_gauge")(L=4, beta=1.0), dict(integrator="leapfrog")),
+        # replica exchange: ladder rounds pool the swap rates over chains across devices
+        "tempering": (pm.get("classical_double_well")(height=8.0), dict(trajectory_length=1.0, tempering={
+            "replicas": 4, "beta_min": 0.05})),
     }
     for name, (model, extra) in auto_cases.items():
-        kw = dict(base, num_warmup=120, trajectory_length="auto", **extra)
+        kw = dict(base, num_warmup=120, **({"trajectory_length": "auto"} if "tempering" not in extra else {}), **extra)
         one, four = hmc.sample(model, **kw), hmc.sample(model, **kw, devices=4)
         out[name] = max(float(np.max(np.abs(one.draws[k] - four.draws[k]))) for k in one.draws)
         out[name + "_stats"] = all(np.array_equal(one.stats[k], four.stats[k]) for k in one.stats) and all(
@@ -128,7 +131,7 @@ def test_four_cpu_devices_exist(four_devices):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["pooled_diagonal", "per_chain_dense", "step_guard_jitter", "ghmc",
-                                  "auto_length", "auto_length_embedding"])
+                                  "auto_length", "auto_length_embedding", "tempering"])
 def test_sharded_draws_are_bit_identical(four_devices, case):
     # the pooled mean over chains is summed in chain order, so even adaptation agrees to the bit
     assert four_devices[case] == 0.0

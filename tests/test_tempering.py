@@ -182,3 +182,47 @@ def test_resume_is_bit_exact_and_the_ladder_is_part_of_the_state():
     np.testing.assert_array_equal(whole.stats["lp"], again.stats["lp"])
     assert whole.tempering["ladder"] == again.tempering["ladder"]
     assert whole.tempering["round_trips"] == again.tempering["round_trips"]
+
+
+def test_config_section_and_its_errors(tmp_path):
+    import textwrap
+
+    from hmc import config
+
+    def load(text):
+        path = tmp_path / "run.yaml"
+        path.write_text(textwrap.dedent(text))
+        return config.load(str(path))
+
+    cfg = load("""
+        model: {name: classical_double_well, params: {height: 8.0}}
+        sampler: {tempering: {replicas: 5, beta_min: 0.05, terms: [potential]}}
+    """)
+    assert config.sample_kwargs(cfg)["tempering"] == {"adapt": True, "terms": ["potential"], "replicas": 5,
+                                                      "beta_min": 0.05}
+    ladder = load("""
+        model: {name: classical_double_well}
+        sampler: {tempering: {ladder: [1.0, 0.4, 0.1]}}
+    """)
+    assert config.sample_kwargs(ladder)["tempering"]["ladder"] == [1.0, 0.4, 0.1]
+    for text, key in (("{replicas: 1}", "sampler.tempering.replicas"), ("{replica: 4}", "sampler.tempering.replica"),
+                      ("{beta_min: 0}", "sampler.tempering.beta_min")):
+        with pytest.raises(config.ConfigError, match=key.replace(".", r"\.")):
+            load(f"model: {{name: classical_double_well}}\nsampler: {{tempering: {text}}}\n")
+    with pytest.raises(config.ConfigError, match="tempering needs kernel hmc"):
+        load("model: {name: classical_double_well}\nsampler: {kernel: ghmc, tempering: {replicas: 4}}\n")
+
+
+def test_a_tempered_run_directory_has_the_report_and_the_plot(tmp_path):
+    from hmc import config, plots, runner
+
+    path = tmp_path / "run.yaml"
+    path.write_text("model: {name: classical_double_well, params: {height: 10.0}}\n"
+                    "sampler: {num_chains: 2, num_warmup: 60, num_samples: 80, tempering: {replicas: 4, beta_min: 0.05}}\n"
+                    f"output: {{dir: {tmp_path / 'out'}}}\n")
+    assert runner.execute(config.load(str(path)), str(tmp_path), progress=False) == 0
+    out = runner.summarize_run(str(tmp_path / "out"))
+    assert "tempering: 4 replicas" in out["text"] and "round trips per chain" in out["text"]
+    assert out["summary"].sampler["tempering"]["replicas"] == 4
+    written = plots.plot_run(str(tmp_path / "out"))
+    assert any(p.endswith("tempering.png") for p in written)

@@ -58,7 +58,8 @@ class TemperedState(NamedTuple):
     rejection probabilities of pair ``(i, i + 1)`` since the last reset, ``last_end[s]``
     is the end of the ladder slot ``s`` visited last (0: none yet, 1: the target, 2: the
     reference), ``round_trips`` the completed target -> reference -> target trips since the
-    last reset, ``transitions`` the transitions so far (the DEO parity)."""
+    last reset, ``transitions`` the transitions so far (the DEO parity), ``counted`` those
+    since the last reset."""
 
     position: PyTree
     potential_energy: Array
@@ -71,6 +72,7 @@ class TemperedState(NamedTuple):
     last_end: Array
     round_trips: Array
     transitions: Array
+    counted: Array
 
 
 class TemperedInfo(NamedTuple):
@@ -261,7 +263,7 @@ class Tempered:
             return TemperedState(target.position, target.potential_energy, target.potential_energy_grad, replicas,
                                  jnp.arange(R, dtype=jnp.int32), ladder, jnp.zeros(R - 1, dtype),
                                  jnp.zeros(R - 1, dtype), jnp.zeros(R, jnp.int8), jnp.zeros((), jnp.int32),
-                                 jnp.zeros((), jnp.int32))
+                                 jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
         def move(key: Array, state: Any, params: Params, beta: Array) -> tuple:
             if all_tempered:
@@ -324,7 +326,7 @@ class Tempered:
                 target.position, target.potential_energy, target.potential_energy_grad, replicas, slot_of, ladder,
                 state.rejection + jnp.where(tried, 1.0 - alpha, 0.0).astype(ladder.dtype),
                 state.attempts + tried.astype(ladder.dtype), last_end,
-                state.round_trips + jnp.sum(completed).astype(jnp.int32), state.transitions + 1)
+                state.round_trips + jnp.sum(completed).astype(jnp.int32), state.transitions + 1, state.counted + 1)
             # the target replica's transition (it was at temperature index 0 before the swaps)
             t_slot = state.slot_of[0]
             pick = lambda x: x[t_slot]  # noqa: E731
@@ -374,7 +376,8 @@ def adapt_ladder(states: TemperedState, mean: Callable[[Array], Array], move: bo
         replicas = jax.vmap(one_chain)(replicas, states.slot_of, states.ladder, ladder)
     zeros = jnp.zeros_like(states.rejection)
     return states._replace(replicas=replicas, ladder=ladder, rejection=zeros, attempts=zeros,
-                           round_trips=jnp.zeros_like(states.round_trips), last_end=jnp.zeros_like(states.last_end))
+                           round_trips=jnp.zeros_like(states.round_trips), last_end=jnp.zeros_like(states.last_end),
+                           counted=jnp.zeros_like(states.counted))
 
 
 def barrier(rejection: np.ndarray) -> float:
@@ -388,9 +391,9 @@ def predicted_round_trip_rate(rejection: np.ndarray) -> float:
     return float(1.0 / (2.0 + 2.0 * np.sum(r / (1.0 - r))))
 
 
-def report(states: TemperedState, transitions: int, index_process: np.ndarray | None = None) -> dict[str, Any]:
-    """What replica exchange did over the sampling phase (the counters were reset at the
-    end of warmup), from the chains' final states (chain axis first): the ladder, each
+def report(states: TemperedState, index_process: np.ndarray | None = None) -> dict[str, Any]:
+    """What replica exchange did since its counters were last reset (at the end of warmup,
+    or of the last ladder round while in warmup), from the chains' states (chain axis first): the ladder, each
     pair's swap acceptance (Rao-Blackwellised: the mean acceptance probability, pooled
     over chains), the barrier ``Lambda``, round trips per chain and their rate per
     transition against the DEO prediction, and the index process (the temperature index
@@ -398,6 +401,7 @@ def report(states: TemperedState, transitions: int, index_process: np.ndarray | 
     attempts = np.asarray(states.attempts, np.float64).sum(axis=0)
     rejection = np.asarray(states.rejection, np.float64).sum(axis=0) / np.maximum(attempts, 1.0)
     trips = np.asarray(states.round_trips).astype(int)
+    transitions = int(np.max(states.counted))
     rate = trips / max(transitions, 1)
     return {
         "ladder": np.asarray(states.ladder[0], np.float64).tolist(),
