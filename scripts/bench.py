@@ -18,6 +18,7 @@ against the sampler).
     python scripts/bench.py --defaults      # phi4 64x64 x 64 chains at the defaults a user gets
     python scripts/bench.py --efficiency    # effective samples per gradient and per second (efficiency.py)
     python scripts/bench.py --timescales    # Schwinger model: nested against flat 2MN at equal acceptance
+    python scripts/bench.py --tempering     # replica exchange against plain HMC (tempering_validate.py)
 """
 
 from __future__ import annotations
@@ -217,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timescales", action="store_true", help="only the nested-timescales section "
                         "(the Schwinger model: flat against nested 2MN, cost per trajectory and per effective sample)")
     parser.add_argument("--size", type=int, default=8, help="--timescales: the lattice size L")
+    parser.add_argument("--tempering", action="store_true", help="only the replica-exchange section "
+                        "(scripts/tempering_validate.py: tempered against plain HMC at equal gradient cost; "
+                        "writes VALIDATION.md and BENCHMARKS.md)")
     parser.add_argument("--memory-worker", nargs=3, metavar=("SAMPLER", "TARGET", "CHAINS"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--only", default=None, help="rows whose target contains this text (printed only)")
@@ -229,6 +233,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.efficiency:
         return efficiency_section(args.only, args.out)
+    if args.tempering:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import tempering_validate
+
+        sys.argv = [sys.argv[0]]
+        tempering_validate.main()
+        return 0
     if args.timescales:
         write(args.out, timescales_section(args.size), TIMESCALES_BEGIN, TIMESCALES_END,
               "Nested timescales (`scripts/bench.py --timescales`)")

@@ -12,6 +12,7 @@ the z-score (|z| < 4 passes).
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import platform
 import sys
@@ -19,6 +20,9 @@ import time
 
 import numpy as np
 
+# XLA's multithreaded Eigen pool on CPU has wedged (every thread waiting, no progress) in
+# long runs of this model with jax 0.10; single-threaded Eigen avoids it
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
