@@ -14,7 +14,7 @@ import itertools
 import os
 import sys
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
@@ -53,7 +53,7 @@ class TimescaleLevel(_Section):
 
 
 class TemperingConfig(_Section):
-    replicas: int = Field(8, ge=2)  # replicas per chain (temperatures), beta = 1 first
+    replicas: Annotated[int, Field(ge=2)] | Literal["auto"] = 8  # replicas per chain; auto: 2 Lambda + 1 from a pilot
     beta_min: float = Field(0.1, gt=0.0, lt=1.0)  # the hottest replica's inverse temperature
     ladder: list[float] | None = None  # explicit inverse temperatures, 1 first, decreasing (overrides the above)
     terms: list[str] | None = None  # the tempered terms (default: all)

@@ -164,7 +164,9 @@ def sample(
         Replica exchange (non-reversible parallel tempering, :mod:`hmc.kernels.tempering`):
         ``{"replicas": R, "beta_min": b}`` (a geometric ladder from 1 down to ``b``, adapted in
         warmup), or ``{"ladder": [1, ...]}``; ``"terms"``: the tempered terms (default all);
-        ``"adapt": False`` keeps the ladder. Draws come from the ``beta = 1`` replica;
+        ``"adapt": False`` keeps the ladder; ``"replicas": "auto"``: a pilot run (warmup and
+        200 draws with 8 replicas) measures the barrier ``Lambda``, then ``ceil(2 Lambda + 1)``
+        replicas (at least 2, at most 64) run. Draws come from the ``beta = 1`` replica;
         ``result.tempering`` has the swap rates, round trips, the barrier and the ladder.
     persistence
         ``ghmc`` only: the momentum kept per transition, ``c`` in
@@ -228,6 +230,14 @@ def sample(
         ``snapshot()`` that returns a :class:`Checkpoint`); returning ``True``
         stops the run there (the result then has ``stopped=True``).
     """
+    if isinstance(tempering, Mapping) and tempering.get("replicas") == "auto":
+        # a pilot run with PILOT_REPLICAS replicas measures the barrier; then 2 Lambda + 1 replicas
+        arguments = {k: v for k, v in locals().items() if k not in ("potential", "tempering", "resume", "on_chunk",
+                                                                    "progress", "init_positions")}
+        tempering = _tempering.choose_replicas(
+            tempering, lambda options: sample(potential, **dict(arguments, num_samples=_tempering.PILOT_DRAWS,
+                                                                 tempering=options, progress=False,
+                                                                 init_positions=init_positions)))
     settings = Settings.from_arguments(
         kernel, integrator=integrator, num_steps=num_steps, trajectory_length=trajectory_length, jitter=jitter,
         persistence=persistence, divergence_threshold=divergence_threshold, max_num_steps=max_num_steps,
@@ -464,6 +474,9 @@ class _Run:
             trajectory_length=getattr(kernel, "trajectory_length", None), jitter=getattr(kernel, "jitter", None),
             timescales=None if not getattr(kernel, "timescales", None)
             else [{"terms": list(terms), "steps": n} for terms, n in kernel.timescales],
+            tempering=None if not isinstance(kernel, _tempering.Tempered)
+            else {"replicas": kernel.replicas, "beta_min": kernel.beta_min, "terms": kernel.terms,
+                  "adapt": kernel.adapt, "initial_ladder": kernel.initial_ladder.tolist()},
             mass_matrix=self.program.mass_matrix, adaptation=s.adaptation, target_accept=s.target_accept,
             thin=s.thin, guard=s.guard, devices=len(self.mesh), dtype=np.dtype(self.begin.dtype).name,
             observables=list(self.potential.observables), record=list(self.begin.record),

@@ -226,3 +226,18 @@ def test_a_tempered_run_directory_has_the_report_and_the_plot(tmp_path):
     assert out["summary"].sampler["tempering"]["replicas"] == 4
     written = plots.plot_run(str(tmp_path / "out"))
     assert any(p.endswith("tempering.png") for p in written)
+
+
+def test_replicas_auto_runs_two_lambda_plus_one_from_a_pilot(caplog):
+    import logging
+
+    pot = double_well(12.0)
+    kw = dict(seed=6, num_chains=2, num_warmup=100, num_samples=50, num_steps=5, progress=False)
+    with caplog.at_level(logging.INFO, logger="hmc"):
+        r = hmc.sample(pot, **kw, tempering={"replicas": "auto", "beta_min": 0.05})
+    line = next(m for m in caplog.messages if "replicas 'auto'" in m)
+    lam = float(line.split("Lambda = ")[1].split(";")[0])
+    assert r.tempering["replicas"] == max(2, int(np.ceil(2 * lam + 1)))
+    assert r.tempering["ladder"][-1] == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="cannot go with a ladder"):
+        hmc.sample(pot, **kw, tempering={"replicas": "auto", "ladder": [1.0, 0.1]})

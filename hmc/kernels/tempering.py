@@ -44,6 +44,7 @@ from hmc import rng as _rng
 from hmc.kernels.base import Kernel, Params, check_guard
 
 PyTree = Any
+PILOT_REPLICAS, PILOT_DRAWS, MAX_REPLICAS = 8, 200, 64  # replicas: "auto"
 SWAP_STREAM = 5  # fold_in(key, 5): the keys of a transition's swap tests
 TEMPERING_KEYS = ("replicas", "beta_min", "ladder", "terms", "adapt")
 
@@ -391,6 +392,26 @@ def predicted_round_trip_rate(rejection: np.ndarray) -> float:
     return float(1.0 / (2.0 + 2.0 * np.sum(r / (1.0 - r))))
 
 
+def choose_replicas(options: Mapping[str, Any], pilot: Callable[[dict], Any]) -> dict[str, Any]:
+    """``replicas: "auto"``: ``ceil(2 Lambda + 1)`` replicas (at least 2, at most
+    :data:`MAX_REPLICAS`), ``Lambda`` the barrier a pilot run with :data:`PILOT_REPLICAS`
+    replicas measured (``pilot(options) -> result``; Syed et al.'s rule of thumb: the
+    round-trip rate is then within a factor of about 2 of its optimum)."""
+    if options.get("ladder") is not None:
+        raise ValueError("tempering: replicas 'auto' chooses the number of replicas; it cannot go with a ladder")
+    first = dict(options, replicas=PILOT_REPLICAS)
+    result = pilot(first)
+    if result.tempering is None or getattr(result, "halted", False):
+        raise ValueError("tempering: the pilot run for replicas 'auto' did not finish; give replicas as a number")
+    lam = float(result.tempering["barrier"])
+    replicas = int(min(MAX_REPLICAS, max(2, int(np.ceil(2.0 * lam + 1.0)))))
+    import logging
+
+    logging.getLogger("hmc").info("tempering: replicas 'auto': the pilot with %d replicas measured Lambda = %.3g; "
+                                  "running %d replicas", PILOT_REPLICAS, lam, replicas)
+    return dict(options, replicas=replicas)
+
+
 def report(states: TemperedState, index_process: np.ndarray | None = None) -> dict[str, Any]:
     """What replica exchange did since its counters were last reset (at the end of warmup,
     or of the last ladder round while in warmup), from the chains' states (chain axis first): the ladder, each
@@ -417,4 +438,4 @@ def report(states: TemperedState, index_process: np.ndarray | None = None) -> di
 
 
 __all__ = ["Tempered", "TemperedInfo", "TemperedState", "adapt_ladder", "barrier", "check_ladder", "equalized_ladder",
-           "ladder_of", "predicted_round_trip_rate", "report"]
+           "choose_replicas", "ladder_of", "predicted_round_trip_rate", "report"]
