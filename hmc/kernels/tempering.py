@@ -41,7 +41,7 @@ from jax import Array
 
 from hmc import integrators as _integrators
 from hmc import rng as _rng
-from hmc.kernels.base import Kernel, Params, check_guard
+from hmc.kernels.base import Info, Kernel, Params, check_guard
 
 PyTree = Any
 PILOT_REPLICAS, PILOT_DRAWS, MAX_REPLICAS = 8, 200, 64  # replicas: "auto"
@@ -76,26 +76,15 @@ class TemperedState(NamedTuple):
     counted: Array
 
 
-class TemperedInfo(NamedTuple):
-    """:class:`hmc.kernels.base.Info` of the ``beta = 1`` replica (``num_steps``: the
-    steps of all replicas; ``guard_*``: the first tripped replica's), and the replicas'."""
-
-    acceptance_rate: Array
-    is_accepted: Array
-    is_divergent: Array
-    energy: Array
-    delta_energy: Array
-    num_steps: Array
-    step_size: Array
-    guard_tripped: Array
-    guard_step: Array
-    guard_position: PyTree
-    proposal: PyTree = None
-    proposal_velocity: PyTree = None
-    replica: Array = None          # temperature index of the tripped replica (-1: none)
-    swap_acceptance: Array = None  # (R - 1,): acceptance probability of each pair tried (NaN: not tried)
-    beta_index: Array = None       # (R,): the temperature index of each slot after the swaps
-    round_trips: Array = None      # completed round trips of the chain (since the last reset)
+# :class:`hmc.kernels.base.Info` of the ``beta = 1`` replica (``num_steps``: the steps of all
+# replicas; ``guard_*``: the first tripped replica's), and the replicas': ``replica``, the
+# temperature index of the tripped replica (-1: none); ``swap_acceptance`` ``(R - 1,)``, the
+# acceptance probability of each pair tried (NaN: not tried); ``beta_index`` ``(R,)``, the
+# temperature index of each slot after the swaps; ``round_trips``, since the last reset.
+TemperedInfo = NamedTuple("TemperedInfo", [*Info.__annotations__.items(), ("replica", Array),
+                                           ("swap_acceptance", Array), ("beta_index", Array),
+                                           ("round_trips", Array)])
+TemperedInfo.__new__.__defaults__ = (None,) * 6
 
 
 def ladder_of(replicas: int, beta_min: float) -> np.ndarray:
