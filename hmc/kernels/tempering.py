@@ -215,7 +215,7 @@ class Tempered:
 
         return adapt
 
-    def _parts(self, potential: Any, guard: str) -> Any:
+    def _parts(self, potential: Any, guard: str) -> _Replicas:
         check_guard(guard)
         terms = getattr(potential, "terms", None)
         if terms is None:
@@ -223,126 +223,140 @@ class Tempered:
         if getattr(potential, "auxiliary", None):
             raise ValueError("tempering: a potential with auxiliary fields cannot be tempered yet (the fields' "
                              "heat bath is drawn at beta = 1)")
-        tempered = self.tempered_names(list(terms))
-        all_tempered = len(tempered) == len(terms)
-        R = self.replicas
-        base = self.base
+        return _Replicas(self, potential, self.tempered_names(list(terms)), guard)
+
+
+def _index_of(slot_of: Array) -> Array:
+    """The inverse permutation: the temperature index of each slot."""
+    R = slot_of.shape[0]
+    return jnp.zeros(R, jnp.int32).at[slot_of].set(jnp.arange(R, dtype=jnp.int32))
+
+
+class _Replicas:
+    """The replica system of one chain, built for a potential (see :class:`Tempered`)."""
+
+    def __init__(self, spec: Tempered, potential: Any, tempered: tuple[str, ...], guard: str):
+        self.spec, self.potential, self.tempered = spec, potential, tempered
+        self.terms = potential.terms
+        self.all_tempered = len(tempered) == len(self.terms)
+        self.R = spec.replicas
         # every replica checks its gradients as it goes: a tripped replica is located in the
         # transition itself (a replay from the end state would not see the other replicas' moves)
-        located_guard = "off" if guard == "off" else "step"
+        self.guard = "off" if guard == "off" else "step"
 
-        def at(beta: Array) -> Any:
-            scaled = {name: (lambda f: (lambda q: beta * f(q)))(fn) if name in tempered else fn
-                      for name, fn in terms.items()}
-            return dataclasses.replace(potential, terms=scaled)
+    def at(self, beta: Array) -> Any:
+        """The potential of the replica at ``beta``: the tempered terms times ``beta``."""
+        scaled = {name: (lambda f: (lambda q: beta * f(q)))(fn) if name in self.tempered else fn
+                  for name, fn in self.terms.items()}
+        return dataclasses.replace(self.potential, terms=scaled)
 
-        def tempered_energy(q: PyTree) -> Array:
-            total = jnp.asarray(terms[tempered[0]](q))
-            for name in tempered[1:]:
-                total = total + terms[name](q)
-            return total
+    def tempered_energy(self, q: PyTree) -> Array:
+        total = jnp.asarray(self.terms[self.tempered[0]](q))
+        for name in self.tempered[1:]:
+            total = total + self.terms[name](q)
+        return total
 
-        def init_at(position: PyTree, beta: Array) -> Any:
-            return base.build(at(beta), located_guard).init(position)
+    def init_at(self, position: PyTree, beta: Array) -> Any:
+        return self.spec.base.build(self.at(beta), self.guard).init(position)
 
-        def init(position: PyTree) -> TemperedState:
-            dtype = jnp.result_type(*[jnp.asarray(x).dtype for x in jax.tree_util.tree_leaves(position)])
-            ladder = jnp.asarray(self.initial_ladder, dtype)
-            replicas = jax.vmap(init_at, in_axes=(None, 0))(position, ladder)
-            target = jax.tree_util.tree_map(lambda x: x[0], replicas)
-            return TemperedState(target.position, target.potential_energy, target.potential_energy_grad, replicas,
-                                 jnp.arange(R, dtype=jnp.int32), ladder, jnp.zeros(R - 1, dtype),
-                                 jnp.zeros(R - 1, dtype), jnp.zeros(R, jnp.int8), jnp.zeros((), jnp.int32),
-                                 jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+    def init(self, position: PyTree) -> TemperedState:
+        R = self.R
+        dtype = jnp.result_type(*[jnp.asarray(x).dtype for x in jax.tree_util.tree_leaves(position)])
+        ladder = jnp.asarray(self.spec.initial_ladder, dtype)
+        replicas = jax.vmap(self.init_at, in_axes=(None, 0))(position, ladder)
+        target = jax.tree_util.tree_map(lambda x: x[0], replicas)
+        int0 = jnp.zeros((), jnp.int32)
+        return TemperedState(target.position, target.potential_energy, target.potential_energy_grad, replicas,
+                             jnp.arange(R, dtype=jnp.int32), ladder, jnp.zeros(R - 1, dtype), jnp.zeros(R - 1, dtype),
+                             jnp.zeros(R, jnp.int8), int0, int0, int0)
 
-        def move(key: Array, state: Any, params: Params, beta: Array) -> tuple:
-            if all_tempered:
-                # HMC on beta U with the mass matrix beta M: the same equations of motion in q
-                # as at beta = 1, with velocities 1/sqrt(beta) larger; the same step size and
-                # number of steps are as stable and cover the same phase at every temperature
-                minv = params.inverse_mass_matrix
-                if minv is None:
-                    size = sum(int(np.prod(jnp.shape(x))) for x in jax.tree_util.tree_leaves(state.position))
-                    minv = jnp.full((size,), 1.0, beta.dtype) / beta
-                else:
-                    minv = minv / beta
-                params = params._replace(inverse_mass_matrix=minv)
-            return base.build(at(beta), located_guard).step(key, state, params)
+    def move(self, key: Array, state: Any, params: Params, beta: Array) -> tuple:
+        """One HMC transition of a replica at ``beta``."""
+        if self.all_tempered:
+            # HMC on beta U with the mass matrix beta M: the same equations of motion in q
+            # as at beta = 1, with velocities 1/sqrt(beta) larger; the same step size and
+            # number of steps are as stable and cover the same phase at every temperature
+            minv = params.inverse_mass_matrix
+            if minv is None:
+                size = sum(int(np.prod(jnp.shape(x))) for x in jax.tree_util.tree_leaves(state.position))
+                minv = jnp.full((size,), 1.0, beta.dtype) / beta
+            else:
+                minv = minv / beta
+            params = params._replace(inverse_mass_matrix=minv)
+        return self.spec.base.build(self.at(beta), self.guard).step(key, state, params)
 
-        def rescaled(state: Any, old: Array, new: Array) -> Any:
-            """A replica's state at a new temperature: exact rescaling when every term is
-            tempered, else a fresh energy and gradient (only where the label changed)."""
-            if all_tempered:
-                ratio = new / old
-                return state._replace(potential_energy=state.potential_energy * ratio,
-                                      potential_energy_grad=jax.tree_util.tree_map(lambda g: g * ratio,
-                                                                                   state.potential_energy_grad))
-            fresh = init_at(state.position, new)
-            return jax.tree_util.tree_map(lambda f, s: jnp.where(new != old, f, s), fresh, state)
+    def rescaled(self, state: Any, old: Array, new: Array) -> Any:
+        """A replica's state at a new temperature: exact rescaling when every term is
+        tempered, else a fresh energy and gradient (only where the label changed)."""
+        if self.all_tempered:
+            ratio = new / old
+            return state._replace(potential_energy=state.potential_energy * ratio,
+                                  potential_energy_grad=jax.tree_util.tree_map(lambda g: g * ratio,
+                                                                               state.potential_energy_grad))
+        fresh = self.init_at(state.position, new)
+        return jax.tree_util.tree_map(lambda f, s: jnp.where(new != old, f, s), fresh, state)
 
-        def step(key: Array, state: TemperedState, params: Params) -> tuple[TemperedState, TemperedInfo]:
-            ladder = state.ladder
-            beta_index = jnp.zeros(R, jnp.int32).at[state.slot_of].set(jnp.arange(R, dtype=jnp.int32))
-            beta_of_slot = ladder[beta_index]
-            keys = jax.vmap(lambda s: _rng.fold_in(key, s))(jnp.arange(R))
-            moved, infos = jax.vmap(move, in_axes=(0, 0, None, 0))(keys, state.replicas, params, beta_of_slot)
-            # swaps (DEO): pairs (i, i + 1) with i of the transition's parity
-            u_t = moved.potential_energy / beta_of_slot if all_tempered else jax.vmap(tempered_energy)(moved.position)
-            lower = state.slot_of[:-1]
-            upper = state.slot_of[1:]
-            log_ratio = (ladder[:-1] - ladder[1:]) * (u_t[lower] - u_t[upper])
-            log_ratio = jnp.where(jnp.isnan(log_ratio), -jnp.inf, log_ratio)
-            alpha = jnp.minimum(1.0, jnp.exp(jnp.minimum(log_ratio, 0.0))).astype(ladder.dtype)
-            pair = jnp.arange(R - 1)
-            tried = pair % 2 == state.transitions % 2
-            u = jax.vmap(lambda i: _rng.uniform(_rng.fold_in(_rng.fold_in(key, SWAP_STREAM), i), ladder.dtype))(pair)
-            swap = tried & (jnp.log(u) < log_ratio)
-            # exchange the labels of accepted pairs (the tried pairs are disjoint)
-            down = jnp.concatenate([swap, jnp.zeros(1, bool)])  # index i takes the slot of i + 1
-            up = jnp.concatenate([jnp.zeros(1, bool), swap])    # index i takes the slot of i - 1
-            slot_of = jnp.where(down, jnp.roll(state.slot_of, -1), jnp.where(up, jnp.roll(state.slot_of, 1),
-                                                                              state.slot_of))
-            new_index = jnp.zeros(R, jnp.int32).at[slot_of].set(jnp.arange(R, dtype=jnp.int32))
-            new_beta = ladder[new_index]
-            replicas = jax.vmap(rescaled)(moved, beta_of_slot, new_beta)
-            # round trips: a slot that reached the reference after the target and comes back
-            at_target, at_reference = new_index == 0, new_index == R - 1
-            completed = at_target & (state.last_end == 2)
-            last_end = jnp.where(at_target, 1, jnp.where(at_reference & (state.last_end == 1), 2,
-                                                         state.last_end)).astype(jnp.int8)
-            target_slot = slot_of[0]
-            target = jax.tree_util.tree_map(lambda x: x[target_slot], replicas)
-            new_state = TemperedState(
-                target.position, target.potential_energy, target.potential_energy_grad, replicas, slot_of, ladder,
-                state.rejection + jnp.where(tried, 1.0 - alpha, 0.0).astype(ladder.dtype),
-                state.attempts + tried.astype(ladder.dtype), last_end,
-                state.round_trips + jnp.sum(completed).astype(jnp.int32), state.transitions + 1, state.counted + 1)
-            # the target replica's transition (it was at temperature index 0 before the swaps)
-            t_slot = state.slot_of[0]
-            pick = lambda x: x[t_slot]  # noqa: E731
-            tripped_by_index = infos.guard_tripped[state.slot_of]
-            first = jnp.argmax(tripped_by_index)
-            f_slot = state.slot_of[first]
-            any_trip = jnp.any(tripped_by_index)
-            info = TemperedInfo(
-                acceptance_rate=pick(infos.acceptance_rate), is_accepted=pick(infos.is_accepted),
-                is_divergent=pick(infos.is_divergent), energy=pick(infos.energy),
-                delta_energy=pick(infos.delta_energy), num_steps=jnp.sum(infos.num_steps).astype(jnp.int32),
-                step_size=pick(infos.step_size), guard_tripped=any_trip,
-                guard_step=jnp.where(any_trip, infos.guard_step[f_slot], -1).astype(jnp.int32),
-                guard_position=jax.tree_util.tree_map(lambda x: x[f_slot], infos.guard_position),
-                replica=jnp.where(any_trip, first, -1).astype(jnp.int32),
-                swap_acceptance=jnp.where(tried, alpha, jnp.nan).astype(ladder.dtype),
-                beta_index=new_index, round_trips=new_state.round_trips)
-            return new_state, info
+    def swaps(self, key: Array, state: TemperedState, moved: Any, beta_of_slot: Array) -> tuple:
+        """DEO: the pairs ``(i, i + 1)`` with ``i`` of the transition's parity, each accepted
+        with ``min(1, exp((beta_i - beta_{i+1}) (U_T(x_i) - U_T(x_{i+1}))))``. Returns the
+        new ``slot_of``, which pairs were tried and their acceptance probabilities."""
+        ladder, R = state.ladder, self.R
+        u_t = moved.potential_energy / beta_of_slot if self.all_tempered \
+            else jax.vmap(self.tempered_energy)(moved.position)
+        log_ratio = (ladder[:-1] - ladder[1:]) * (u_t[state.slot_of[:-1]] - u_t[state.slot_of[1:]])
+        log_ratio = jnp.where(jnp.isnan(log_ratio), -jnp.inf, log_ratio)
+        alpha = jnp.minimum(1.0, jnp.exp(jnp.minimum(log_ratio, 0.0))).astype(ladder.dtype)
+        pair = jnp.arange(R - 1)
+        tried = pair % 2 == state.transitions % 2
+        u = jax.vmap(lambda i: _rng.uniform(_rng.fold_in(_rng.fold_in(key, SWAP_STREAM), i), ladder.dtype))(pair)
+        swap = tried & (jnp.log(u) < log_ratio)
+        # exchange the labels of accepted pairs (the tried pairs are disjoint)
+        down = jnp.concatenate([swap, jnp.zeros(1, bool)])  # index i takes the slot of i + 1
+        up = jnp.concatenate([jnp.zeros(1, bool), swap])    # index i takes the slot of i - 1
+        slot_of = jnp.where(down, jnp.roll(state.slot_of, -1),
+                            jnp.where(up, jnp.roll(state.slot_of, 1), state.slot_of))
+        return slot_of, tried, alpha
 
-        return _Parts(init, step, rescaled)
+    def step(self, key: Array, state: TemperedState, params: Params) -> tuple[TemperedState, Any]:
+        R, ladder = self.R, state.ladder
+        beta_of_slot = ladder[_index_of(state.slot_of)]
+        keys = jax.vmap(lambda s: _rng.fold_in(key, s))(jnp.arange(R))
+        moved, infos = jax.vmap(self.move, in_axes=(0, 0, None, 0))(keys, state.replicas, params, beta_of_slot)
+        slot_of, tried, alpha = self.swaps(key, state, moved, beta_of_slot)
+        new_index = _index_of(slot_of)
+        replicas = jax.vmap(self.rescaled)(moved, beta_of_slot, ladder[new_index])
+        # round trips: a slot that reached the reference after the target and comes back
+        at_target, at_reference = new_index == 0, new_index == R - 1
+        completed = at_target & (state.last_end == 2)
+        last_end = jnp.where(at_target, 1, jnp.where(at_reference & (state.last_end == 1), 2,
+                                                     state.last_end)).astype(jnp.int8)
+        target = jax.tree_util.tree_map(lambda x: x[slot_of[0]], replicas)
+        new_state = TemperedState(
+            target.position, target.potential_energy, target.potential_energy_grad, replicas, slot_of, ladder,
+            state.rejection + jnp.where(tried, 1.0 - alpha, 0.0).astype(ladder.dtype),
+            state.attempts + tried.astype(ladder.dtype), last_end,
+            state.round_trips + jnp.sum(completed).astype(jnp.int32), state.transitions + 1, state.counted + 1)
+        info = _info(state.slot_of, infos, jnp.where(tried, alpha, jnp.nan).astype(ladder.dtype), new_index,
+                     new_state.round_trips)
+        return new_state, info
 
 
-class _Parts(NamedTuple):
-    init: Callable
-    step: Callable
-    rescaled: Callable
+def _info(slot_of: Array, infos: Any, swap_acceptance: Array, beta_index: Array, round_trips: Array) -> Any:
+    """The chain's :data:`TemperedInfo`: the target replica's transition (the slot at
+    temperature index 0 before the swaps), the first tripped replica's guard fields."""
+    pick = lambda x: x[slot_of[0]]  # noqa: E731
+    tripped_by_index = infos.guard_tripped[slot_of]
+    first = jnp.argmax(tripped_by_index)
+    f_slot = slot_of[first]
+    any_trip = jnp.any(tripped_by_index)
+    return TemperedInfo(
+        acceptance_rate=pick(infos.acceptance_rate), is_accepted=pick(infos.is_accepted),
+        is_divergent=pick(infos.is_divergent), energy=pick(infos.energy), delta_energy=pick(infos.delta_energy),
+        num_steps=jnp.sum(infos.num_steps).astype(jnp.int32), step_size=pick(infos.step_size),
+        guard_tripped=any_trip, guard_step=jnp.where(any_trip, infos.guard_step[f_slot], -1).astype(jnp.int32),
+        guard_position=jax.tree_util.tree_map(lambda x: x[f_slot], infos.guard_position),
+        replica=jnp.where(any_trip, first, -1).astype(jnp.int32), swap_acceptance=swap_acceptance,
+        beta_index=beta_index, round_trips=round_trips)
 
 
 def adapt_ladder(states: TemperedState, mean: Callable[[Array], Array], move: bool,
@@ -359,8 +373,7 @@ def adapt_ladder(states: TemperedState, mean: Callable[[Array], Array], move: bo
         ladder = jnp.broadcast_to(new, ladder.shape)
 
         def one_chain(reps, slot_of, old_ladder, new_ladder):
-            R = slot_of.shape[0]
-            index = jnp.zeros(R, jnp.int32).at[slot_of].set(jnp.arange(R, dtype=jnp.int32))
+            index = _index_of(slot_of)
             return jax.vmap(rescaled)(reps, old_ladder[index], new_ladder[index])
 
         replicas = jax.vmap(one_chain)(replicas, states.slot_of, states.ladder, ladder)
