@@ -307,6 +307,10 @@ def _draw_record(potential: Potential, program: Program, states: Any, info: Any,
     """One draw's outputs: observables, recorded leaves and statistics (``stat:`` keys:
     an observable may share a name with a statistic, as lennard_jones' ``energy``)."""
     out = dict(jax.vmap(potential.observe)(states.position))
+    if getattr(program.kernel, "record", False) is True and hasattr(states, "ladder"):
+        from hmc.kernels.tempering import replica_observables
+
+        out.update(replica_observables(potential, states))
     leaves = dict(zip(program.names, jax.tree_util.tree_leaves(states.position)))
     out.update({name: leaves[name] for name in program.record})
     stats = dict(

@@ -58,6 +58,7 @@ class TemperingConfig(_Section):
     ladder: list[float] | None = None  # explicit inverse temperatures, 1 first, decreasing (overrides the above)
     terms: list[str] | None = None  # the tempered terms (default: all)
     adapt: bool = True  # adapt the ladder in warmup rounds
+    record: bool = False  # also record every replica's observables (replicas/<name>, temperature order)
 
 
 class SamplerConfig(_Section):
@@ -315,7 +316,7 @@ def _import_factory(spec: str, config_dir: str | None) -> Any:
 
 def _tempering_options(t: TemperingConfig) -> dict[str, Any]:
     """The ``tempering`` argument: an explicit ladder replaces ``replicas`` and ``beta_min``."""
-    options = {"adapt": t.adapt, "terms": t.terms}
+    options = {"adapt": t.adapt, "terms": t.terms, "record": t.record}
     if t.ladder is not None:
         options["ladder"] = list(t.ladder)
     else:

@@ -198,8 +198,8 @@ def test_config_section_and_its_errors(tmp_path):
         model: {name: classical_double_well, params: {height: 8.0}}
         sampler: {tempering: {replicas: 5, beta_min: 0.05, terms: [potential]}}
     """)
-    assert config.sample_kwargs(cfg)["tempering"] == {"adapt": True, "terms": ["potential"], "replicas": 5,
-                                                      "beta_min": 0.05}
+    assert config.sample_kwargs(cfg)["tempering"] == {"adapt": True, "terms": ["potential"], "record": False,
+                                                      "replicas": 5, "beta_min": 0.05}
     ladder = load("""
         model: {name: classical_double_well}
         sampler: {tempering: {ladder: [1.0, 0.4, 0.1]}}
@@ -241,3 +241,17 @@ def test_replicas_auto_runs_two_lambda_plus_one_from_a_pilot(caplog):
     assert r.tempering["ladder"][-1] == pytest.approx(0.05)
     with pytest.raises(ValueError, match="cannot go with a ladder"):
         hmc.sample(pot, **kw, tempering={"replicas": "auto", "ladder": [1.0, 0.1]})
+
+
+def test_other_replicas_are_recorded_on_request_in_temperature_order():
+    pot = double_well(6.0)
+    kw = dict(seed=7, num_chains=2, num_warmup=30, num_samples=40, num_steps=4, progress=False)
+    plain = hmc.sample(pot, **kw, tempering={"replicas": 3, "beta_min": 0.2})
+    assert not any(k.startswith("replicas/") for k in plain.draws)
+    r = hmc.sample(pot, **kw, tempering={"replicas": 3, "beta_min": 0.2, "record": True})
+    assert r.draws["replicas/x2"].shape == (2, 40, 3) + r.draws["x2"].shape[2:]
+    np.testing.assert_array_equal(r.draws["replicas/x2"][:, :, 0], r.draws["x2"])  # index 0 is beta = 1
+    # the hottest replica sits on the barrier (|x| < 0.5) far more often than the target
+    near = lambda x: np.mean(np.abs(x) < 0.5)  # noqa: E731
+    assert near(r.draws["replicas/x"][:, :, 2]) > near(r.draws["x"]) + 0.1
+    np.testing.assert_array_equal(plain.draws["x2"], r.draws["x2"])  # recording changes no draw

@@ -46,7 +46,7 @@ from hmc.kernels.base import Info, Kernel, Params, check_guard
 PyTree = Any
 PILOT_REPLICAS, PILOT_DRAWS, MAX_REPLICAS = 8, 200, 64  # replicas: "auto"
 SWAP_STREAM = 5  # fold_in(key, 5): the keys of a transition's swap tests
-TEMPERING_KEYS = ("replicas", "beta_min", "ladder", "terms", "adapt")
+TEMPERING_KEYS = ("replicas", "beta_min", "ladder", "terms", "adapt", "record")
 
 
 class TemperedState(NamedTuple):
@@ -128,7 +128,9 @@ class Tempered:
     ``hmc.sample(tempering={"replicas": 8, "beta_min": 0.05})``; ``ladder`` gives the
     inverse temperatures instead (decreasing from 1, in ``(0, 1]``); ``terms`` the tempered
     terms (default: all); ``adapt`` (default true) adapts the ladder in warmup, keeping
-    ``beta_min``. See the module docstring.
+    ``beta_min``; ``record`` (default false) also records every observable of every replica,
+    in temperature order (``replicas/<name>``, shape ``(chains, draws, R, ...)``). See the
+    module docstring.
     """
 
     base: Any
@@ -137,6 +139,7 @@ class Tempered:
     ladder: tuple | None = None
     terms: tuple | None = None
     adapt: bool = True
+    record: bool = False
     name: str = dataclasses.field(default="tempered", init=False)
     locates_trips = True  # a replay from the end state would not see the other replicas' moves
 
@@ -414,6 +417,15 @@ def choose_replicas(options: Mapping[str, Any], pilot: Callable[[dict], Any]) ->
     return dict(options, replicas=replicas)
 
 
+def replica_observables(potential: Any, states: TemperedState) -> dict[str, Array]:
+    """Every observable of every replica, in temperature order: ``{"replicas/<name>":
+    (chains, R, ...)}`` (``states`` with the chain axis first)."""
+    ordered = jax.vmap(lambda reps, slot_of: jax.tree_util.tree_map(lambda x: x[slot_of], reps))(
+        states.replicas.position, states.slot_of)
+    values = jax.vmap(jax.vmap(potential.observe))(ordered)
+    return {f"replicas/{name}": v for name, v in values.items()}
+
+
 def report(states: TemperedState, index_process: np.ndarray | None = None) -> dict[str, Any]:
     """What replica exchange did since its counters were last reset (at the end of warmup,
     or of the last ladder round while in warmup), from the chains' states (chain axis first): the ladder, each
@@ -439,5 +451,5 @@ def report(states: TemperedState, index_process: np.ndarray | None = None) -> di
     }
 
 
-__all__ = ["Tempered", "TemperedInfo", "TemperedState", "adapt_ladder", "barrier", "check_ladder", "equalized_ladder",
+__all__ = ["replica_observables", "Tempered", "TemperedInfo", "TemperedState", "adapt_ladder", "barrier", "check_ladder", "equalized_ladder",
            "choose_replicas", "ladder_of", "predicted_round_trip_rate", "report"]
