@@ -24,6 +24,7 @@ from hmc import rng as _rng
 from hmc.checkpoint import STAT_PREFIX
 from hmc.devices import ordered_mean, ordered_sum
 from hmc.guard import replay as _replay
+from hmc.kernels import tempering as _tempering
 from hmc.kernels.base import Kernel, Params
 from hmc.potential import Potential, cached_program
 from hmc.settings import Program
@@ -308,9 +309,7 @@ def _draw_record(potential: Potential, program: Program, states: Any, info: Any,
     an observable may share a name with a statistic, as lennard_jones' ``energy``)."""
     out = dict(jax.vmap(potential.observe)(states.position))
     if getattr(program.kernel, "record", False) is True and hasattr(states, "ladder"):
-        from hmc.kernels.tempering import replica_observables
-
-        out.update(replica_observables(potential, states))
+        out.update(_tempering.replica_observables(potential, states))
     leaves = dict(zip(program.names, jax.tree_util.tree_leaves(states.position)))
     out.update({name: leaves[name] for name in program.record})
     stats = dict(
