@@ -38,9 +38,8 @@ def _one(size: int, fermions: str, beta: float, mass: float, samples: int) -> tu
 
 
 def run(size: int, fermions: str, beta: float, mass: float, samples: int) -> tuple:
-    """``(summary, mean acceptance, seconds)`` of one run, in a fresh process: after several
-    runs of this model in one process, XLA's CPU runtime has deadlocked (every thread
-    waiting) at the same point of a later run, with jax 0.10 on 2 cores."""
+    """``(summary, mean acceptance, seconds)`` of one run, in a fresh process (each run's
+    compiled programs and memory are released with it; a stuck run can be told apart)."""
     import concurrent.futures
     import multiprocessing
 
