@@ -166,7 +166,8 @@ def sample(
         warmup), or ``{"ladder": [1, ...]}``; ``"terms"``: the tempered terms (default all);
         ``"adapt": False`` keeps the ladder; ``"replicas": "auto"``: a pilot run (warmup and
         200 draws with 8 replicas) measures the barrier ``Lambda``, then ``ceil(2 Lambda + 1)``
-        replicas (at least 2, at most 64) run. Draws come from the ``beta = 1`` replica;
+        replicas (at least 2, at most 64) run; ``"record": True`` also records every replica's
+        observables (``replicas/<name>``). Draws come from the ``beta = 1`` replica;
         ``result.tempering`` has the swap rates, round trips, the barrier and the ladder.
     persistence
         ``ghmc`` only: the momentum kept per transition, ``c`` in
