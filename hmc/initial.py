@@ -66,7 +66,14 @@ def chain_keys(chain_root: jax.Array, num_chains: int) -> jax.Array:
 
 
 def initial_positions(potential: Potential, seed: int, num_chains: int) -> PyTree:
-    """The initial states :func:`hmc.sample` starts from (``potential.init`` per chain), leading chain axis."""
+    """The initial states :func:`hmc.sample` starts from (``potential.init`` per chain, or the
+    potential's own ``initial_positions``), leading chain axis."""
+    if potential.initial_positions is not None:
+        count = jax.tree_util.tree_leaves(potential.initial_positions)[0].shape[0]
+        if count != num_chains:
+            raise ValueError(f"the potential {potential.name!r} brings {count} initial positions (one per chain) but "
+                             f"num_chains={num_chains}; give num_chains={count} or init(rng_key) -> q")
+        return potential.initial_positions
     return jax.vmap(potential.init)(jax.random.split(root_keys(seed)[0], num_chains))
 
 

@@ -81,6 +81,19 @@ class Potential:
         energy NaN when unhealthy (:func:`hmc.guard.unhealthy_is_nan`), which trips the
         guard and rejects the trajectory, and the guard then reports the check's numbers as
         a ``solver_not_converged`` event (the term, the residual, the iterations).
+    joint
+        Optional ``j(q) -> {"terms": {name: scalar}, "observables": {name: array}}``: every
+        term and observable in one pass (a numpyro model runs once per gradient, not once
+        per site). When given, :meth:`energy`, :meth:`term_energies` and :meth:`observe`
+        use it; ``terms`` and ``observables`` stay the per-name functions the guard checks.
+    sites
+        Optional ``term -> {"site": ..., "kind": ..., "distribution": ..., "source":
+        "file.py:line"}``: where each term was declared in the user's code (a numpyro
+        sample or factor site). The guard names the site, and blames its declaration
+        when the primitive it found lies in library code.
+    initial_positions
+        Optional states with a leading chain axis: chain ``c`` of :func:`hmc.sample`
+        starts from row ``c`` (their number must be ``num_chains``).
     embedding
         Optional ``e(q) -> array``: a map of the state into a Euclidean space in which
         ``trajectory_length="auto"`` measures how far a trajectory went (default: the
@@ -103,6 +116,47 @@ class Potential:
     embedding: Callable[[PyTree], Array] | None = None
     auxiliary: Mapping[str, Callable[[Array, PyTree], Array]] = dataclasses.field(default_factory=dict)
     health: Mapping[str, Callable[[PyTree], Mapping[str, Array]]] = dataclasses.field(default_factory=dict)
+    joint: Callable[[PyTree], Mapping[str, Mapping[str, Array]]] | None = None
+    sites: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    initial_positions: PyTree | None = None
+
+    @classmethod
+    def from_numpyro(cls, model: Callable[..., Any], *args: Any, init_strategy: Any = None,
+                     name: str | None = None, **kwargs: Any) -> Potential:
+        """A numpyro model as a potential with one term per site (see
+        :func:`hmc.numpyro_models.from_numpyro`); ``args``/``kwargs`` are the model's."""
+        from hmc.numpyro_models import from_numpyro
+
+        return from_numpyro(model, *args, init_strategy=init_strategy, name=name, **kwargs)
+
+    @classmethod
+    def from_logdensity(cls, logdensity_fn: Callable[[PyTree], Array], init: Any, *, name: str = "logdensity",
+                        observables: Mapping[str, Callable[[PyTree], Array]] | None = None) -> Potential:
+        """Any JAX log density (the blackjax and TFP convention: ``log p(q)``, unnormalised)
+        as a one-term potential, the term ``log_density`` (``U = -log p``).
+
+        ``init`` is ``init(rng_key) -> q``, or initial states with a leading chain axis
+        (chain ``c`` starts from row ``c``). ``observables`` default to the state itself:
+        ``{"q": q}`` for an array, each leaf for a dict."""
+        if not callable(logdensity_fn):
+            raise TypeError(f"from_logdensity needs a callable log density, got {type(logdensity_fn).__name__}")
+        positions = None
+        if not callable(init):
+            positions = jax.tree_util.tree_map(jnp.asarray, init)
+            sizes = {x.shape[0] if x.ndim else None for x in jax.tree_util.tree_leaves(positions)}
+            if len(sizes) != 1 or None in sizes:
+                raise ValueError("from_logdensity: init must be init(rng_key) -> q or states with one leading chain "
+                                 f"axis on every leaf (leading sizes {sorted(map(str, sizes))})")
+            count = sizes.pop()
+
+            def init(rng_key: Array) -> PyTree:  # a random row: what the guard's probes start from
+                row = jax.random.randint(rng_key, (), 0, count)
+                return jax.tree_util.tree_map(lambda x: x[row], positions)
+
+        if observables is None:
+            observables = _state_observables(init(jax.random.key(0)))
+        return cls(terms={"log_density": lambda q: -logdensity_fn(q)}, init=init, observables=observables,
+                   name=name, initial_positions=positions)
 
     def __post_init__(self) -> None:
         terms = _freeze(self.terms, "term")
@@ -129,6 +183,12 @@ class Potential:
         if unknown:
             raise ValueError(f"health checks given for unknown terms {unknown} (terms: {list(terms)})")
         object.__setattr__(self, "health", health)
+        if self.joint is not None and not callable(self.joint):
+            raise TypeError(f"Potential.joint must be callable, got {type(self.joint).__name__}")
+        unknown = sorted(set(self.sites) - set(terms))
+        if unknown:
+            raise ValueError(f"sites given for unknown terms {unknown} (terms: {list(terms)})")
+        object.__setattr__(self, "sites", dict(self.sites))
 
     # -- auxiliary fields ---------------------------------------------------------
     def refresh(self, rng_key: Array, position: PyTree) -> dict[str, Array]:
@@ -162,7 +222,10 @@ class Potential:
     def energy(self, position: PyTree) -> Array:
         """Total potential energy ``U(q)``, a scalar."""
         position = self.with_auxiliary(position)
-        values = [fn(position) for fn in self.terms.values()]
+        if self.joint is not None:
+            values = list(self.joint(position)["terms"].values())
+        else:
+            values = [fn(position) for fn in self.terms.values()]
         total = values[0]
         for value in values[1:]:
             total = total + value
@@ -173,6 +236,8 @@ class Potential:
     def term_energies(self, position: PyTree) -> dict[str, Array]:
         """Each term's energy at ``position``: ``{name: scalar}``."""
         position = self.with_auxiliary(position)
+        if self.joint is not None:
+            return {name: jnp.asarray(value) for name, value in self.joint(position)["terms"].items()}
         return {name: jnp.asarray(fn(position)) for name, fn in self.terms.items()}
 
     def value_and_grad(self, position: PyTree) -> tuple[Array, PyTree]:
@@ -185,12 +250,22 @@ class Potential:
 
     def observe(self, position: PyTree) -> dict[str, Array]:
         """Every observable at ``position``: ``{name: array}``."""
+        if self.joint is not None:
+            values = self.joint(self.with_auxiliary(position))["observables"]
+            return {name: jnp.asarray(values[name]) for name in self.observables}
         return {name: jnp.asarray(fn(position)) for name, fn in self.observables.items()}
 
     # -- state helpers ----------------------------------------------------------
     def leaf_names(self, position: PyTree) -> list[str]:
         """Readable names of the state's leaves (``"phi"`` for ``{"phi": ...}``)."""
         return leaf_names(position)
+
+
+def _state_observables(position: PyTree) -> dict[str, Callable[[PyTree], Array]]:
+    """The state's leaves as observables, by their leaf names."""
+    count = len(jax.tree_util.tree_leaves(position))
+    return {name: (lambda i: lambda q: jax.tree_util.tree_leaves(q)[i])(i)
+            for i, name in zip(range(count), leaf_names(position))}
 
 
 def leaf_names(tree: PyTree) -> list[str]:
