@@ -269,6 +269,8 @@ def _warmup_chunk(step: Callable, adapt: Callable, limit: Callable, lengthen: Ca
                 "adapted_step": jnp.broadcast_to(adapt_state.step_size, info.step_size.shape),
                 "trajectory_length": jnp.broadcast_to(adapt_state.trajectory_length, info.step_size.shape),
             }
+            if getattr(info, "tree_depth", None) is not None:
+                out["tree_depth"] = info.tree_depth
             if getattr(info, "swap_acceptance", None) is not None:
                 out["swap_acceptance"] = info.swap_acceptance
                 out["ladder"] = states.ladder
@@ -324,6 +326,8 @@ def _draw_record(potential: Potential, program: Program, states: Any, info: Any,
     )
     if getattr(info, "beta_index", None) is not None:  # tempering: the index process
         stats["beta_index"] = info.beta_index
+    if getattr(info, "tree_depth", None) is not None:  # nuts
+        stats["tree_depth"] = info.tree_depth
     out.update({STAT_PREFIX + k: v for k, v in stats.items()})
     return out
 

@@ -38,12 +38,20 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     name: str | None = None
     factory: str | None = None
+    # potential: the factory returns an hmc.Potential; numpyro: it is a numpyro model, and
+    # params are its keyword arguments (a string ending in .npz, .npy or .csv is read as data)
+    kind: Literal["potential", "numpyro"] = "potential"
+    init_strategy: Literal["uniform", "median", "mean", "sample", "feasible"] = "uniform"  # kind numpyro
     params: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
         if (self.name is None) == (self.factory is None):
             raise ValueError("give exactly one of model.name (a registered model) and model.factory")
+        if self.kind == "numpyro" and self.factory is None:
+            raise ValueError("model.kind: numpyro needs model.factory (the numpyro model function)")
+        if self.kind != "numpyro" and "init_strategy" in self.model_fields_set:
+            raise ValueError("model.init_strategy applies to model.kind: numpyro")
         return self
 
 
@@ -62,13 +70,14 @@ class TemperingConfig(_Section):
 
 
 class SamplerConfig(_Section):
-    kernel: Literal["hmc", "ghmc"] = "hmc"
+    kernel: Literal["hmc", "ghmc", "nuts"] = "hmc"
     integrator: Literal["leapfrog", "minimum_norm", "yoshida4"] = "minimum_norm"
     step_size: PositiveFloat | None = None
     num_steps: PositiveInt | None = 10  # kernel ghmc: 1 unless given
     trajectory_length: PositiveFloat | Literal["auto"] | None = None  # auto: adapted in warmup (ChEES)
     jitter: float = Field(0.0, ge=0.0, lt=1.0)
     max_num_steps: PositiveInt = 1000  # the most steps of a trajectory_length trajectory
+    max_tree_depth: Annotated[int, Field(ge=1, le=30)] | None = None  # kernel nuts: at most 2**depth - 1 leaves (10)
     persistence: float | None = Field(None, ge=0.0, lt=1.0)  # kernel ghmc: c in p <- c p + sqrt(1 - c^2) xi
     mass_matrix: Literal["identity", "diagonal", "dense"] = "diagonal"
     adaptation: Literal["pooled", "per_chain"] = "pooled"
@@ -85,6 +94,15 @@ class SamplerConfig(_Section):
     def _kernel_settings(self) -> SamplerConfig:
         if self.kernel == "ghmc" and "num_steps" not in self.model_fields_set:
             self.num_steps = 1  # a few integrator steps per transition is what GHMC is for
+        if self.kernel == "nuts":
+            given = sorted({"num_steps", "trajectory_length", "jitter", "timescales"} & self.model_fields_set)
+            given = [k for k in given if getattr(self, k) not in (None, 0.0)]
+            if given:
+                raise ValueError(f"{given[0]} does not apply to kernel nuts (the tree sets the trajectory's length; "
+                                 "max_tree_depth caps it)")
+            self.num_steps = None
+        elif self.max_tree_depth is not None:
+            raise ValueError(f"max_tree_depth applies to kernel nuts only (kernel is {self.kernel!r})")
         if self.kernel != "ghmc" and self.persistence is not None:
             raise ValueError(f"persistence applies to kernel ghmc only (kernel is {self.kernel!r})")
         if self.tempering is not None and self.kernel != "hmc":
@@ -257,6 +275,8 @@ def make_potential(model: ModelConfig, config_dir: str | None = None) -> Potenti
             raise ConfigError([f"model.name: {err.args[0]}"]) from None
     else:
         factory = _import_factory(model.factory, config_dir)
+    if model.kind == "numpyro":
+        return _numpyro_potential(model, factory, config_dir)
     try:
         potential = factory(**model.params)
     except TypeError as err:
@@ -267,6 +287,23 @@ def make_potential(model: ModelConfig, config_dir: str | None = None) -> Potenti
         raise ConfigError([f"model.factory: {model.factory or model.name} returned {type(potential).__name__}, "
                            "not an hmc.Potential"])
     return potential
+
+
+def _numpyro_potential(model: ModelConfig, factory: Any, config_dir: str | None) -> Potential:
+    """``Potential.from_numpyro(factory, **params)`` with the data files read."""
+    import inspect
+
+    params = {key: load_data(key, value, config_dir) for key, value in model.params.items()}
+    try:
+        inspect.signature(factory).bind(**params)
+    except TypeError as err:
+        raise ConfigError([f"model.params: {err} (the arguments of the numpyro model {model.factory})"]) from None
+    except ValueError:
+        pass  # no signature to check
+    try:
+        return Potential.from_numpyro(factory, init_strategy=model.init_strategy, **params)
+    except (TypeError, ValueError) as err:
+        raise ConfigError([f"model.factory: the numpyro model {model.factory} could not be traced: {err}"]) from None
 
 
 def _factory_file(target: str, config_dir: str | None) -> str:
@@ -287,7 +324,104 @@ def resolved(config: RunConfig, config_dir: str | None = None) -> dict[str, Any]
     if factory and ":" in factory and factory.rsplit(":", 1)[0].endswith(".py"):
         target, attr = factory.rsplit(":", 1)
         data["model"]["factory"] = f"{_factory_file(target, config_dir)}:{attr}"
+    if config.model.kind == "numpyro":
+        data["model"]["params"] = {key: _absolute_data_path(key, value, config_dir)
+                                   for key, value in data["model"]["params"].items()}
     return data
+
+
+DATA_SUFFIXES = (".npz", ".npy", ".csv")
+
+
+def _data_path(value: Any) -> tuple[str, str | None] | None:
+    """``("file.csv", "column")`` for a data reference ``"file.csv:column"`` (the part
+    after the colon optional), ``None`` for any other parameter value."""
+    if not isinstance(value, str):
+        return None
+    for suffix in DATA_SUFFIXES:
+        if value.endswith(suffix):
+            return value, None
+        cut = value.rfind(suffix + ":")
+        if cut > 0:
+            return value[:cut + len(suffix)], value[cut + len(suffix) + 1:] or None
+    return None
+
+
+def _absolute_data_path(key: str, value: Any, config_dir: str | None) -> Any:
+    ref = _data_path(value)
+    if ref is None:
+        return value
+    path, part = ref
+    found = _find_file(path, config_dir)
+    if found is None:
+        return value  # reported when the model is built
+    return found if part is None else f"{found}:{part}"
+
+
+def _find_file(path: str, config_dir: str | None) -> str | None:
+    candidates = [path] if os.path.isabs(path) else [os.path.join(d, path) for d in (config_dir, os.getcwd())
+                                                     if d is not None]
+    found = next((p for p in candidates if os.path.isfile(p)), None)
+    return None if found is None else os.path.abspath(found)
+
+
+def load_data(key: str, value: Any, config_dir: str | None) -> Any:
+    """A model parameter, with a data reference read: ``"x.npy"``; ``"d.npz"`` (its one
+    array) or ``"d.npz:name"``; ``"t.csv"`` (a numeric table with an optional header row;
+    one column comes back 1-D) or ``"t.csv:column"``. Paths are relative to the config's
+    folder, then the working directory. Errors name the ``model.params`` key and the file."""
+    import numpy as np
+
+    ref = _data_path(value)
+    if ref is None:
+        return value
+    path, part = ref
+    found = _find_file(path, config_dir)
+    if found is None:
+        raise ConfigError([f"model.params.{key}: data file {path!r} not found (looked in the config's folder "
+                           "and the working directory)"])
+    try:
+        if found.endswith(".npy"):
+            return np.load(found)
+        if found.endswith(".npz"):
+            return _npz_array(key, found, part)
+        return _csv_array(key, found, part)
+    except ConfigError:
+        raise
+    except Exception as err:
+        raise ConfigError([f"model.params.{key}: cannot read {found}: {err}"]) from None
+
+
+def _npz_array(key: str, path: str, part: str | None) -> Any:
+    import numpy as np
+
+    with np.load(path) as archive:
+        names = list(archive.files)
+        if part is None and len(names) == 1:
+            part = names[0]
+        if part not in names:
+            what = "name one of its arrays as file.npz:name" if part is None else f"it has no array {part!r}"
+            raise ConfigError([f"model.params.{key}: {path} holds {names}; {what}"])
+        return archive[part]
+
+
+def _csv_array(key: str, path: str, part: str | None) -> Any:
+    import numpy as np
+
+    with open(path) as fh:
+        first = fh.readline()
+    cells = [c.strip() for c in first.split(",")]
+    try:
+        [float(c) for c in cells]
+        header = None
+    except ValueError:
+        header = cells
+    table = np.loadtxt(path, delimiter=",", skiprows=0 if header is None else 1, ndmin=2)
+    if part is not None:
+        if header is None or part not in header:
+            raise ConfigError([f"model.params.{key}: {path} has no column {part!r} (columns: {header})"])
+        return table[:, header.index(part)]
+    return table[:, 0] if table.shape[1] == 1 else table
 
 
 def _import_factory(spec: str, config_dir: str | None) -> Any:
@@ -339,7 +473,8 @@ def sample_kwargs(config: RunConfig) -> dict[str, Any]:
         num_steps=s.num_steps,
         trajectory_length=s.trajectory_length,
         jitter=s.jitter,
-        max_num_steps=s.max_num_steps,
+        max_num_steps=None if s.kernel == "nuts" else s.max_num_steps,
+        max_tree_depth=s.max_tree_depth,
         timescales=None if s.timescales is None else [level.model_dump() for level in s.timescales],
         tempering=None if s.tempering is None else _tempering_options(s.tempering),
         mass_matrix=s.mass_matrix,

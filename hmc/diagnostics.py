@@ -260,9 +260,11 @@ def _physics_checks(observables: Mapping[str, ObservableSummary], stats: Mapping
     """What a physicist checks of an HMC run: Creutz's ``<exp(-dH)> = 1`` (a failing
     integrator or a wrong acceptance shows here first), ``<dH>``, the spread of the
     chains' acceptance, and the gradients spent per effective sample (the smallest bulk
-    ESS over the observables)."""
+    ESS over the observables). With NUTS, the mean tree depth and the share of
+    transitions that hit the maximum depth."""
     out: dict[str, Any] = {}
-    if "delta_energy" in stats and np.size(stats["delta_energy"]):
+    # a NUTS draw is a leaf chosen from a tree, not a Metropolis proposal: no Creutz identity
+    if "delta_energy" in stats and np.size(stats["delta_energy"]) and "tree_depth" not in stats:
         dh = np.asarray(stats["delta_energy"], np.float64)
         with np.errstate(over="ignore", invalid="ignore"):
             boltzmann = np.where(np.isnan(dh), 0.0, np.exp(-dh))  # a rejected blow-up (+inf) counts 0
@@ -270,6 +272,10 @@ def _physics_checks(observables: Mapping[str, ObservableSummary], stats: Mapping
         finite = np.where(np.isfinite(dh), dh, np.nan)
         out["delta_energy_mean"] = float(np.nanmean(finite)) if np.isfinite(finite).any() else float("nan")
         out["delta_energy_nonfinite"] = int(np.sum(~np.isfinite(dh)))
+    if "tree_depth" in stats and np.size(stats["tree_depth"]):
+        depth = np.asarray(stats["tree_depth"])
+        out["tree_depth_mean"] = float(depth.mean())
+        out["tree_depth_max_share"] = float(np.mean(depth >= (info.get("max_tree_depth") or depth.max() + 1)))
     if "acceptance_rate" in stats and np.size(stats["acceptance_rate"]):
         per_chain = np.asarray(stats["acceptance_rate"], np.float64).mean(axis=1)
         out.update(acceptance_chain_min=float(per_chain.min()), acceptance_chain_max=float(per_chain.max()),
@@ -294,6 +300,9 @@ def _physics_lines(s: Mapping[str, Any]) -> list[str]:
         z = (s["creutz"] - 1.0) / err if err and np.isfinite(err) and err > 0 else float("nan")
         lines.append(f"<exp(-dH)> = {_fmt(s['creutz'], 5)} +- {_fmt(err, 2)} (z {z:+.2f}; exactly 1), "
                      f"<dH> = {_fmt(s['delta_energy_mean'], 3)}")
+    if "tree_depth_mean" in s:
+        lines.append(f"NUTS tree depth {_fmt(s['tree_depth_mean'], 3)} on average, "
+                     f"{100 * s['tree_depth_max_share']:.1f}% of transitions at the maximum depth")
     if "acceptance_chain_min" in s:
         text = (f"acceptance per chain {_fmt(s['acceptance_chain_min'], 3)}..{_fmt(s['acceptance_chain_max'], 3)} "
                 f"(sd {_fmt(s['acceptance_chain_sd'], 2)})")

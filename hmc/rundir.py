@@ -243,7 +243,8 @@ def device_layout(devices: Any = "auto", num_chains: int = 1) -> dict[str, Any]:
 # Keys added since the first checkpoints were written, with the value that an older
 # checkpoint (which lacks them) ran with.
 _ADDED_KEYS = {"sampler.kernel": "hmc", "sampler.persistence": None, "sampler.max_num_steps": 1000,
-               "sampler.timescales": None, "sampler.tempering": None}
+               "sampler.timescales": None, "sampler.tempering": None, "sampler.max_tree_depth": None,
+               "model.kind": "potential", "model.init_strategy": "uniform"}
 
 # Keys that may change between a run and its resumption without changing a single draw.
 _RESUMABLE_CHANGES = ("output.dir", "run.checkpoint_every")

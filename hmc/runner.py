@@ -273,6 +273,7 @@ def summarize_run(path: str, potential: Any = None, result: Any = None) -> dict[
         observables = result.settings["observables"]
         integrator = result.settings["integrator"]
         timescales = result.settings.get("timescales")
+        max_tree_depth = result.settings.get("max_tree_depth")
         status = "halted" if result.halted else "complete"
         events = [e.to_dict() for e in result.guard_events]
     else:
@@ -284,12 +285,14 @@ def summarize_run(path: str, potential: Any = None, result: Any = None) -> dict[
             observables = list(potential.observables) if potential is not None else list(draws)
         integrator = data["config"]["sampler"]["integrator"]
         timescales = data["config"]["sampler"].get("timescales")
+        max_tree_depth = data["config"]["sampler"].get("max_tree_depth")
         config = data["config"]
     derived = dict(potential.derived) if potential is not None else {}
     shown = {k: np.asarray(v) for k, v in draws.items() if k in observables}
     thin = result.settings.get("thin", 1) if result is not None else config["sampler"].get("thin", 1)
     summary = diagnostics.summarize(shown, stats, exact, {"integrator": integrator, "num_guard_events": len(events),
-                                                          "thin": thin, "timescales": timescales}, derived)
+                                                          "thin": thin, "timescales": timescales,
+                                                          "max_tree_depth": max_tree_depth}, derived)
     kinds: dict[str, int] = {}
     for e in events:
         key = e["kind"] + (f":{e['term']}" if e.get("term") else "")

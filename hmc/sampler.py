@@ -76,6 +76,7 @@ class SampleResult:
             "integrator": self.settings["integrator"],
             "num_guard_events": len(self.guard_events),
             "thin": self.settings.get("thin", 1),
+            "max_tree_depth": self.settings.get("max_tree_depth"),
         }
         return _diagnostics.summarize(observables, self.stats, self.exact, info, self.derived)
 
@@ -119,6 +120,7 @@ def sample(
     init_positions: PyTree | None = None,
     divergence_threshold: float = 1000.0,
     max_num_steps: int | None = None,
+    max_tree_depth: int | None = None,
     timescales: Sequence[Mapping[str, Any]] | None = None,
     tempering: Mapping[str, Any] | None = None,
     progress: bool = True,
@@ -139,7 +141,9 @@ def sample(
         ``num_samples`` draws are recorded per chain, each ``thin`` trajectories apart.
     kernel
         ``"hmc"`` (fixed length, :class:`hmc.kernels.HMC`), ``"ghmc"`` (partial
-        momentum refreshment, :class:`hmc.kernels.GHMC`), or a kernel object with
+        momentum refreshment, :class:`hmc.kernels.GHMC`), ``"nuts"`` (the No-U-Turn
+        sampler, :class:`hmc.kernels.NUTS`: numpyro's tree, our integrator, the guard
+        in every leaf), or a kernel object with
         ``build(potential_fn, guard)`` (see :mod:`hmc.kernels.base`); an object
         carries its own trajectory settings, and the next five arguments are ignored.
     integrator
@@ -154,6 +158,9 @@ def sample(
     max_num_steps
         The most integrator steps of one ``trajectory_length`` trajectory (``None``: the
         kernel's default, 1000); a capped trajectory is shorter, and the log says so.
+    max_tree_depth
+        ``kernel="nuts"``: at most ``2**max_tree_depth - 1`` leaves per transition
+        (``None``: 10, Stan's default).
     timescales
         Nested integration by term (Sexton-Weingarten), outermost level first:
         ``[{"terms": ["fermion"], "steps": 1}, {"terms": ["gauge"], "steps": 5}]``. Each
@@ -242,6 +249,7 @@ def sample(
     settings = Settings.from_arguments(
         kernel, integrator=integrator, num_steps=num_steps, trajectory_length=trajectory_length, jitter=jitter,
         persistence=persistence, divergence_threshold=divergence_threshold, max_num_steps=max_num_steps,
+        max_tree_depth=max_tree_depth,
         timescales=timescales, tempering=tempering, seed=seed, num_chains=num_chains,
         num_warmup=num_warmup, num_samples=num_samples, thin=thin, step_size=step_size, mass_matrix=mass_matrix,
         target_accept=target_accept, adaptation=adaptation, guard=guard, max_trip_fraction=max_trip_fraction,
@@ -472,6 +480,7 @@ class _Run:
             seed=s.seed, num_chains=s.num_chains, num_warmup=s.num_warmup, num_samples=s.num_samples,
             kernel=getattr(kernel, "name", type(kernel).__name__),
             integrator=getattr(kernel, "integrator", None), num_steps=getattr(kernel, "num_steps", None),
+            max_tree_depth=getattr(kernel, "max_tree_depth", None),
             trajectory_length=getattr(kernel, "trajectory_length", None), jitter=getattr(kernel, "jitter", None),
             timescales=None if not getattr(kernel, "timescales", None)
             else [{"terms": list(terms), "steps": n} for terms, n in kernel.timescales],

@@ -82,12 +82,17 @@ class Settings:
     def from_arguments(cls, kernel: Any = "hmc", *, integrator: str, num_steps: int | None,
                        trajectory_length: float | None, jitter: float, divergence_threshold: float,
                        persistence: float | None = None, max_num_steps: int | None = None,
+                       max_tree_depth: int | None = None,
                        timescales: Any = None, tempering: Any = None, **rest: Any) -> Settings:
         """The settings of ``hmc.sample(**arguments)``; the trajectory arguments go to a
         kernel named by a string (a kernel object carries its own)."""
         extra = {} if persistence is None else {"persistence": float(persistence)}
         if extra and kernel != "ghmc":
             raise ValueError(f"persistence applies to kernel='ghmc' only, not to kernel={kernel!r}")
+        if max_tree_depth is not None:
+            if kernel != "nuts":
+                raise ValueError(f"max_tree_depth applies to kernel='nuts' only, not to kernel={kernel!r}")
+            extra["max_tree_depth"] = max_tree_depth
         spec = _kernels.resolve(kernel, integrator=integrator, num_steps=num_steps,
                                 trajectory_length=trajectory_length, jitter=float(jitter),
                                 divergence_threshold=float(divergence_threshold), max_num_steps=max_num_steps,

@@ -1,7 +1,8 @@
 """Transition kernels behind one interface (see :mod:`hmc.kernels.base`).
 
-``kernel="hmc"`` (fixed length, :class:`HMC`) and ``kernel="ghmc"`` (partial
-momentum refreshment, :class:`GHMC`), or any kernel specification object with
+``kernel="hmc"`` (fixed length, :class:`HMC`), ``kernel="ghmc"`` (partial
+momentum refreshment, :class:`GHMC`), ``kernel="nuts"`` (the No-U-Turn sampler,
+:class:`NUTS`), or any kernel specification object with
 ``build(potential_fn, guard) -> Kernel``.
 """
 
@@ -12,8 +13,9 @@ from typing import Any
 from hmc.kernels.base import GUARD_MODES, Info, Kernel, Params, Trajectory
 from hmc.kernels.ghmc import GHMC, GHMCState
 from hmc.kernels.hmc import HMC, HMCInfo, HMCState
+from hmc.kernels.nuts import NUTS, NUTSInfo, NUTSState
 
-KERNELS = {"hmc": HMC, "ghmc": GHMC}
+KERNELS = {"hmc": HMC, "ghmc": GHMC, "nuts": NUTS}
 
 
 def resolve(kernel: Any, **settings: Any) -> Any:
@@ -30,5 +32,6 @@ def resolve(kernel: Any, **settings: Any) -> Any:
     return KERNELS[kernel](**given)
 
 
-__all__ = ["GHMC", "GHMCState", "GUARD_MODES", "HMC", "HMCInfo", "HMCState", "Info", "KERNELS", "Kernel", "Params",
+__all__ = ["GHMC", "GHMCState", "GUARD_MODES", "HMC", "HMCInfo", "HMCState", "Info", "KERNELS", "Kernel", "NUTS",
+           "NUTSInfo", "NUTSState", "Params",
            "Trajectory", "resolve"]
