@@ -140,26 +140,42 @@ class _Sites:
 
 
 def _prepare(model: Callable, args: tuple, kwargs: dict) -> tuple[Callable, _Sites]:
+    """The model's sites, from one trace run abstractly (under ``jax.make_jaxpr``: only the
+    sites' names, roles, distributions and supports are read, so a prior draw that breaks a
+    distribution's argument check cannot stop the model from being read; the guard reports
+    such states), and the model with its ``numpyro.param`` values fixed."""
     from numpyro import handlers
 
-    recorder = _recorder()(handlers.seed(model, rng_seed=0))
-    trace = handlers.trace(recorder).get_trace(*args, **kwargs)
-    sites = _Sites(trace, recorder.sources)
+    seen: dict[str, Any] = {}
+
+    def run() -> jax.Array:
+        recorder = _recorder()(handlers.seed(model, rng_seed=0))
+        seen["trace"] = handlers.trace(recorder).get_trace(*args, **kwargs)
+        seen["sources"] = recorder.sources
+        return jnp.zeros(())
+
+    jax.make_jaxpr(run)()
+    sites = _Sites(seen["trace"], seen["sources"])
+    if not sites.params:
+        return model, sites
     # numpyro.param values are fixed at their initial values, as numpyro's MCMC holds them
-    fixed = handlers.substitute(model, data=sites.params) if sites.params else model
-    return fixed, sites
+    trace = handlers.trace(handlers.seed(model, rng_seed=0)).get_trace(*args, **kwargs)
+    sites.params = {name: trace[name]["value"] for name in sites.params}
+    return handlers.substitute(model, data=sites.params), sites
 
 
 def _joint(model: Callable, args: tuple, kwargs: dict, sites: _Sites) -> Callable[[PyTree], dict]:
     """``u -> {"terms": ..., "observables": ...}`` in one run of the model."""
     from numpyro import handlers
+    from numpyro.distributions.distribution import validation_enabled
     from numpyro.infer import util
 
     seeded = handlers.seed(model, rng_seed=0)  # a model that asks for a key still runs
 
     def joint(position: PyTree) -> dict[str, dict[str, jax.Array]]:
         substituted = handlers.substitute(seeded, substitute_fn=functools.partial(util._unconstrain_reparam, position))
-        log_probs, trace = util.compute_log_probs(substituted, args, kwargs, {})
+        with validation_enabled(False):  # evaluated eagerly, a bad state is the guard's to report
+            log_probs, trace = util.compute_log_probs(substituted, args, kwargs, {})
         terms = {}
         for name in sites.latent:
             log_det = log_probs.get(LOG_DET.format(name))
@@ -177,11 +193,15 @@ def _initializer(model: Callable, args: tuple, kwargs: dict, sites: _Sites, stra
     own support (as numpyro's ``find_valid_initial_params`` does, without its retries: a
     start whose gradient is broken is for the guard to report, not to hide)."""
     from numpyro import handlers
+    from numpyro.distributions.distribution import validation_enabled
     from numpyro.distributions.transforms import biject_to
 
     def init(rng_key: jax.Array) -> dict[str, jax.Array]:
         seeded = handlers.substitute(handlers.seed(model, rng_key), substitute_fn=strategy)
-        trace = handlers.trace(seeded).get_trace(*args, **kwargs)
+        # a start value given as a constant is evaluated eagerly: numpyro's argument check
+        # would raise an anonymous error where preflight names the site and the line
+        with validation_enabled(False):
+            trace = handlers.trace(seeded).get_trace(*args, **kwargs)
         return {name: biject_to(trace[name]["fn"].support).inv(trace[name]["value"]) for name in sites.latent}
 
     return init

@@ -124,7 +124,8 @@ def attribute(
     events, unhealthy = _health_events(potential, position, context)
     for term, (value, grads) in term_report(potential, position).items():
         if term not in unhealthy:  # its NaN is the solver's flag, reported above
-            events += _term_events(potential.state_terms()[term], term, position, names, value, grads, context)
+            found = _term_events(potential.state_terms()[term], term, position, names, value, grads, context)
+            events += [_at_site(potential, event) for event in found]
     if not events:
         events.append(
             GuardEvent(
@@ -134,6 +135,25 @@ def attribute(
             )
         )
     return events
+
+
+def _at_site(potential: Potential, event: GuardEvent) -> GuardEvent:
+    """A numpyro site's event names the site; a NaN that arose in library code (inside a
+    numpyro distribution) is blamed on the line that declared the site, the library's own
+    line kept in the message."""
+    info = potential.sites.get(event.term) if event.term is not None else None
+    if not info:
+        return event
+    from hmc.numpyro_models import site_text
+
+    declared = info.get("source")
+    event.message = f"{site_text(info)}: {event.message}"
+    if declared and event.source and event.source.rsplit(":", 1)[0] != declared.rsplit(":", 1)[0]:
+        event.message += f" [{event.primitive or 'the primitive'} is at {event.source}, inside the distribution]"
+        event.source = declared
+    elif declared and event.source is None:
+        event.source = declared
+    return event
 
 
 def _health_events(potential: Potential, position: PyTree, context: dict[str, Any]) -> tuple[list, set]:
@@ -162,15 +182,18 @@ def _term_events(fn: Any, term: str, position: PyTree, names: list[str], value: 
     """The events of one term: a non-finite energy, and each leaf with a non-finite gradient."""
     events = []
     energy_finite = bool(np.isfinite(value))
+    energy_origin = None
     if not energy_finite:
-        origin = _origin(fn, position, gradient=False)
+        energy_origin = origin = _origin(fn, position, gradient=False)
         events.append(GuardEvent(
             kind="nonfinite_energy", term=term, primitive=origin.primitive if origin else None,
             source=origin.source if origin else None, cause=origin.cause if origin else None,
             message=f"energy of term {term!r} is {float(value)}; " + _hint(origin, False, None), **context,
         ))
     bad_leaves = [(leaf, g) for leaf, g in zip(names, grads) if not np.all(np.isfinite(g))]
-    origin = _origin(fn, position, gradient=True) if bad_leaves else None
+    # a non-finite energy breaks its gradient too: the energy's first non-finite primitive is
+    # the cause to fix (the gradient program may meet a later symptom of it first)
+    origin = (energy_origin or _origin(fn, position, gradient=True)) if bad_leaves else None
     where = f" in {origin.function}()" if origin is not None and origin.function else ""
     for leaf, g in bad_leaves:
         n_bad = int(np.sum(~np.isfinite(g)))

@@ -144,28 +144,30 @@ def _sorted_sites(sites: Any) -> list[_jaxpr.CutSite]:
     return sorted(sites or set(), key=lambda s: (s.source or "", s.primitive))
 
 
-def _cut_findings(findings: _Findings, term: str, leaf: str, sites: list, tested: dict) -> None:
+def _cut_findings(findings: _Findings, term: str, leaf: str, sites: list, tested: dict, label: str = "") -> None:
     for site in sites or [None]:
         findings.emit(
             kind="disconnected", term=term, leaf=leaf,
             primitive=site.primitive if site else None, source=site.source if site else None,
-            message=f"term {term!r} depends on leaf {leaf!r} but its gradient does not"
+            message=label + f"term {term!r} depends on leaf {leaf!r} but its gradient does not"
             + (f": cut by {_site_text(site)}" if site else "")
             + "; the sampler would feel no force from this dependence" + _jump_text(tested.get(site)),
         )
 
 
-def _partial_findings(findings: _Findings, term: str, leaf: str, sites: list, tested: dict) -> None:
+def _partial_findings(findings: _Findings, term: str, leaf: str, sites: list, tested: dict,
+                      label: str = "") -> None:
     for site in sites:
         findings.emit(
             kind="partially_detached", term=term, leaf=leaf, primitive=site.primitive, source=site.source,
-            message=f"one path from leaf {leaf!r} into term {term!r} is cut by {_site_text(site)} "
+            message=label + f"one path from leaf {leaf!r} into term {term!r} is cut by {_site_text(site)} "
             "while another still carries gradient: the force misses part of the energy"
             + _jump_text(tested.get(site)),
         )
 
 
-def _term_status(findings: _Findings, term: str, fn: Any, position: PyTree, names: list[str]) -> list[str]:
+def _term_status(findings: _Findings, term: str, fn: Any, position: PyTree, names: list[str],
+                 label: str = "") -> list[str]:
     """The status of ``term`` against each leaf, its findings added to ``findings``."""
     try:
         value_dep, grad_dep, cuts, tested = _connectivity(fn, position)
@@ -177,15 +179,25 @@ def _term_status(findings: _Findings, term: str, fn: Any, position: PyTree, name
         sites = _sorted_sites(cuts.sites.get(i))
         if grad_dep[i]:
             status.append("partially_detached" if sites else "connected")
-            _partial_findings(findings, term, leaf, sites, tested)
+            _partial_findings(findings, term, leaf, sites, tested, label)
         elif value_dep[i] and cuts.wrapped.get(i) and not sites:
             status.append("unused")  # continuous across every jump: locally constant
         elif value_dep[i]:
             status.append("cut")
-            _cut_findings(findings, term, leaf, sites or _sorted_sites(cuts.named.get(i)), tested)
+            _cut_findings(findings, term, leaf, sites or _sorted_sites(cuts.named.get(i)), tested, label)
         else:
             status.append("unused")
     return status
+
+
+def site_label(potential: Potential, term: str) -> str:
+    """``"observed site 'y' (Normal, model.py:9): "`` for a term that is a numpyro site."""
+    info = potential.sites.get(term)
+    if not info:
+        return ""
+    from hmc.numpyro_models import site_text
+
+    return site_text(info) + ": "
 
 
 def structure(potential: Potential, position: PyTree, findings: _Findings) -> dict[tuple[str, str], str]:
@@ -193,12 +205,46 @@ def structure(potential: Potential, position: PyTree, findings: _Findings) -> di
     names = leaf_names(position)
     status = {}
     for term, fn in potential.state_terms().items():
-        status.update({(term, leaf): s for leaf, s in zip(names, _term_status(findings, term, fn, position, names))})
+        label = site_label(potential, term)
+        status.update({(term, leaf): s for leaf, s in zip(names, _term_status(findings, term, fn, position, names,
+                                                                               label))})
     for leaf in names:
         if not any(status[(term, leaf)] in ("connected", "partially_detached") for term in potential.terms):
             findings.emit(kind="orphan_leaf", leaf=leaf,
                           message=f"no term has a gradient path to leaf {leaf!r}: this coordinate would drift without bound")
+    if potential.sites:
+        _orphan_sites(potential, status, names, findings)
     return status
+
+
+def _orphan_sites(potential: Potential, status: dict, names: list[str], findings: _Findings) -> None:
+    """A latent site that no data reach (a numpyro model with observed or factor sites): its
+    own prior is its only force, and its draws are its prior's. Data reach a latent through a
+    likelihood term that depends on it, or through the prior of a latent that data reach (a
+    hierarchy: ``theta ~ Normal(mu, tau)`` passes the data on ``theta`` to ``mu`` and ``tau``)."""
+    from hmc.numpyro_models import site_text
+
+    sites = potential.sites
+    # a cut dependence still uses the latent (the cut is reported as disconnected)
+    touches = {term: {leaf for leaf in names if status[(term, leaf)] in ("connected", "partially_detached", "cut")}
+               for term in sites}
+    data = [term for term, info in sites.items() if info.get("kind") in ("observed", "factor")]
+    if not data:
+        return  # a model of priors alone (a funnel written in numpyro): nothing to be informed by
+    informed = set().union(*(touches[term] for term in data))
+    latent = [term for term, info in sites.items() if info.get("kind") == "latent" and term in names]
+    grown = True
+    while grown:
+        before = len(informed)
+        for term in latent:
+            if term in informed:
+                informed |= touches[term]
+        grown = len(informed) > before
+    for term in latent:
+        if term not in informed:
+            findings.emit(kind="orphan_leaf", term=term, leaf=term, source=sites[term].get("source"),
+                          message=f"{site_text(sites[term])} reaches no observed site or factor: no data inform it, "
+                          "so its draws are its prior's (is it used in the likelihood?)")
 
 
 def checks_program(potential: Potential) -> Any:
