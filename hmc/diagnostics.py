@@ -86,6 +86,29 @@ def mcse(x: np.ndarray) -> np.ndarray:
     return sd / np.sqrt(ess(x))
 
 
+def mcse_sd(x: np.ndarray) -> np.ndarray:
+    """Monte Carlo standard error of the standard deviation, by the delta method on the
+    second central moment: ``se(sd) = se(m2) / (2 sd)``, ``se(m2)`` from the ESS of
+    ``(x - mean)**2``."""
+    x = np.asarray(x, np.float64)
+    flat = x.reshape(-1, *x.shape[2:])
+    squares = (x - flat.mean(axis=0)) ** 2
+    sd = flat.std(axis=0, ddof=1)
+    return mcse(squares) / (2.0 * sd)
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
+    """Do two samplers' draws of one quantity (``(chain, draw, ...)`` each) agree? The
+    z-scores of the differences of their means and of their standard deviations, each
+    over the two Monte Carlo standard errors combined (elementwise over ``...``)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    mean = lambda x: x.reshape(-1, *x.shape[2:]).mean(axis=0)  # noqa: E731
+    sd = lambda x: x.reshape(-1, *x.shape[2:]).std(axis=0, ddof=1)  # noqa: E731
+    z_mean = (mean(a) - mean(b)) / np.hypot(mcse(a), mcse(b))
+    z_sd = (sd(a) - sd(b)) / np.hypot(mcse_sd(a), mcse_sd(b))
+    return {"mean_a": mean(a), "mean_b": mean(b), "sd_a": sd(a), "sd_b": sd(b), "z_mean": z_mean, "z_sd": z_sd}
+
+
 def ebfmi(energy: np.ndarray) -> np.ndarray:
     """Energy Bayesian fraction of missing information, per chain.
 
