@@ -98,6 +98,19 @@ def with_virial(potential: Potential, dof: int) -> Potential:
     )
 
 
+TRAJECTORY_KEYS = ("kernel", "trajectory_length", "jitter", "num_steps", "persistence")
+
+
+def as_nuts(case: Case) -> Case | None:
+    """The case with ``kernel="nuts"`` and its own metric and acceptance settings (the
+    trajectory settings dropped: the tree sets the length); ``None`` for a case that is
+    there for another kernel."""
+    if case.sampler.get("kernel", "hmc") != "hmc":
+        return None
+    sampler = {k: v for k, v in case.sampler.items() if k not in TRAJECTORY_KEYS}
+    return dataclasses.replace(case, sampler={**sampler, "kernel": "nuts"})
+
+
 def run_case(case: Case, chains: int, warmup: int, samples: int, seed: int) -> list[dict[str, Any]]:
     potential = physics_models.get(case.model)(**case.params)
     q0 = potential.init(jax.random.key(0))
@@ -153,12 +166,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="a row passes at |z| below this (default %(default)s; for a pass/fail test over all "
                         "rows use a family-wise bound, e.g. 4.0: Bonferroni at 1%% over ~100 rows)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "VALIDATION.md"))
+    parser.add_argument("--kernel", choices=["hmc", "nuts"], default="hmc",
+                        help="nuts: every case with kernel='nuts' at its defaults (its section of VALIDATION.md)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     chains, warmup, samples = (8, 300, 500) if args.quick else (16, 500, 2000)
 
     rows: list[dict[str, Any]] = []
     cases = [c for c in CASES if not args.models or c.model in args.models]
+    if args.kernel == "nuts":
+        cases = [c for c in map(as_nuts, cases) if c is not None]
     for case in cases:
         got = run_case(case, chains, warmup, samples, args.seed)
         for row in got:
@@ -167,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{row['case']:<55} {row['observable']:<26} {fmt(row['estimate'])} +- {fmt(row['mcse'], 2)} "
                   f"exact {fmt(row['exact'], 10)} z {row['z']:+.2f} {verdict}", flush=True)
         rows.extend(got)
-    if not args.models or "lennard_jones" in args.models:
+    if (not args.models or "lennard_jones" in args.models) and args.kernel == "hmc":
         row = lj_quench_row(args.seed, 200 if args.quick else 600)
         print(f"{row['case']:<55} {row['observable']:<26} {row['estimate']:.6f} CCD {row['exact']} "
               f"{'ok' if row['passed'] else 'FAIL'}", flush=True)
@@ -175,20 +192,30 @@ def main(argv: list[str] | None = None) -> int:
     failed = [r for r in rows if not r["passed"]]
     print(f"\n{len(rows) - len(failed)} passed, {len(failed)} failed")
     if not args.quick and not args.models:
-        write(args.out, rows, chains, warmup, samples, args.seed)
+        write(args.out, rows, chains, warmup, samples, args.seed, args.kernel)
     return 0 if not failed else 1
 
 
-def write(path: str, rows: list[dict[str, Any]], chains: int, warmup: int, samples: int, seed: int) -> None:
+NUTS_HEADING = "## The physics models with kernel='nuts'"
+
+
+def write(path: str, rows: list[dict[str, Any]], chains: int, warmup: int, samples: int, seed: int,
+          kernel: str = "hmc") -> None:
+    """Replace this kernel's section of VALIDATION.md (the first section for ``hmc``, the
+    NUTS section for ``nuts``), keeping every other section."""
+    command = "python scripts/validate.py" + (" --kernel nuts" if kernel == "nuts" else "")
     lines = [
-        "# Validation against exact results",
+        "# Validation against exact results" if kernel == "hmc" else NUTS_HEADING,
         "",
-        f"Command: `python scripts/validate.py` ({time.strftime('%Y-%m-%d')}), seed {seed}, {chains} chains x "
+        f"Command: `{command}` ({time.strftime('%Y-%m-%d')}), seed {seed}, {chains} chains x "
         f"{samples} draws after {warmup} warmup per case, float32, jax {jax.__version__}, CPU. "
         f"z = (estimate - exact) / MCSE with the MCSE from the effective sample size (derived quantities: "
         "blocked jackknife); a row passes at |z| < 3. `schwinger_dyson` is <q . grad U>, exactly the number "
-        "of degrees of freedom. The LJ13 row quenches the last state of each chain with L-BFGS and compares the "
-        "best minimum with the Cambridge Cluster Database.",
+        "of degrees of freedom."
+        + (" The LJ13 row quenches the last state of each chain with L-BFGS and compares the "
+           "best minimum with the Cambridge Cluster Database." if kernel == "hmc" else
+           " Every case runs `kernel='nuts'` at its defaults (leapfrog, tree depth 10) with the case's own metric "
+           "and acceptance target; the trajectory settings of the HMC rows do not apply."),
         "",
         "| case | observable | estimate | MCSE | exact | z | pass | divergences | guard trips |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -206,9 +233,25 @@ def write(path: str, rows: list[dict[str, Any]], chains: int, warmup: int, sampl
     known = sum(bool(r.get("expected_failure")) for r in rows)
     lines += ["", f"{len(rows) - failed - known} of {len(rows) - known} rows pass; {known} rows show a known "
               "limitation (not counted)."]
-    with open(path, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
+    replace_section(path, lines[0], "\n".join(lines) + "\n")
     print(f"wrote {path}")
+
+
+def replace_section(path: str, heading: str, text: str) -> None:
+    """``text`` in place of the section of ``path`` that starts with ``heading`` (up to the
+    next heading of the same or a higher level), or appended; the rest kept."""
+    old = open(path).read() if os.path.exists(path) else ""
+    level = heading.split(" ")[0]
+    lines = old.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.rstrip("\n") == heading), None)
+    if start is None:
+        with open(path, "w") as fh:
+            fh.write(old.rstrip("\n") + ("\n\n" if old else "") + text)
+        return
+    end = next((i for i in range(start + 1, len(lines))
+                if lines[i].startswith("#") and len(lines[i].split(" ")[0]) <= max(len(level), 2)), len(lines))
+    with open(path, "w") as fh:
+        fh.write("".join(lines[:start]) + text + ("\n" + "".join(lines[end:]) if end < len(lines) else ""))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ SCRIPT = textwrap.dedent('''
         "per_chain_dense": dict(adaptation="per_chain", mass_matrix="dense"),
         "step_guard_jitter": dict(guard_check="step", trajectory_length=1.0, jitter=0.3),
         "ghmc": dict(kernel="ghmc", num_steps=2, persistence=0.8),
+        # NUTS: each chain's tree loop runs until the deepest chain's tree is built, per device
+        "nuts": dict(kernel="nuts"),
     }
     for name, extra in cases.items():
         one = hmc.sample(pot, **base, **extra)
@@ -132,7 +134,7 @@ def test_four_cpu_devices_exist(four_devices):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["pooled_diagonal", "per_chain_dense", "step_guard_jitter", "ghmc",
+@pytest.mark.parametrize("case", ["pooled_diagonal", "per_chain_dense", "step_guard_jitter", "ghmc", "nuts",
                                   "auto_length", "auto_length_embedding", "tempering"])
 def test_sharded_draws_are_bit_identical(four_devices, case):
     # the pooled mean over chains is summed in chain order, so even adaptation agrees to the bit
