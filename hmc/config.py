@@ -50,7 +50,7 @@ class ModelConfig(_Section):
             raise ValueError("give exactly one of model.name (a registered model) and model.factory")
         if self.kind == "numpyro" and self.factory is None:
             raise ValueError("model.kind: numpyro needs model.factory (the numpyro model function)")
-        if self.kind != "numpyro" and "init_strategy" in self.model_fields_set:
+        if self.kind != "numpyro" and self.init_strategy != "uniform":
             raise ValueError("model.init_strategy applies to model.kind: numpyro")
         return self
 
@@ -71,7 +71,7 @@ class TemperingConfig(_Section):
 
 class SamplerConfig(_Section):
     kernel: Literal["hmc", "ghmc", "nuts"] = "hmc"
-    integrator: Literal["leapfrog", "minimum_norm", "yoshida4"] = "minimum_norm"
+    integrator: Literal["leapfrog", "minimum_norm", "yoshida4"] = "minimum_norm"  # kernel nuts: leapfrog unless given
     step_size: PositiveFloat | None = None
     num_steps: PositiveInt | None = 10  # kernel ghmc: 1 unless given
     trajectory_length: PositiveFloat | Literal["auto"] | None = None  # auto: adapted in warmup (ChEES)
@@ -95,6 +95,8 @@ class SamplerConfig(_Section):
         if self.kernel == "ghmc" and "num_steps" not in self.model_fields_set:
             self.num_steps = 1  # a few integrator steps per transition is what GHMC is for
         if self.kernel == "nuts":
+            if "integrator" not in self.model_fields_set:
+                self.integrator = "leapfrog"  # one gradient per leaf: cheaper per effective sample (BENCHMARKS.md)
             given = sorted({"num_steps", "trajectory_length", "jitter", "timescales"} & self.model_fields_set)
             given = [k for k in given if getattr(self, k) not in (None, 0.0)]
             if given:
@@ -254,7 +256,7 @@ def sweep_config(config: RunConfig, index: int) -> RunConfig:
     points = sweep_points(config)
     if not 0 <= index < len(points):
         raise ConfigError([f"sweep index {index}: the sweep has {len(points)} point(s) (0..{len(points) - 1})"])
-    data = config.model_dump()
+    data = config.model_dump(exclude_unset=True)  # what the file says: the point's kernel picks its own defaults
     data["sweep"] = {}
     overrides = list(points[index].items())
     if "run.seed" not in points[index]:

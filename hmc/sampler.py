@@ -98,7 +98,7 @@ def sample(
     num_warmup: int = 500,
     num_samples: int = 1000,
     kernel: Any = "hmc",
-    integrator: str = "minimum_norm",
+    integrator: str | None = None,
     step_size: float | None = None,
     num_steps: int | None = None,
     trajectory_length: float | str | None = None,
@@ -147,7 +147,8 @@ def sample(
         ``build(potential_fn, guard)`` (see :mod:`hmc.kernels.base`); an object
         carries its own trajectory settings, and the next five arguments are ignored.
     integrator
-        ``"leapfrog"``, ``"minimum_norm"`` (Omelyan 2MN) or ``"yoshida4"``.
+        ``"leapfrog"``, ``"minimum_norm"`` (Omelyan 2MN) or ``"yoshida4"``; ``None``: the
+        kernel's default (``minimum_norm`` for ``hmc`` and ``ghmc``, ``leapfrog`` for ``nuts``).
     step_size
         ``None``: found by a doubling heuristic and adapted by dual averaging
         in warmup; a float: fixed (the mass matrix may still be adapted).

@@ -79,7 +79,7 @@ class Settings:
                                  f"length, got num_warmup={self.num_warmup}; give a float trajectory_length")
 
     @classmethod
-    def from_arguments(cls, kernel: Any = "hmc", *, integrator: str, num_steps: int | None,
+    def from_arguments(cls, kernel: Any = "hmc", *, integrator: str | None, num_steps: int | None,
                        trajectory_length: float | None, jitter: float, divergence_threshold: float,
                        persistence: float | None = None, max_num_steps: int | None = None,
                        max_tree_depth: int | None = None,
