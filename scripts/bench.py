@@ -221,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tempering", action="store_true", help="only the replica-exchange section "
                         "(scripts/tempering_validate.py: tempered against plain HMC at equal gradient cost; "
                         "writes VALIDATION.md and BENCHMARKS.md)")
+    parser.add_argument("--nuts", action="store_true", help="only the NUTS section (scripts/nuts_bench.py: our "
+                        "NUTS against numpyro's and blackjax's on the same models, and NUTS's cost under vmap)")
     parser.add_argument("--memory-worker", nargs=3, metavar=("SAMPLER", "TARGET", "CHAINS"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--only", default=None, help="rows whose target contains this text (printed only)")
@@ -240,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.argv = [sys.argv[0]]
         tempering_validate.main()
         return 0
+    if args.nuts:
+        return nuts_section(args.only, args.out)
     if args.timescales:
         write(args.out, timescales_section(args.size), TIMESCALES_BEGIN, TIMESCALES_END,
               "Nested timescales (`scripts/bench.py --timescales`)")
@@ -364,6 +368,39 @@ def efficiency_section(only: str | None, out: str) -> int:
             *rows,
         ]
         write(out, lines, EFFICIENCY_BEGIN, EFFICIENCY_END, "Effective samples (`scripts/bench.py --efficiency`)")
+    return 0
+
+
+NUTS_BEGIN, NUTS_END = "<!-- bench.py --nuts:begin -->", "<!-- bench.py --nuts:end -->"
+
+
+def nuts_section(only: str | None, out: str) -> int:
+    """The tables of :mod:`nuts_bench` (every model into BENCHMARKS.md; ``--only``: printed only)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import nuts_bench
+
+    chains, warmup, draws = 8, 500, 1000
+    print(versions())
+    rows, waste = nuts_bench.tables(only, chains, warmup, draws)
+    if only is None:
+        lines = [
+            f"Command: `python scripts/bench.py --nuts` ({time.strftime('%Y-%m-%d')}). {versions()}.",
+            "",
+            f"{chains} chains, {warmup} warmup + {draws} draws each, every sampler at its defaults; see "
+            "`scripts/nuts_bench.py` for the definitions. Target (issue 16): at least numpyro's ESS per second on "
+            "every model.",
+            "",
+            nuts_bench.HEADER,
+            "|" + "---|" * nuts_bench.HEADER.count(" | ") + "---|",
+            *rows,
+            "",
+            f"NUTS under `vmap` ({warmup} warmup + {draws} draws):",
+            "",
+            nuts_bench.WASTE_HEADER,
+            "|" + "---|" * nuts_bench.WASTE_HEADER.count(" | ") + "---|",
+            *waste,
+        ]
+        write(out, lines, NUTS_BEGIN, NUTS_END, "NUTS (`scripts/bench.py --nuts`)")
     return 0
 
 
