@@ -278,3 +278,19 @@ def test_models_of_priors_alone_and_hierarchies_have_no_orphans():
                                            hits=np.array([18.0, 12, 10, 9, 7]))):
         report = guard.preflight(pot, pot.init(jax.random.key(0)))
         assert report.ok and not report.events, str(report)
+
+
+@pytest.mark.slow
+def test_classic_models_agree_with_numpyros_nuts():
+    """Every site's mean and sd, our nuts and hmc against numpyro's NUTS, on the four classic
+    models (scripts/bayes_validate.py at fewer draws). About 170 z-scores: bound the family
+    (Bonferroni at 1 % over 200: |z| < 4.1)."""
+    spec = importlib.util.spec_from_file_location("bayes_validate", ROOT / "scripts" / "bayes_validate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = []
+    for name in module.MODELS:
+        rows += module.compare(name, seed=5, chains=4, warmup=500, draws=1000)
+    assert len(rows) > 150
+    worst = max(rows, key=lambda r: max(abs(r["z_mean"]), abs(r["z_sd"])))
+    assert max(abs(worst["z_mean"]), abs(worst["z_sd"])) < 4.1, worst

@@ -123,3 +123,20 @@ def test_nuts_settings_errors():
     cfg = config.build({"model": {"name": "gaussian"}, "sampler": {"kernel": "nuts", "max_tree_depth": 6}})
     kwargs = config.sample_kwargs(cfg)
     assert kwargs["kernel"] == "nuts" and kwargs["max_tree_depth"] == 6 and kwargs["num_steps"] is None
+
+
+@pytest.mark.slow
+def test_physics_models_with_nuts_against_exact_values():
+    """scripts/validate.py --kernel nuts on the Gaussian, the oscillators, phi^4 and U(1)
+    (fewer draws): |z| < 4 over the family of rows."""
+    import importlib.util
+    import pathlib
+    import sys
+
+    path = pathlib.Path(__file__).parents[1] / "scripts" / "validate.py"
+    spec = importlib.util.spec_from_file_location("validate_nuts", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    assert module.main(["--quick", "--kernel", "nuts", "--z-pass", "4.0", "gaussian", "harmonic_oscillator",
+                        "phi4", "u1_gauge"]) == 0
