@@ -115,6 +115,10 @@ def test_nuts_settings_errors():
         hmc.sample(gaussian(dim=2), kernel="nuts", jitter=0.2, progress=False)
     with pytest.raises(ValueError, match="max_tree_depth applies to kernel='nuts' only"):
         hmc.sample(gaussian(dim=2), max_tree_depth=4, progress=False)
+    with pytest.raises(ValueError, match="timescales .* need kernel='hmc'"):
+        hmc.sample(gaussian(dim=2), kernel="nuts", timescales=[{"terms": ["quadratic"]}], progress=False)
+    with pytest.raises(ValueError, match="tempering needs a kernel that can temper"):
+        hmc.sample(gaussian(dim=2), kernel="nuts", tempering={"replicas": 4}, progress=False)
     with pytest.raises(ValueError, match="max_tree_depth must be an integer in"):
         NUTS(max_tree_depth=0)
     with pytest.raises(ValueError, match="trajectory_length does not apply to kernel='nuts'"):

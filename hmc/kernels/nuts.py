@@ -186,7 +186,10 @@ class NUTS:
 
     def __post_init__(self) -> None:
         _integrators.coefficients(self.integrator)
-        for key in ("num_steps", "trajectory_length", "timescales", "max_num_steps"):
+        if self.timescales is not None:
+            raise ValueError("timescales (nested integration by term) need kernel='hmc'; a NUTS leaf is one step of "
+                             "one integrator")
+        for key in ("num_steps", "trajectory_length", "max_num_steps"):
             if getattr(self, key) is not None:
                 raise ValueError(f"{key} does not apply to kernel='nuts' (the tree sets the trajectory's length; "
                                  "max_tree_depth caps it)")
