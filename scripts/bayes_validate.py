@@ -110,7 +110,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1000)
     parser.add_argument("--draws", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--markdown", action="store_true", help="print the table")
+    parser.add_argument("--write", action="store_true", help="write the table into VALIDATION.md (its own section)")
     args = parser.parse_args()
     rows = []
     for name in args.models:
@@ -121,6 +122,36 @@ def main() -> None:
                   f"(z {r['z_mean']:+.2f})  sd {r['sd_a']:8.4g} vs {r['sd_b']:8.4g} (z {r['z_sd']:+.2f})", flush=True)
     if args.markdown:
         print(markdown(rows))
+    if args.write:
+        write(os.path.join(ROOT, "VALIDATION.md"), rows, args)
+
+
+HEADING = "## Bayesian models against numpyro's NUTS (`scripts/bayes_validate.py`)"
+
+
+def write(path: str, rows: list[dict], args: argparse.Namespace) -> None:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from validate import replace_section
+
+    import numpyro
+
+    worst = max(max(abs(r["z_mean"]), abs(r["z_sd"])) for r in rows)
+    text = "\n".join([
+        HEADING, "",
+        f"Command: `python scripts/bayes_validate.py --write` ({time.strftime('%Y-%m-%d')}), seed {args.seed}, "
+        f"{args.chains} chains x {args.draws} draws after {args.warmup} warmup per sampler, float32, jax "
+        f"{jax.__version__}, numpyro {numpyro.__version__}, CPU. Each numpyro model (configs/numpyro_models.py, data in "
+        "configs/data) is sampled by numpyro's NUTS and, unchanged through `Potential.from_numpyro`, by our "
+        "`kernel='nuts'` and `kernel='hmc'` at their defaults. For every latent and deterministic site (each "
+        "element), z = the difference of the two means (or sds) over their Monte Carlo standard errors combined "
+        "(`hmc.diagnostics.agreement`; the sd's MCSE by the delta method).",
+        "", markdown(rows), "",
+        f"{len(rows)} comparisons; the largest |z| is {worst:.2f} (a family of this size stays below 4 at the 1 % "
+        "level). The centred eight schools diverge in the funnel's neck under every sampler alike; the "
+        "comparison says ours and numpyro's see the same posterior, not that either is unbiased there.",
+        ""])
+    replace_section(path, HEADING, text)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
