@@ -35,6 +35,12 @@ STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
 logger = logging.getLogger("hmc")
 
 
+def _nuts_default_depth() -> int:
+    from hmc.kernels import NUTS
+
+    return NUTS().max_tree_depth
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
@@ -285,7 +291,7 @@ def summarize_run(path: str, potential: Any = None, result: Any = None) -> dict[
             observables = list(potential.observables) if potential is not None else list(draws)
         integrator = data["config"]["sampler"]["integrator"]
         timescales = data["config"]["sampler"].get("timescales")
-        max_tree_depth = data["config"]["sampler"].get("max_tree_depth")
+        max_tree_depth = data["config"]["sampler"].get("max_tree_depth") or _nuts_default_depth()
         config = data["config"]
     derived = dict(potential.derived) if potential is not None else {}
     shown = {k: np.asarray(v) for k, v in draws.items() if k in observables}
