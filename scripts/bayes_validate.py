@@ -90,7 +90,7 @@ def compare(name: str, seed: int = 0, chains: int = 4, warmup: int = 1000, draws
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| model | kernel | sites | largest \\|z\\| mean | largest \\|z\\| sd | worst |",
+    lines = ["| model | kernel | elements | largest \\|z\\| mean | largest \\|z\\| sd | worst |",
              "|---|---|---|---|---|---|"]
     keys = sorted({(r["model"], r["kernel"]) for r in rows}, key=lambda k: (list(MODELS).index(k[0]), k[1]))
     for model, kernel in keys:
