@@ -309,13 +309,10 @@ def _numpyro_potential(model: ModelConfig, factory: Any, config_dir: str | None)
 
 
 def _factory_file(target: str, config_dir: str | None) -> str:
-    candidates = [target] if os.path.isabs(target) else [
-        os.path.join(d, target) for d in (config_dir, os.getcwd()) if d is not None
-    ]
-    path = next((p for p in candidates if os.path.isfile(p)), None)
+    path = _find_file(target, config_dir)
     if path is None:
-        raise ConfigError([f"model.factory: file {target!r} not found (looked in {candidates})"])
-    return os.path.abspath(path)
+        raise ConfigError([f"model.factory: file {target!r} not found (looked in {_candidates(target, config_dir)})"])
+    return path
 
 
 def resolved(config: RunConfig, config_dir: str | None = None) -> dict[str, Any]:
@@ -360,10 +357,14 @@ def _absolute_data_path(key: str, value: Any, config_dir: str | None) -> Any:
     return found if part is None else f"{found}:{part}"
 
 
+def _candidates(path: str, config_dir: str | None) -> list[str]:
+    """Where a relative path is looked for: the config's folder, then the working directory."""
+    return [path] if os.path.isabs(path) else [os.path.join(d, path) for d in (config_dir, os.getcwd())
+                                               if d is not None]
+
+
 def _find_file(path: str, config_dir: str | None) -> str | None:
-    candidates = [path] if os.path.isabs(path) else [os.path.join(d, path) for d in (config_dir, os.getcwd())
-                                                     if d is not None]
-    found = next((p for p in candidates if os.path.isfile(p)), None)
+    found = next((p for p in _candidates(path, config_dir) if os.path.isfile(p)), None)
     return None if found is None else os.path.abspath(found)
 
 

@@ -71,7 +71,23 @@ def timed(run: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - t
 
 
-class Case:
+class FlatStates:
+    """A potential's energy and observables on flat state vectors (``self.unravel`` maps one
+    back to the state), as numpyro's and blackjax's samplers take them."""
+
+    potential: Any
+    unravel: Callable
+
+    def energy(self, flat: jax.Array) -> jax.Array:
+        return self.potential.energy(self.unravel(flat))
+
+    def observe(self, flat_draws: jax.Array) -> dict[str, np.ndarray]:
+        """Observables of ``(chain, draw, d)`` flat draws."""
+        fn = jax.jit(jax.vmap(jax.vmap(lambda x: self.potential.observe(self.unravel(x)))))
+        return {k: np.asarray(v) for k, v in fn(flat_draws).items()}
+
+
+class Case(FlatStates):
     """One model at one config's settings: the potential, the flat energy, initial states."""
 
     def __init__(self, config_file: str, params: dict[str, Any], chains: int, warmup: int, draws: int):
@@ -88,14 +104,6 @@ class Case:
         one = jax.tree_util.tree_map(lambda x: x[0], self.positions)
         _, self.unravel = ravel_pytree(one)
         self.flat = jax.vmap(lambda q: ravel_pytree(q)[0])(self.positions)
-
-    def energy(self, flat: jax.Array) -> jax.Array:
-        return self.potential.energy(self.unravel(flat))
-
-    def observe(self, flat_draws: jax.Array) -> dict[str, np.ndarray]:
-        """Observables of ``(chain, draw, d)`` flat draws."""
-        fn = jax.jit(jax.vmap(jax.vmap(lambda x: self.potential.observe(self.unravel(x)))))
-        return {k: np.asarray(v) for k, v in fn(flat_draws).items()}
 
 
 def ours(case: Case) -> dict[str, Any]:

@@ -13,9 +13,11 @@ repeated and the second one timed (compilation excluded for all). Columns:
 - ESS per second: that ESS / the wall time of the whole timed run, warmup included;
 - ESS per second steady: the ESS per draw over the time per extra draw of a run 3x as
   long (per-call costs cancel: numpyro traces its loop again on every ``run()``, we
-  run preflight);
+  run preflight); "n/a" where the extra draws took less than 5 % of the longer run (the
+  per-call cost hides them);
 - microseconds per gradient: wall time / every gradient of the run, warmup included;
-- ours with ``kernel="hmc", trajectory_length="auto"``, for the choice between the two.
+- ours with ``kernel="hmc", trajectory_length="auto"``, for the choice between the two;
+- meets target: our NUTS's ESS per second per call at least numpyro's.
 
 A second table measures what NUTS costs under ``vmap``: every chain's tree loop runs
 until the deepest chain's tree is done, so the gradient work of a transition is set by
@@ -62,7 +64,7 @@ HEADER = ("| model | grad/ESS: ours NUTS | numpyro NUTS | blackjax NUTS | ours h
           "| us/grad per call, ours / numpyro | meets target |")
 
 
-class Model:
+class Model(efficiency.FlatStates):
     """A potential with flat initial states, its observables on flat draws, and (for a
     numpyro model) the model and its data for numpyro's own NUTS."""
 
@@ -78,13 +80,6 @@ class Model:
         self.positions = hmc.sampler.initial_positions(self.potential, seed, chains)
         _, self.unravel = ravel_pytree(jax.tree_util.tree_map(lambda x: x[0], self.positions))
         self.flat = jax.vmap(lambda q: ravel_pytree(q)[0])(self.positions)
-
-    def energy(self, flat: jax.Array) -> jax.Array:
-        return self.potential.energy(self.unravel(flat))
-
-    def observe(self, flat_draws: jax.Array) -> dict[str, np.ndarray]:
-        fn = jax.jit(jax.vmap(jax.vmap(lambda x: self.potential.observe(self.unravel(x)))))
-        return {k: np.asarray(v) for k, v in fn(flat_draws).items()}
 
 
 def ours(model: Model, warmup: int, draws: int, **kwargs: Any) -> dict[str, Any]:
@@ -180,12 +175,16 @@ def row(name: str, chains: int, warmup: int, draws: int) -> str:
     gpe = {k: v["grads"] / v["ess"] for k, v in runs.items()}
     eps = {k: v["ess"] / v["seconds"] for k, v in runs.items()}
     upg = {k: v["seconds"] / v["all_grads"] * 1e6 for k, v in runs.items()}
-    meets = eps["nuts"] >= eps["numpyro"] and steady["nuts"] >= steady["numpyro"]
+    meets = eps["nuts"] >= eps["numpyro"]  # the target is per call: what a user's run() costs
+    both = lambda k: f"{eps[k]:.0f} / {_steady_text(steady[k])}"  # noqa: E731
     return (f"| {name} | {gpe['nuts']:.1f} | {gpe['numpyro']:.1f} | {gpe['blackjax']:.1f} | {gpe['auto']:.1f} "
-            f"| {gpe['nuts'] / gpe['numpyro']:.2f} | {eps['nuts']:.0f} / {steady['nuts']:.0f} "
-            f"| {eps['numpyro']:.0f} / {steady['numpyro']:.0f} | {eps['blackjax']:.0f} / {steady['blackjax']:.0f} "
-            f"| {eps['auto']:.0f} / {steady['auto']:.0f} | {eps['nuts'] / eps['numpyro']:.2f} / "
-            f"{steady['nuts'] / steady['numpyro']:.2f} | {upg['nuts'] / upg['numpyro']:.2f} | {'yes' if meets else 'no'} |")
+            f"| {gpe['nuts'] / gpe['numpyro']:.2f} | {both('nuts')} | {both('numpyro')} | {both('blackjax')} "
+            f"| {both('auto')} | {eps['nuts'] / eps['numpyro']:.2f} / {_steady_text(steady['nuts'] / steady['numpyro'], 2)} "
+            f"| {upg['nuts'] / upg['numpyro']:.2f} | {'yes' if meets else 'no'} |")
+
+
+def _steady_text(value: float, digits: int = 0) -> str:
+    return "n/a" if not np.isfinite(value) else f"{value:.{digits}f}"
 
 
 def vmap_waste(name: str, chains: int, warmup: int, draws: int) -> dict[str, float]:

@@ -108,6 +108,23 @@ def test_nuts_draws_do_not_depend_on_the_chunk_size():
         np.testing.assert_array_equal(runs[0].stats[k], runs[1].stats[k])
 
 
+def test_nuts_resume_is_bit_exact():
+    pot = gaussian(dim=3)
+    kw = dict(kernel="nuts", seed=7, num_chains=2, num_warmup=50, num_samples=60, chunk_size=20, progress=False)
+    whole = hmc.sample(pot, **kw)
+    saved = []
+
+    def stop_after_three(end):
+        saved.append(end.snapshot())
+        return len(saved) == 3
+
+    assert hmc.sample(pot, **kw, on_chunk=stop_after_three).stopped
+    again = hmc.sample(pot, **kw, resume=saved[-1])
+    for group in ("draws", "stats"):
+        for k, v in getattr(whole, group).items():
+            np.testing.assert_array_equal(v, getattr(again, group)[k], err_msg=k)
+
+
 def test_nuts_settings_errors():
     with pytest.raises(ValueError, match="num_steps does not apply to kernel='nuts'"):
         hmc.sample(gaussian(dim=2), kernel="nuts", num_steps=5, progress=False)
