@@ -382,9 +382,11 @@ class _Run:
         if hit > 0:
             self.capped_noted = True
             step = float(np.min(out["step_size"] if "step_size" in out else out[STAT_PREFIX + "step_size"]))
+            length = kernel.trajectory_length
+            length = "auto (adapted)" if isinstance(length, str) else f"{length:g}"
             logger.warning("%s: %.0f%% of this chunk's trajectories hit max_num_steps=%d and are shorter than "
-                           "trajectory_length=%g (step size down to %.3g); raise max_num_steps or start nearer "
-                           "the typical set", phase, 100 * hit, cap, kernel.trajectory_length, step)
+                           "trajectory_length=%s (step size down to %.3g); raise max_num_steps or start nearer "
+                           "the typical set", phase, 100 * hit, cap, length, step)
 
     def _record(self, phase: str, out: dict, n_traj: int, new: int, new_events: int, seconds: float) -> dict:
         """The ``log.jsonl`` record of a chunk."""

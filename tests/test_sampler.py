@@ -269,6 +269,12 @@ def test_max_num_steps_caps_a_long_trajectory_and_says_so(caplog):
     assert sum("max_num_steps=50" in m for m in caplog.messages) == 1
     with pytest.raises(ValueError, match="max_num_steps"):
         hmc.sample(pot, num_chains=2, num_warmup=0, num_samples=5, step_size=0.1, max_num_steps=0, progress=False)
+    # with an adapted length the line names it as such (it once failed to format 'auto' as a number)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hmc"):
+        hmc.sample(pot, num_chains=2, num_warmup=100, num_samples=5, trajectory_length="auto", max_num_steps=2,
+                   progress=False)
+    assert sum("max_num_steps=2 " in m and "trajectory_length=auto (adapted)" in m for m in caplog.messages) == 1
 
 
 def test_record_auto_keeps_small_leaves_and_drops_large_ones_with_a_log_line(caplog):
