@@ -134,7 +134,7 @@ class _Sites:
             role = "latent"
         if name.startswith("_") and name.endswith("_log_det"):
             raise ValueError(f"from_numpyro: site name {name!r} clashes with numpyro's log-Jacobian factors")
-        getattr(self, role if role != "factor" else "factor").append(name)
+        getattr(self, role).append(name)
         self.info[name] = {"site": name, "kind": role, "distribution": _distribution_name(site["fn"]),
                            "source": source}
 
