@@ -321,3 +321,27 @@ def test_guard_events_are_json_lines(tmp_path):
             "action", "message"}
     assert keys <= set(rows[0])
     assert rows[0]["kind"] == "disconnected" and rows[0]["primitive"] == "round"
+
+
+def test_structural_preflight_is_computed_once_per_state(monkeypatch):
+    """A second preflight of the same potential and state (a repeated sample call, `hmc
+    check` then `hmc run`) reuses the jaxpr analysis and the continuity tests, and replays
+    the findings under its own chain and allow list; another state is analysed afresh."""
+    from hmc.guard import _jaxpr
+
+    pot = physics_models.broken.round_term()
+    q = pot.init(jax.random.key(0))
+    calls = []
+    original = _jaxpr.continuity
+    monkeypatch.setattr(_jaxpr, "continuity", lambda *a, **k: calls.append(1) or original(*a, **k))
+    first = guard.preflight(pot, q, chain=3)
+    tested = len(calls)
+    assert tested > 0 and not first.ok
+    again = guard.preflight(pot, q, chain=5, allow=["disconnected"])
+    assert len(calls) == tested
+    assert [(e.kind, e.term, e.leaf, e.primitive, e.source) for e in again.events] == [
+        (e.kind, e.term, e.leaf, e.primitive, e.source) for e in first.events]
+    assert again.ok and {e.action for e in again.events} == {"allowed"} and {e.chain for e in again.events} == {5}
+    assert {e.action for e in first.events} == {"refused"} and {e.chain for e in first.events} == {3}
+    guard.preflight(pot, jax.tree_util.tree_map(lambda x: x + 0.25, q))
+    assert len(calls) > tested

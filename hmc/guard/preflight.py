@@ -247,6 +247,30 @@ def _orphan_sites(potential: Potential, status: dict, names: list[str], findings
                           "so its draws are its prior's (is it used in the likelihood?)")
 
 
+def cached_structure(potential: Potential, position: PyTree, findings: _Findings) -> dict[tuple[str, str], str]:
+    """:func:`structure`, once per potential and state: its jaxpr analysis and the
+    continuity tests of cut sites (which compile small programs of their own) are a
+    property of the program and this state, and a second ``sample`` call from the same
+    initial states, or ``hmc check`` then ``hmc run``, would repeat them. The findings are
+    replayed with this call's chain and ``allow``."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for leaf in jax.tree_util.tree_leaves(position):
+        leaf = np.asarray(leaf)
+        digest.update(f"{leaf.shape}{leaf.dtype}".encode())
+        digest.update(leaf.tobytes())
+
+    def build() -> tuple[dict, list[GuardEvent]]:
+        raw = _Findings((), None)
+        return structure(potential, position, raw), raw.events
+
+    status, events = cached_program(potential, ("preflight_structure", digest.hexdigest()), build)
+    for event in events:
+        findings.add(dataclasses.replace(event, chain=findings.chain, action="refused"))
+    return dict(status)
+
+
 def checks_program(potential: Potential) -> Any:
     """One compiled ``positions -> ({term: (values, grads)}, reach masks)`` over a chain
     axis: the state checks of preflight, and the driver's chunk-boundary probe."""
@@ -307,7 +331,7 @@ def preflight_batch(potential: Potential, positions: PyTree, chains: Sequence[in
     chains = list(range(n)) if chains is None else [int(c) for c in chains]
     first = jax.tree_util.tree_map(lambda x: x[0], positions)
     findings = _Findings(allow, chains[0])
-    status = structure(potential, first, findings)
+    status = cached_structure(potential, first, findings)
     state_checks(potential, positions, chains, findings, elementwise)
     names = leaf_names(first)
     return PreflightReport(list(potential.terms), names, status, findings.events, time.perf_counter() - started)
