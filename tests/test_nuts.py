@@ -144,6 +144,12 @@ def test_nuts_settings_errors():
     cfg = config.build({"model": {"name": "gaussian"}, "sampler": {"kernel": "nuts", "max_tree_depth": 6}})
     kwargs = config.sample_kwargs(cfg)
     assert kwargs["kernel"] == "nuts" and kwargs["max_tree_depth"] == 6 and kwargs["num_steps"] is None
+    # a sweep over the kernel: each point takes its kernel's own defaults
+    sweep = config.build({"model": {"name": "gaussian"}, "sweep": {"sampler.kernel": ["hmc", "nuts"]}})
+    config.check_sweep(sweep)
+    points = [config.sweep_config(sweep, i).sampler for i in range(2)]
+    assert [(p.kernel, p.integrator, p.num_steps) for p in points] == [("hmc", "minimum_norm", 10),
+                                                                        ("nuts", "leapfrog", None)]
 
 
 @pytest.mark.slow
