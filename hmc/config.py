@@ -346,14 +346,18 @@ def _data_path(value: Any) -> tuple[str, str | None] | None:
     return None
 
 
-def _absolute_data_path(key: str, value: Any, config_dir: str | None) -> Any:
+def _locate(value: Any, config_dir: str | None) -> tuple[str, str | None, str | None] | None:
+    """``(path as given, the part after the colon, the file found or None)`` of a data
+    reference, ``None`` for any other parameter value."""
     ref = _data_path(value)
-    if ref is None:
-        return value
-    path, part = ref
-    found = _find_file(path, config_dir)
-    if found is None:
-        return value  # reported when the model is built
+    return None if ref is None else (*ref, _find_file(ref[0], config_dir))
+
+
+def _absolute_data_path(key: str, value: Any, config_dir: str | None) -> Any:
+    located = _locate(value, config_dir)
+    if located is None or located[2] is None:
+        return value  # not data, or reported when the model is built
+    _, part, found = located
     return found if part is None else f"{found}:{part}"
 
 
@@ -375,11 +379,10 @@ def load_data(key: str, value: Any, config_dir: str | None) -> Any:
     folder, then the working directory. Errors name the ``model.params`` key and the file."""
     import numpy as np
 
-    ref = _data_path(value)
-    if ref is None:
+    located = _locate(value, config_dir)
+    if located is None:
         return value
-    path, part = ref
-    found = _find_file(path, config_dir)
+    path, part, found = located
     if found is None:
         raise ConfigError([f"model.params.{key}: data file {path!r} not found (looked in the config's folder "
                            "and the working directory)"])
