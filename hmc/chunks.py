@@ -103,7 +103,8 @@ def adapter(program: Program) -> Callable:
     def update(s, t, a, x):
         return _adaptation.update(s, t, a, x, schedule=schedule, target_accept=program.target_accept,
                                   adapt_step_size=program.adapt_step_size,
-                                  adapt_mass_matrix=program.mass_matrix != "identity", pooled_gain=gain)
+                                  adapt_mass_matrix=program.mass_matrix != "identity", pooled_gain=gain,
+                                  adapt_length=getattr(program.kernel, "adaptive_length", False))
 
     def adapt(adapt_state, t, info, states):
         flat = jax.vmap(lambda q: ravel_pytree(q)[0])(states.position)
