@@ -73,7 +73,7 @@ class SamplerConfig(_Section):
     kernel: Literal["hmc", "ghmc", "nuts"] = "hmc"
     integrator: Literal["leapfrog", "minimum_norm", "yoshida4"] = "minimum_norm"  # kernel nuts: leapfrog unless given
     step_size: PositiveFloat | None = None
-    num_steps: PositiveInt | None = 10  # kernel ghmc: 1 unless given
+    num_steps: PositiveInt | None = None  # null: kernel hmc adapts the length (auto), ghmc takes 1
     trajectory_length: PositiveFloat | Literal["auto"] | None = None  # auto: adapted in warmup (ChEES)
     jitter: float = Field(0.0, ge=0.0, lt=1.0)
     max_num_steps: PositiveInt = 1000  # the most steps of a trajectory_length trajectory
@@ -92,7 +92,7 @@ class SamplerConfig(_Section):
 
     @model_validator(mode="after")
     def _kernel_settings(self) -> SamplerConfig:
-        if self.kernel == "ghmc" and "num_steps" not in self.model_fields_set:
+        if self.kernel == "ghmc" and self.num_steps is None:
             self.num_steps = 1  # a few integrator steps per transition is what GHMC is for
         if self.kernel == "nuts":
             if "integrator" not in self.model_fields_set:

@@ -154,8 +154,10 @@ def sample(
         in warmup; a float: fixed (the mass matrix may still be adapted).
     num_steps, trajectory_length, jitter
         Trajectory length control; see :class:`hmc.kernels.base.Trajectory`. Setting
-        ``trajectory_length`` overrides ``num_steps``; ``num_steps=None`` is the
-        kernel's default (10 for ``hmc``, 1 for ``ghmc``).
+        ``trajectory_length`` overrides ``num_steps``. Neither given: ``hmc`` adapts the
+        length in warmup (``trajectory_length="auto"``) where it can (pooled adaptation,
+        ``num_warmup >= 100``, no tempering, no ``jitter``), and takes 10 steps where it
+        cannot; ``ghmc`` takes 1 step.
     max_num_steps
         The most integrator steps of one ``trajectory_length`` trajectory (``None``: the
         kernel's default, 1000); a capped trajectory is shorter, and the log says so.

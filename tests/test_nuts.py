@@ -148,7 +148,7 @@ def test_nuts_settings_errors():
     sweep = config.build({"model": {"name": "gaussian"}, "sweep": {"sampler.kernel": ["hmc", "nuts"]}})
     config.check_sweep(sweep)
     points = [config.sweep_config(sweep, i).sampler for i in range(2)]
-    assert [(p.kernel, p.integrator, p.num_steps) for p in points] == [("hmc", "minimum_norm", 10),
+    assert [(p.kernel, p.integrator, p.num_steps) for p in points] == [("hmc", "minimum_norm", None),
                                                                         ("nuts", "leapfrog", None)]
 
 

@@ -294,3 +294,22 @@ def test_record_auto_keeps_small_leaves_and_drops_large_ones_with_a_log_line(cap
     assert r.draws["phi"].shape == (2, 3, 20, 20)
     with pytest.raises(ValueError, match="record must be"):
         hmc.sample(large, num_chains=2, num_warmup=0, num_samples=3, step_size=0.1, record="all", progress=False)
+
+
+def test_hmc_without_a_length_adapts_one_where_it_can_and_takes_ten_steps_where_it_cannot(caplog):
+    import logging
+
+    from hmc import config
+    from hmc.settings import default_length
+
+    with caplog.at_level(logging.INFO, logger="hmc"):
+        r = hmc.sample(gaussian(dim=2), num_chains=2, num_warmup=100, num_samples=5, progress=False)
+    assert (r.settings["trajectory_length"], r.settings["num_steps"]) == ("auto", None)
+    assert "trajectory_length: auto (kernel 'hmc' without num_steps or trajectory_length" in caplog.text
+    assert default_length(0.0, None, {"num_warmup": 100, "adaptation": "pooled"}) == "auto"
+    assert default_length(0.0, None, {"num_warmup": 50}) is None  # too short to adapt a length: 10 steps
+    assert default_length(0.2, None, {"num_warmup": 500}) is None  # a jittered fixed length was asked for
+    assert default_length(0.0, None, {"adaptation": "per_chain"}) is None
+    assert default_length(0.0, {"replicas": 4}, {}) is None
+    cfg = config.build({"model": {"name": "gaussian"}})
+    assert config.sample_kwargs(cfg)["num_steps"] is None and config.sample_kwargs(cfg)["trajectory_length"] is None
