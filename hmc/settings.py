@@ -139,8 +139,8 @@ def default_length(jitter: float, tempering: Any, rest: dict[str, Any]) -> str |
     where it can be adapted (pooled adaptation, ``num_warmup >= 100``, no tempering, no
     ``jitter`` of a fixed length asked for); otherwise ``None``, the kernel's
     ``num_steps=10``. A fixed ten steps without jitter resonates on any target whose
-    whitened modes share a frequency (R-hat 1.6 and 11 000 gradients per effective
-    sample on a 100-d Gaussian, against 4.5 with ``auto``; BENCHMARKS.md)."""
+    whitened modes share a frequency (R-hat 8.0 and 18 800 gradients per effective
+    sample on a 100-d diagonal Gaussian, against 12.9 with ``auto``; BENCHMARKS.md)."""
     if jitter or tempering is not None or rest.get("adaptation", "pooled") != "pooled":
         return None
     if rest.get("num_warmup", 500) < MIN_WARMUP_AUTO_LENGTH:

@@ -17,6 +17,7 @@ against the sampler).
     python scripts/bench.py --memory        # peak memory of one run: this package, blackjax, numpyro
     python scripts/bench.py --defaults      # phi4 64x64 x 64 chains at the defaults a user gets
     python scripts/bench.py --efficiency    # effective samples per gradient and per second (efficiency.py)
+    python scripts/bench.py --lengths       # the default trajectory length against 10 steps and the configs'
     python scripts/bench.py --timescales    # Schwinger model: nested against flat 2MN at equal acceptance
     python scripts/bench.py --tempering     # replica exchange against plain HMC (tempering_validate.py)
 """
@@ -215,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--defaults", action="store_true", help="only the throughput-at-the-defaults section")
     parser.add_argument("--efficiency", action="store_true", help="only the effective-samples section "
                         "(scripts/efficiency.py: grad/ESS and ESS/s against numpyro and blackjax NUTS)")
+    parser.add_argument("--lengths", action="store_true", help="only the default-trajectory-length section "
+                        "(scripts/efficiency.py: no length given, 10 steps and each config's own length)")
     parser.add_argument("--timescales", action="store_true", help="only the nested-timescales section "
                         "(the Schwinger model: flat against nested 2MN, cost per trajectory and per effective sample)")
     parser.add_argument("--size", type=int, default=8, help="--timescales: the lattice size L")
@@ -235,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.efficiency:
         return efficiency_section(args.only, args.out)
+    if args.lengths:
+        return lengths_section(args.only, args.out)
     if args.tempering:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         import tempering_validate
@@ -368,6 +373,35 @@ def efficiency_section(only: str | None, out: str) -> int:
             *rows,
         ]
         write(out, lines, EFFICIENCY_BEGIN, EFFICIENCY_END, "Effective samples (`scripts/bench.py --efficiency`)")
+    return 0
+
+
+LENGTHS_BEGIN, LENGTHS_END = "<!-- bench.py --lengths:begin -->", "<!-- bench.py --lengths:end -->"
+
+
+def lengths_section(only: str | None, out: str) -> int:
+    """The table of :func:`efficiency.lengths_table` (into BENCHMARKS.md; ``--only``: printed only)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import efficiency
+
+    chains, warmup, draws = 8, 500, 1000
+    print(versions())
+    rows = efficiency.lengths_table(only, chains, warmup, draws)
+    if only is None:
+        lines = [
+            f"Command: `python scripts/bench.py --lengths` ({time.strftime('%Y-%m-%d')}). {versions()}.",
+            "",
+            f"{chains} chains, {warmup} warmup + {draws} draws, every shipped `kernel: hmc` config without "
+            "tempering, its model and sampler settings but the trajectory's, from the same initial states: the "
+            "config's own length, the old default of `hmc.sample` (10 steps, no jitter), and no length given "
+            "(now `auto`, with the adapted T). grad/ESS = gradients on the draws / the smallest bulk ESS "
+            "(`magnetization` left out); R-hat the largest over the observables.",
+            "",
+            efficiency.LENGTHS_HEADER,
+            "|---|---|---|---|",
+            *rows,
+        ]
+        write(out, lines, LENGTHS_BEGIN, LENGTHS_END, "Default trajectory length (`scripts/bench.py --lengths`)")
     return 0
 
 
