@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import jax.scipy.linalg
 import numpy as np
 from jax import Array
 from jax.flatten_util import ravel_pytree
@@ -442,11 +443,17 @@ def rescaled_length(length_state: tuple, old: Array, new: Array) -> tuple:
     frequency ``min_i sqrt(old_i / new_i)`` of the old metric, when the new inverse mass
     matrix is the target's variance (the new metric's slowest frequency is 1). The
     length is multiplied by that ratio, so it starts the next window where the last one
-    ended in the new units instead of far past the first maximum. For a dense metric its
-    diagonal stands in (no factorisation inside the loop)."""
+    ended in the new units instead of far past the first maximum. For a dense metric the
+    ratio is the smallest generalised eigenvalue of ``old v = lambda new v`` (one
+    factorisation per window: the length is adapted only with pooled adaptation, so the
+    metric is one matrix, not a batch)."""
     if old.ndim == 2:
-        old, new = jnp.diagonal(old), jnp.diagonal(new)
-    ratio = jnp.min(old / jnp.maximum(new, jnp.finfo(new.dtype).tiny))
+        chol = jnp.linalg.cholesky(new)
+        half = jax.scipy.linalg.solve_triangular(chol, old, lower=True)
+        whitened = jax.scipy.linalg.solve_triangular(chol, half.T, lower=True)
+        ratio = jnp.linalg.eigvalsh(0.5 * (whitened + whitened.T))[0]
+    else:
+        ratio = jnp.min(old / jnp.maximum(new, jnp.finfo(new.dtype).tiny))
     shift = jnp.where(jnp.isfinite(ratio) & (ratio > 0), 0.5 * jnp.log(ratio), 0.0).astype(length_state[0].dtype)
     return (length_state[0] + shift,) + tuple(length_state[1:])
 
