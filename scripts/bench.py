@@ -229,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-worker", nargs=3, metavar=("SAMPLER", "TARGET", "CHAINS"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--only", default=None, help="rows whose target contains this text (printed only)")
+    parser.add_argument("--update", action="store_true", help="with --only and --efficiency or --lengths: "
+                        "replace those rows of the table in BENCHMARKS.md (the other rows are kept)")
     parser.add_argument("--chains", default=None, help="comma-separated chain counts (printed only)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "BENCHMARKS.md"))
     args = parser.parse_args(argv)
@@ -237,9 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         memory_worker(*args.memory_worker)
         return 0
     if args.efficiency:
-        return efficiency_section(args.only, args.out)
+        return efficiency_section(args.only, args.out, args.update)
     if args.lengths:
-        return lengths_section(args.only, args.out)
+        return lengths_section(args.only, args.out, args.update)
     if args.tempering:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         import tempering_validate
@@ -352,14 +354,17 @@ def defaults_section(repeats: int = 7) -> list[str]:
     return rows
 
 
-def efficiency_section(only: str | None, out: str) -> int:
-    """The table of :mod:`efficiency` (every case into BENCHMARKS.md; ``--only``: printed only)."""
+def efficiency_section(only: str | None, out: str, update: bool = False) -> int:
+    """The table of :mod:`efficiency` (every case into BENCHMARKS.md; ``--only``: printed only,
+    or with ``update`` put in place of the same cases' rows)."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import efficiency
 
     chains, warmup, draws = 8, 500, 1000
     print(versions())
     rows = efficiency.table(only, chains, warmup, draws, with_grid=True)
+    if only is not None and update:
+        replace_rows(out, rows, EFFICIENCY_BEGIN, EFFICIENCY_END)
     if only is None:
         lines = [
             f"Command: `python scripts/bench.py --efficiency` ({time.strftime('%Y-%m-%d')}). {versions()}.",
@@ -379,14 +384,17 @@ def efficiency_section(only: str | None, out: str) -> int:
 LENGTHS_BEGIN, LENGTHS_END = "<!-- bench.py --lengths:begin -->", "<!-- bench.py --lengths:end -->"
 
 
-def lengths_section(only: str | None, out: str) -> int:
-    """The table of :func:`efficiency.lengths_table` (into BENCHMARKS.md; ``--only``: printed only)."""
+def lengths_section(only: str | None, out: str, update: bool = False) -> int:
+    """The table of :func:`efficiency.lengths_table` (into BENCHMARKS.md; ``--only``: printed
+    only, or with ``update`` put in place of the same cases' rows)."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import efficiency
 
     chains, warmup, draws = 8, 500, 1000
     print(versions())
     rows = efficiency.lengths_table(only, chains, warmup, draws)
+    if only is not None and update:
+        replace_rows(out, rows, LENGTHS_BEGIN, LENGTHS_END)
     if only is None:
         lines = [
             f"Command: `python scripts/bench.py --lengths` ({time.strftime('%Y-%m-%d')}). {versions()}.",
@@ -794,6 +802,27 @@ def timescales_section(size: int, betas=(2.0, 8.0, 16.0), mass: float = 0.1, inn
                      f"| {r['ess']:.0f} | {r['forces_per_ess']:.1f} | {r['per_ess']:.3f} | "
                      f"{gain} |")
     return lines
+
+
+def replace_rows(path: str, rows: list[str], begin: str, end: str) -> None:
+    """Put each of ``rows`` in place of the row of the same case (its first cell) in the
+    table between ``begin`` and ``end`` of ``path``, and say below the table which rows
+    were rerun when."""
+    head, rest = open(path).read().split(begin, 1)
+    block, tail = rest.split(end, 1)
+    lines = block.split("\n")
+    for row in rows:
+        name = row.split("|")[1].strip()
+        at = [i for i, line in enumerate(lines) if line.startswith("|") and line.split("|")[1].strip() == name]
+        if not at:
+            raise SystemExit(f"no row {name!r} in the table of {path}; run the whole table")
+        lines[at[0]] = row
+    names = ", ".join(row.split("|")[1].strip() for row in rows)
+    note = f"Rerun on {time.strftime('%Y-%m-%d')} with `--only ... --update`: {names}."
+    lines[len(lines) - 1 if lines[-1] == "" else len(lines):] = ["", note, ""]
+    with open(path, "w") as fh:
+        fh.write(head + begin + "\n".join(lines) + end + tail)
+    print(f"updated {names} in {path}")
 
 
 def write(path: str, lines: list[str], begin: str, end: str, title: str) -> None:
