@@ -228,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
                         "NUTS against numpyro's and blackjax's on the same models, and NUTS's cost under vmap)")
     parser.add_argument("--memory-worker", nargs=3, metavar=("SAMPLER", "TARGET", "CHAINS"),
                         help=argparse.SUPPRESS)
-    parser.add_argument("--only", default=None, help="rows whose target contains this text (printed only)")
+    parser.add_argument("--only", default=None, help="rows whose target contains this text (printed only; "
+                        "comma: any of several; =name: that case only)")
     parser.add_argument("--update", action="store_true", help="with --only and --efficiency or --lengths: "
                         "replace those rows of the table in BENCHMARKS.md (the other rows are kept)")
     parser.add_argument("--chains", default=None, help="comma-separated chain counts (printed only)")
@@ -814,9 +815,11 @@ def replace_rows(path: str, rows: list[str], begin: str, end: str) -> None:
     for row in rows:
         name = row.split("|")[1].strip()
         at = [i for i, line in enumerate(lines) if line.startswith("|") and line.split("|")[1].strip() == name]
-        if not at:
-            raise SystemExit(f"no row {name!r} in the table of {path}; run the whole table")
-        lines[at[0]] = row
+        if at:
+            lines[at[0]] = row
+        else:  # a new case: after the last row
+            last = max(i for i, line in enumerate(lines) if line.startswith("|"))
+            lines.insert(last + 1, row)
     names = ", ".join(row.split("|")[1].strip() for row in rows)
     note = f"Rerun on {time.strftime('%Y-%m-%d')} with `--only ... --update`: {names}."
     lines[len(lines) - 1 if lines[-1] == "" else len(lines):] = ["", note, ""]

@@ -60,6 +60,12 @@ def cases() -> dict[str, tuple[str, dict[str, Any]]]:
     return out
 
 
+def selected(name: str, only: str) -> bool:
+    """``only``: comma-separated parts; a case is selected when a part is in its name, or,
+    for a part ``=name``, when it is that name."""
+    return any(name == part[1:] if part.startswith("=") else part in name for part in only.split(","))
+
+
 def smallest_ess(observables: dict[str, np.ndarray]) -> float:
     """The smallest bulk ESS over the observables' components (``(chain, draw, ...)`` arrays)."""
     values = [np.min(diagnostics.ess_bulk(np.asarray(v, np.float64))) for k, v in observables.items()
@@ -216,7 +222,7 @@ def table(only: str | None, chains: int, warmup: int, draws: int, with_grid: boo
     rows = []
     print(HEADER, flush=True)
     for name, (config_file, params) in cases().items():
-        if only and not any(part in name for part in only.split(",")):
+        if only and not selected(name, only):
             continue
         case = Case(config_file, params, chains, warmup, draws)
         text, _ = row(name, case, with_grid)
@@ -252,7 +258,7 @@ def lengths_table(only: str | None, chains: int, warmup: int, draws: int) -> lis
     rows = []
     print(LENGTHS_HEADER, flush=True)
     for name, (config_file, params) in {**cases(), **LENGTH_CASES}.items():
-        if only and not any(part in name for part in only.split(",")):
+        if only and not selected(name, only):
             continue
         case = Case(config_file, params, chains, warmup, draws)
         if case.kwargs.get("kernel", "hmc") != "hmc" or case.kwargs.get("tempering"):
