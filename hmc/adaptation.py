@@ -169,13 +169,41 @@ def _length_init(length: Array) -> tuple:
     return (jnp.log(length), zero, zero, zero, zero, zero)
 
 
+#: ``trajectory_length="auto"``: the length, in steps, of the first (fast) warmup window,
+#: before ChEES starts from one step (:func:`update_length`)
+EQUILIBRATION_LENGTH_STEPS = 10
+
+
+def length_phases(schedule: Schedule) -> tuple[np.ndarray, np.ndarray]:
+    """Per warmup iteration: ``hold`` (the length is ``EQUILIBRATION_LENGTH_STEPS`` steps:
+    the first window, but its last iteration) and ``restart`` (the first window's last
+    iteration: the length restarts at one step, and ChEES adapts it from the next)."""
+    n = schedule.num_warmup
+    hold, restart = np.zeros(n, bool), np.zeros(n, bool)
+    slow = np.flatnonzero(schedule.in_slow_window)
+    if slow.size and slow[0] >= 1:
+        hold[: slow[0] - 1] = True
+        restart[slow[0] - 1] = True
+    return hold, restart
+
+
 def update_length(state: AdaptationState, signal: Array, averaged: Array, is_last: Array,
-                  step_size: Array, max_num_steps: int) -> AdaptationState:
+                  step_size: Array, max_num_steps: int, hold: Array = False, restart: Array = False
+                  ) -> AdaptationState:
     """One Adam ascent step of ``log T`` on the ChEES signal; the length stays between one
     step and ``max_num_steps`` steps; its warmup value is the mean of ``log T`` over the
-    averaged window."""
+    averaged window.
+
+    In the first warmup window (``hold``) the length is ten steps and is not adapted: from
+    a hot start the chains order there, and short trajectories freeze what they order
+    into (4 chains of phi4 32x32 in its broken phase kept stripes of both vacua, R-hat 3-4,
+    when ChEES started from one step at the first iteration). At ``restart`` it drops to
+    one step, from which ChEES grows it to its first maximum."""
     log_length, m, v, n, total, count = state.length_state
     dtype = log_length.dtype
+    zero = jnp.zeros((), dtype)
+    held = jnp.log(step_size * EQUILIBRATION_LENGTH_STEPS).astype(dtype)
+    started = jnp.log(step_size).astype(dtype)
     signal = jnp.where(jnp.isfinite(signal), signal, 0.0).astype(dtype)
     n = n + 1.0
     m = signal  # Adam with beta1 = 0: the length follows the current signal
@@ -187,6 +215,9 @@ def update_length(state: AdaptationState, signal: Array, averaged: Array, is_las
     total, count = total + w * log_length, count + w
     final = jnp.where(count > 0, total / jnp.maximum(count, 1.0), log_length)
     log_length = jnp.where(is_last, final, log_length)
+    fixed = jnp.asarray(hold) | jnp.asarray(restart)
+    log_length = jnp.where(hold, held, jnp.where(restart, started, log_length))
+    m, v, n = (jnp.where(fixed, zero, x) for x in (m, v, n))
     return state._replace(length_state=(log_length, m, v, n, total, count))
 
 

@@ -190,6 +190,7 @@ def lengthener(program: Program, potential: Potential) -> Callable:
     if not getattr(program.kernel, "adaptive_length", False):
         return lambda adapt_state, t, states, info, length: adapt_state
     schedule = _adaptation.build_schedule(program.num_warmup)
+    hold, restart = (jnp.asarray(x) for x in _adaptation.length_phases(schedule))
     embed = potential.embedding or (lambda q: ravel_pytree(q)[0])
 
     def flat(q):
@@ -205,7 +206,7 @@ def lengthener(program: Program, potential: Potential) -> Callable:
                                              lambda x: ordered_sum(x, 1))
         return _adaptation.update_length(adapt_state, signal, jnp.asarray(schedule.averaged)[t],
                                          t == program.num_warmup - 1, adapt_state.step_size,
-                                         program.kernel.max_num_steps)
+                                         program.kernel.max_num_steps, hold[t], restart[t])
 
     return update
 

@@ -24,10 +24,22 @@ from hmc.settings import Settings, working_dtype
 logger = logging.getLogger("hmc")
 
 PyTree = Any
-INITIAL_LENGTH_STEPS = 1  # trajectory_length="auto" starts at one initial step: growing, it stops at
-# the first maximum of ChEES (started long, it can settle on a later one, periods on)
+INITIAL_LENGTH_STEPS = 1  # trajectory_length="auto" adapts from one step: growing, it stops at
+# the first maximum of ChEES (started long, it can settle on a later one, periods on); a warmup with a
+# first (fast) window holds ten steps there first (hmc.adaptation.length_phases)
 RECORD_AUTO_SIZE = 256  # record="auto": the state leaves are stored while they hold at most this many numbers
 HEURISTIC_STREAM = 2**31 - 1  # an iteration index no transition uses: the heuristic's momenta are its own
+
+
+def initial_length_steps(settings: Settings) -> int:
+    """The first transition's length of ``trajectory_length="auto"``, in initial steps
+    (without ``auto`` the length is unused, and stays one step)."""
+    if not getattr(settings.kernel, "adaptive_length", False):
+        return INITIAL_LENGTH_STEPS
+    hold, restart = _adaptation.length_phases(_adaptation.build_schedule(settings.num_warmup))
+    if hold.size and (hold[0] or restart[0]):
+        return _adaptation.EQUILIBRATION_LENGTH_STEPS if hold[0] else INITIAL_LENGTH_STEPS
+    return INITIAL_LENGTH_STEPS
 
 
 class GuardRefused(RuntimeError):
@@ -184,7 +196,7 @@ def start(potential: Potential, settings: Settings, init_positions: PyTree | Non
 
     def make_adapt_state(eps: jax.Array) -> _adaptation.AdaptationState:
         return _adaptation.init(eps, dimension, mass_matrix, dtype, minv0, pooled=settings.pooled,
-                                trajectory_length=INITIAL_LENGTH_STEPS * eps)
+                                trajectory_length=initial_length_steps(settings) * eps)
 
     adapt_state = jax.jit(make_adapt_state if settings.pooled else jax.vmap(make_adapt_state))(eps0)
     if resume is not None:

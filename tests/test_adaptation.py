@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from hmc import adaptation
 
@@ -235,6 +236,42 @@ def test_auto_length_comes_back_to_the_whitened_scale_after_the_metric_adapts():
     r = hmc.sample(pot, num_chains=8, num_warmup=300, num_samples=20, trajectory_length="auto", progress=False)
     length = float(r.warmup_stats["trajectory_length"][0, -1])
     assert 0.8 < length < 4.0, length
+
+
+def test_auto_length_holds_ten_steps_in_the_first_window_then_adapts_from_one():
+    import hmc
+
+    schedule = adaptation.build_schedule(500)
+    hold, restart = adaptation.length_phases(schedule)
+    first_slow = int(np.flatnonzero(schedule.in_slow_window)[0])
+    assert hold[: first_slow - 1].all() and not hold[first_slow - 1:].any()
+    assert np.flatnonzero(restart).tolist() == [first_slow - 1]
+    assert not any(adaptation.length_phases(adaptation.build_schedule(n))[0].any() for n in (0, 1))
+
+    pot = hmc.Potential.from_logdensity(lambda q: -0.5 * jnp.sum(q**2), lambda k: jax.random.normal(k, (5,)))
+    r = hmc.sample(pot, num_chains=4, num_warmup=200, num_samples=10, trajectory_length="auto", progress=False)
+    first = int(np.flatnonzero(adaptation.build_schedule(200).in_slow_window)[0])
+    length, step = r.warmup_stats["trajectory_length"][0], r.warmup_stats["adapted_step"][0]
+    # ten of the adapted steps through the first window, one at its end, ChEES's from there on
+    np.testing.assert_allclose(length[: first - 1], 10 * step[: first - 1], rtol=1e-5)
+    np.testing.assert_allclose(length[first - 1], step[first - 1], rtol=1e-5)
+    assert not np.isclose(length[first + 20], step[first + 20])  # adapted since
+
+
+@pytest.mark.slow
+def test_auto_length_lets_a_hot_start_order_without_frozen_stripes():
+    # phi4 32x32 in its broken phase from the model's hot start, 4 chains: with ChEES from
+    # one step at the first iteration, chains froze into stripes of both vacua (R-hat of
+    # |m| 4.2 and 3.2 at seeds 0 and 1); ten steps through the first window let them order
+    import hmc
+    from hmc import diagnostics
+    from physics_models import phi4
+
+    for seed in (0, 1):
+        r = hmc.sample(phi4(shape=(32, 32), m2=-1.0, lam=0.5), seed=seed, num_chains=4, num_warmup=500,
+                       num_samples=300, trajectory_length="auto", record=[], progress=False)
+        abs_m = np.asarray(r.draws["abs_magnetization"], np.float64)
+        assert float(diagnostics.rhat(abs_m)) < 1.1, (seed, abs_m.mean(axis=1))
 
 
 def test_auto_trajectory_length_refuses_what_it_cannot_adapt():
