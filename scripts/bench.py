@@ -364,22 +364,25 @@ def efficiency_section(only: str | None, out: str, update: bool = False) -> int:
     chains, warmup, draws = 8, 500, 1000
     print(versions())
     rows = efficiency.table(only, chains, warmup, draws, with_grid=True)
-    if only is not None and update:
-        replace_rows(out, rows, EFFICIENCY_BEGIN, EFFICIENCY_END)
-    if only is None:
-        lines = [
-            f"Command: `python scripts/bench.py --efficiency` ({time.strftime('%Y-%m-%d')}). {versions()}.",
-            "",
-            f"{chains} chains, {warmup} warmup + {draws} draws each, every shipped config at its own sampler "
-            "settings (our column), from the same initial states; see `scripts/efficiency.py` for the "
-            "definitions. Target (issue 13): grad/ESS <= numpyro's and s/ESS <= 0.5x numpyro's.",
-            "",
-            efficiency.HEADER,
-            "|" + "---|" * efficiency.HEADER.count(" | ") + "---|",
-            *rows,
-        ]
-        write(out, lines, EFFICIENCY_BEGIN, EFFICIENCY_END, "Effective samples (`scripts/bench.py --efficiency`)")
+    about = (f"{chains} chains, {warmup} warmup + {draws} draws each, every shipped config at its own sampler "
+             "settings (our column), from the same initial states; see `scripts/efficiency.py` for the "
+             "definitions. Target (issue 13): grad/ESS <= numpyro's and s/ESS <= 0.5x numpyro's.")
+    put_table(out, rows, only, update, "--efficiency", about, efficiency.HEADER, (EFFICIENCY_BEGIN, EFFICIENCY_END),
+              "Effective samples (`scripts/bench.py --efficiency`)")
     return 0
+
+
+def put_table(out: str, rows: list[str], only: str | None, update: bool, flag: str, about: str, header: str,
+              markers: tuple[str, str], title: str) -> None:
+    """The whole table into ``out`` (no ``only``), or with ``update`` the rows in place of the
+    same cases' (:func:`replace_rows`)."""
+    if only is not None:
+        if update:
+            replace_rows(out, rows, *markers)
+        return
+    lines = [f"Command: `python scripts/bench.py {flag}` ({time.strftime('%Y-%m-%d')}). {versions()}.", "", about, "",
+             header, "|" + "---|" * header.count(" | ") + "---|", *rows]
+    write(out, lines, *markers, title)
 
 
 LENGTHS_BEGIN, LENGTHS_END = "<!-- bench.py --lengths:begin -->", "<!-- bench.py --lengths:end -->"
@@ -394,23 +397,13 @@ def lengths_section(only: str | None, out: str, update: bool = False) -> int:
     chains, warmup, draws = 8, 500, 1000
     print(versions())
     rows = efficiency.lengths_table(only, chains, warmup, draws)
-    if only is not None and update:
-        replace_rows(out, rows, LENGTHS_BEGIN, LENGTHS_END)
-    if only is None:
-        lines = [
-            f"Command: `python scripts/bench.py --lengths` ({time.strftime('%Y-%m-%d')}). {versions()}.",
-            "",
-            f"{chains} chains, {warmup} warmup + {draws} draws, every shipped `kernel: hmc` config without "
-            "tempering, its model and sampler settings but the trajectory's, from the same initial states: the "
-            "config's own length, the old default of `hmc.sample` (10 steps, no jitter), and no length given "
-            "(now `auto`, with the adapted T). grad/ESS = gradients on the draws / the smallest bulk ESS "
-            "(`magnetization` left out); R-hat the largest over the observables.",
-            "",
-            efficiency.LENGTHS_HEADER,
-            "|---|---|---|---|",
-            *rows,
-        ]
-        write(out, lines, LENGTHS_BEGIN, LENGTHS_END, "Default trajectory length (`scripts/bench.py --lengths`)")
+    about = (f"{chains} chains, {warmup} warmup + {draws} draws, every shipped `kernel: hmc` config without "
+             "tempering, its model and sampler settings but the trajectory's, from the same initial states: the "
+             "config's own length, the old default of `hmc.sample` (10 steps, no jitter), and no length given "
+             "(now `auto`, with the adapted T). grad/ESS = gradients on the draws / the smallest bulk ESS "
+             "(`magnetization` left out); R-hat the largest over the observables.")
+    put_table(out, rows, only, update, "--lengths", about, efficiency.LENGTHS_HEADER, (LENGTHS_BEGIN, LENGTHS_END),
+              "Default trajectory length (`scripts/bench.py --lengths`)")
     return 0
 
 
