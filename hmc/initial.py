@@ -36,10 +36,8 @@ def initial_length_steps(settings: Settings) -> int:
     (without ``auto`` the length is unused, and stays one step)."""
     if not getattr(settings.kernel, "adaptive_length", False):
         return INITIAL_LENGTH_STEPS
-    hold, restart = _adaptation.length_phases(_adaptation.build_schedule(settings.num_warmup))
-    if hold.size and (hold[0] or restart[0]):
-        return _adaptation.EQUILIBRATION_LENGTH_STEPS if hold[0] else INITIAL_LENGTH_STEPS
-    return INITIAL_LENGTH_STEPS
+    hold, _ = _adaptation.length_phases(_adaptation.build_schedule(settings.num_warmup))
+    return _adaptation.EQUILIBRATION_LENGTH_STEPS if hold.size and hold[0] else INITIAL_LENGTH_STEPS
 
 
 class GuardRefused(RuntimeError):

@@ -114,11 +114,13 @@ MID_RUN = [
 @pytest.mark.slow
 @pytest.mark.parametrize("factory,term,primitive", MID_RUN, ids=[m[0].__name__ for m in MID_RUN])
 def test_midrun_fault_rejected_and_named(factory, term, primitive):
+    # ten steps per trajectory, the length these trip counts were set for (without a length,
+    # hmc adapts one, and the shorter trajectories trip less often than the 1 % halt bound)
     pot = factory()
     report = guard.preflight(pot, pot.init(jax.random.key(0)))
     assert report.ok and not report.events  # healthy where chains start
-    r = hmc.sample(pot, seed=0, num_chains=4, num_warmup=150, num_samples=250, max_trip_fraction=0.9,
-                   progress=False)
+    r = hmc.sample(pot, seed=0, num_chains=4, num_warmup=150, num_samples=250, num_steps=10,
+                   max_trip_fraction=0.9, progress=False)
     assert not r.halted
     trips = int(r.stats["guard_tripped"].sum() + r.warmup_stats["guard_tripped"].sum())
     assert trips > 0
@@ -131,12 +133,13 @@ def test_midrun_fault_rejected_and_named(factory, term, primitive):
         assert e.chain in range(4) and e.leapfrog_step >= 0 and e.indices
         json.loads(e.to_json())
     # halt stops cleanly at the end of the first chunk with a trip
-    h = hmc.sample(pot, seed=0, num_chains=4, num_warmup=150, num_samples=250, guard="halt", chunk_size=50,
-                   progress=False)
+    h = hmc.sample(pot, seed=0, num_chains=4, num_warmup=150, num_samples=250, num_steps=10, guard="halt",
+                   chunk_size=50, progress=False)
     assert h.halted and "halt" in h.halt_reason
     assert h.guard_events and all(e.action == "halted" for e in h.guard_events if e.phase != "preflight")
     # default policy: more than 1 % of trajectories tripped -> halted with the reason
-    d = hmc.sample(pot, seed=0, num_chains=4, num_warmup=150, num_samples=250, chunk_size=50, progress=False)
+    d = hmc.sample(pot, seed=0, num_chains=4, num_warmup=150, num_samples=250, num_steps=10, chunk_size=50,
+                   progress=False)
     assert d.halted and "max_trip_fraction" in d.halt_reason
 
 
