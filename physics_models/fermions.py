@@ -15,9 +15,9 @@ degenerate flavours weigh a configuration by ``det(D^dagger D) = |det D|^2``.
 Pseudofermions: ``|det D|^2 = int dphi exp(-phi^dagger (D^dagger D)^{-1} phi)``; the
 field ``phi = D^dagger eta`` with ``eta`` complex Gaussian (``<|eta_i|^2> = 1``) is an
 exact heat-bath draw at fixed links, redrawn at every trajectory start (an auxiliary
-field of the :class:`hmc.Potential`). The action needs ``(D^dagger D)^{-1} phi``: a
-conjugate-gradient solve, differentiated implicitly (``jax.lax.custom_linear_solve``:
-the force costs a second solve, not a pass through the iterations).
+field of the :class:`hmc.Potential`). The action needs ``x = (D^dagger D)^{-1} phi``: one
+conjugate-gradient solve, whose solution also gives the force (``dS = -x . d(D^dagger D) x``,
+a custom VJP: no pass back through the iterations and no second solve).
 
 Complex fields are stored as real arrays ``(2, L, L, 2)`` (real and imaginary parts):
 ``D^dagger D`` is then a real symmetric positive-definite operator.
@@ -187,9 +187,108 @@ def dense_dirac(theta: jax.Array, mass: float) -> jax.Array:
     return columns.T
 
 
+def _inverse_form(theta: jax.Array, chi: jax.Array, mass: float, tol: float, maxiter: int) -> tuple:
+    """``(chi . A^{-1} chi, iterations)`` with ``A = D^dagger D`` at ``theta``: one CG solve for
+    the value and the force together. With ``x = A^{-1} chi``, ``dS = 2 x . dchi - x . dA x``:
+    the force needs ``x`` and one pass back through the operator, not a second solve (the
+    implicit derivative of :func:`solve_normal` solves ``A y = chi`` again)."""
+    return _inverse_form_forward(theta, chi, mass, tol, maxiter)[0]
+
+
+def _inverse_form_forward(theta, chi, mass, tol, maxiter):
+    x, (iterations, _) = conjugate_gradient(normal_operator(theta, mass), chi, tol, maxiter)
+    return (jnp.sum(chi * x), iterations), (theta, x)
+
+
+def _inverse_form_backward(mass, tol, maxiter, residuals, cotangents):
+    del tol, maxiter
+    theta, x = residuals
+    ct = cotangents[0]
+    _, pullback = jax.vjp(lambda th: normal_operator(th, mass)(x), theta)
+    (d_theta,) = pullback(x)
+    return -ct * d_theta, 2.0 * ct * x
+
+
+_inverse_form = jax.custom_vjp(_inverse_form, nondiff_argnums=(2, 3, 4))
+_inverse_form.defvjp(_inverse_form_forward, _inverse_form_backward)
+
+
+def pseudofermion_action(theta: jax.Array, chi: jax.Array, mass: float, tol: float, maxiter: int) -> jax.Array:
+    """``chi^dagger (D^dagger D)^{-1} chi`` (real-stored ``chi``), NaN with a NaN force when the
+    solve stops at its cap (the guard then rejects the trajectory)."""
+    value, iterations = _inverse_form(theta, chi, mass, tol, maxiter)
+    return unhealthy_is_nan(value, iterations < maxiter)
+
+
+def solver_health(theta: jax.Array, chi: jax.Array, mass: float, tol: float, maxiter: int) -> dict:
+    """What the guard reports about the solve of :func:`pseudofermion_action`."""
+    _, (iterations, residual) = conjugate_gradient(normal_operator(theta, mass), chi, tol, maxiter)
+    return {"ok": iterations < maxiter, "residual": residual, "iterations": iterations,
+            "tolerance": jnp.asarray(tol), "max_iterations": jnp.asarray(maxiter)}
+
+
+def gaussian_spinor(key: jax.Array, theta: jax.Array) -> jax.Array:
+    """``eta``, complex Gaussian with ``<|eta_i|^2> = 1``, as a complex ``(L, L, 2)`` field."""
+    L = theta.shape[1]
+    return to_complex(jax.random.normal(key, (2, L, L, 2), theta.dtype) * np.sqrt(0.5).astype(theta.dtype))
+
+
+def pseudofermion_terms(mass: float, hasenbusch_mass: float | None, tol: float, maxiter: int) -> tuple:
+    """``(terms, auxiliary, health)`` of the two-flavour pseudofermion action.
+
+    Without ``hasenbusch_mass``: one term ``fermion``, ``phi^dagger (D^dagger D)^{-1} phi``
+    with ``phi = D^dagger eta``. With it (Hasenbusch, Phys. Lett. B519 (2001) 177): the
+    determinant split as ``det(D_h^dagger D_h) * det(D^dagger D) / det(D_h^dagger D_h)``,
+    ``D_h`` the Wilson operator at the heavier mass, into two terms that can sit on
+    different levels of a nested integrator:
+
+    - ``fermion_heavy``: ``phi_h^dagger (D_h^dagger D_h)^{-1} phi_h``, ``phi_h = D_h^dagger eta``;
+      the stiff, cheap part (its solve converges fast);
+    - ``fermion_ratio``: ``chi^dagger (D^dagger D)^{-1} chi`` with ``chi = D_h^dagger phi_r``,
+      ``phi_r = D_h^{-dagger} D^dagger eta'`` (the heat bath of ``W = D D_h^{-1}``: the action
+      of the fresh field is ``|eta'|^2``); the soft, expensive part.
+    """
+    def light(q):
+        return pseudofermion_action(q["theta"], q["phi"], mass, tol, maxiter)
+
+    def heat_bath(key, q):
+        return to_real(dirac_dagger(q["theta"], gaussian_spinor(key, q["theta"]), mass)).astype(q["theta"].dtype)
+
+    if hasenbusch_mass is None:
+        health = {"fermion": lambda q: solver_health(q["theta"], q["phi"], mass, tol, maxiter)}
+        return {"fermion": light}, {"phi": heat_bath}, health
+    heavy_mass = float(hasenbusch_mass)
+
+    def ratio_source(q):  # chi = D_h^dagger phi_r
+        return to_real(dirac_dagger(q["theta"], to_complex(q["phi_ratio"]), heavy_mass)).astype(q["theta"].dtype)
+
+    def heavy(q):
+        return pseudofermion_action(q["theta"], q["phi_heavy"], heavy_mass, tol, maxiter)
+
+    def ratio(q):
+        return pseudofermion_action(q["theta"], ratio_source(q), mass, tol, maxiter)
+
+    def heavy_heat_bath(key, q):
+        return to_real(dirac_dagger(q["theta"], gaussian_spinor(key, q["theta"]), heavy_mass)).astype(q["theta"].dtype)
+
+    def ratio_heat_bath(key, q):
+        # phi_r = D_h^{-dagger} D^dagger eta' = D_h (D_h^dagger D_h)^{-1} D^dagger eta'
+        theta = q["theta"]
+        rhs = to_real(dirac_dagger(theta, gaussian_spinor(key, theta), mass)).astype(theta.dtype)
+        y, (iterations, _) = conjugate_gradient(normal_operator(theta, heavy_mass), rhs, tol, maxiter)
+        phi = to_real(dirac(theta, to_complex(y), heavy_mass)).astype(theta.dtype)
+        # a heat bath whose solve stopped at its cap is NaN: the trajectory is rejected, not biased
+        return unhealthy_is_nan(phi, iterations < maxiter)
+
+    health = {"fermion_heavy": lambda q: solver_health(q["theta"], q["phi_heavy"], heavy_mass, tol, maxiter),
+              "fermion_ratio": lambda q: solver_health(q["theta"], ratio_source(q), mass, tol, maxiter)}
+    return ({"fermion_heavy": heavy, "fermion_ratio": ratio}, {"phi_heavy": heavy_heat_bath, "phi_ratio": ratio_heat_bath},
+            health)
+
+
 def schwinger(L: int = 8, beta: float = 2.0, mass: float = 0.1, n_flavors: int = 2,
               fermions: str = "pseudofermion", cg_tol: float = 1e-8, cg_maxiter: int = 1000,
-              n_noise: int = 4) -> Potential:
+              n_noise: int = 4, hasenbusch_mass: float | None = None) -> Potential:
     """The two-flavour Schwinger model on an ``L x L`` torus (see the module docstring).
 
     Terms: ``gauge`` (Wilson plaquette action ``beta sum_p (1 - cos theta_p)``) and
@@ -199,6 +298,12 @@ def schwinger(L: int = 8, beta: float = 2.0, mass: float = 0.1, n_flavors: int =
     rejects the trajectory and reports ``solver_not_converged`` with the residual) or ``fermion_exact`` (``fermions="exact"``:
     ``-n_flavors log|det D|`` of the dense ``D`` by LU (:func:`log_abs_det`), for small lattices); ``fermions="none"``
     is the quenched theory (the plaquette then has its exact Bessel-sum value).
+
+    ``hasenbusch_mass`` (pseudofermions only, above ``mass``) splits ``fermion`` into
+    ``fermion_heavy`` and ``fermion_ratio`` (Hasenbusch mass preconditioning; see
+    :func:`pseudofermion_terms`), with auxiliary fields ``phi_heavy`` and ``phi_ratio``: the
+    same theory, with a soft expensive force for an outer level of ``timescales`` and a stiff
+    cheap one for a level further in.
 
     Observables: ``plaquette`` ``<cos theta_p>``, ``topological_charge``, and
     ``condensate``, the chiral condensate per flavour ``(1/V) Re tr D^{-1}`` by a stochastic
@@ -221,28 +326,16 @@ def schwinger(L: int = 8, beta: float = 2.0, mass: float = 0.1, n_flavors: int =
                          f"n_flavors={n_flavors}; use fermions='exact' for another number")
     if not (cg_tol > 0 and int(cg_maxiter) >= 1):
         raise ValueError(f"schwinger: cg_tol must be > 0 and cg_maxiter >= 1, got {cg_tol!r}, {cg_maxiter!r}")
+    if hasenbusch_mass is not None and (fermions != "pseudofermion" or not float(hasenbusch_mass) > float(mass)):
+        raise ValueError(f"schwinger: hasenbusch_mass needs fermions='pseudofermion' and a mass above mass={mass!r}, "
+                         f"got hasenbusch_mass={hasenbusch_mass!r} with fermions={fermions!r}")
     mass, cg_maxiter, volume = float(mass), int(cg_maxiter), L * L
 
     def gauge(q):
         return beta * jnp.sum(1.0 - jnp.cos(plaquette_angles(q["theta"])))
 
-    def fermion(q):
-        x, iterations = solve_normal(q["theta"], q["phi"], mass, cg_tol, cg_maxiter)
-        # a solve stopped at the cap: NaN energy and force, so the guard rejects the trajectory
-        return unhealthy_is_nan(jnp.sum(q["phi"] * x), iterations < cg_maxiter)
-
-    def fermion_health(q):
-        _, (iterations, residual) = conjugate_gradient(normal_operator(q["theta"], mass), q["phi"], cg_tol,
-                                                       cg_maxiter)
-        return {"ok": iterations < cg_maxiter, "residual": residual, "iterations": iterations,
-                "tolerance": jnp.asarray(cg_tol), "max_iterations": jnp.asarray(cg_maxiter)}
-
     def fermion_exact(q):
         return -n_flavors * log_abs_det(dense_dirac(q["theta"], mass))
-
-    def heat_bath(key, q):
-        eta = jax.random.normal(key, (2, L, L, 2), q["theta"].dtype) * np.sqrt(0.5).astype(q["theta"].dtype)
-        return to_real(dirac_dagger(q["theta"], to_complex(eta), mass)).astype(q["theta"].dtype)
 
     noise = np.random.default_rng(20261130).choice([-1.0, 1.0], size=(n_noise, L, L, 2))
 
@@ -267,8 +360,8 @@ def schwinger(L: int = 8, beta: float = 2.0, mass: float = 0.1, n_flavors: int =
     terms = {"gauge": gauge}
     auxiliary, health = {}, {}
     if fermions == "pseudofermion":
-        terms["fermion"] = fermion
-        auxiliary, health = {"phi": heat_bath}, {"fermion": fermion_health}
+        fermion_terms, auxiliary, health = pseudofermion_terms(mass, hasenbusch_mass, cg_tol, cg_maxiter)
+        terms.update(fermion_terms)
     elif fermions == "exact":
         terms["fermion_exact"] = fermion_exact
     observables = {

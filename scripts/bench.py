@@ -664,27 +664,30 @@ def thermal_links(pot, seed: int, chains: int = 8, draws: int = 4) -> np.ndarray
     return np.asarray(r.draws["theta"]).reshape(-1, *np.asarray(r.draws["theta"]).shape[2:])
 
 
-def delta_energy_scan(pot, thetas: np.ndarray, inner: int | None, counts, seed: int = 7) -> list[tuple]:
+def delta_energy_scan(pot, thetas: np.ndarray, levels: list | None, counts, seed: int = 7) -> list[tuple]:
     """``[(n, acceptance, <dH>, seconds per trajectory)]``: one trajectory of length 1 in ``n``
-    2MN steps from each configuration, with a fresh pseudofermion field and momentum, flat
-    (``inner=None``) or nested (fermion outer, ``inner`` gauge steps per outer drift). The
-    acceptance is ``<min(1, exp(-dH))>``; the time is that of the compiled, vmapped batch."""
+    2MN steps from each configuration, with fresh auxiliary fields and momentum, flat
+    (``levels=None``: every term at every sub-step) or nested (``levels``, a ``timescales``
+    list, outermost first). The acceptance is ``<min(1, exp(-dH))>``; the time is that of
+    the compiled, vmapped batch."""
     integ = hmc.integrators
-    gauge, fermion, heat = pot.terms["gauge"], pot.terms["fermion"], pot.auxiliary["phi"]
 
     def one(theta, key, eps, n):
-        k_phi, k_p = jax.random.split(key)
-        phi = heat(k_phi, {"theta": theta})
-        fg = lambda q: gauge({"theta": q["theta"]})  # noqa: E731
-        ff = lambda q: fermion({"theta": q["theta"], "phi": phi})  # noqa: E731
+        k_aux, k_p = jax.random.split(key)
+        fields = pot.refresh(k_aux, {"theta": theta})
+
+        def part(names):
+            return lambda q: sum(pot.terms[t]({"theta": q["theta"], **fields}) for t in names)
+
         q, p = {"theta": theta}, {"theta": jax.random.normal(k_p, theta.shape, theta.dtype)}
-        if inner is None:
-            total = lambda q: fg(q) + ff(q)  # noqa: E731
+        if levels is None:
+            total = part(list(pot.terms))
             u0, g0 = jax.value_and_grad(total)(q)
             end, _, u1 = integ.integrate_to_energy("minimum_norm", total, lambda p: p, integ.IntegratorState(q, p, g0),
                                                    eps, n, guard=False)
         else:
-            split = integ.Split((ff, fg), (1, inner))
+            split = integ.Split(tuple(part(level["terms"]) for level in levels),
+                                tuple(level["steps"] for level in levels))
             u0, g0 = split.value_and_grads(q)
             end, _, u1 = integ.integrate_to_energy("minimum_norm", None, lambda p: p, integ.IntegratorState(q, p, g0),
                                                    eps, n, guard=False, split=split)
@@ -701,7 +704,7 @@ def delta_energy_scan(pot, thetas: np.ndarray, inner: int | None, counts, seed: 
         seconds = (time.perf_counter() - t0) / len(thetas)
         acc = float(np.mean(np.minimum(1.0, np.exp(-np.where(np.isfinite(dh), dh, np.inf)))))
         rows.append((n, acc, float(np.mean(dh)), seconds))
-        print(f"  inner={inner} n={n}: acceptance {acc:.3f} <dH> {np.mean(dh):.3g} {seconds * 1e3:.1f} ms", flush=True)
+        print(f"  levels={levels} n={n}: acceptance {acc:.3f} <dH> {np.mean(dh):.3g} {seconds * 1e3:.1f} ms", flush=True)
         if acc > 0.97:
             break
     return rows
@@ -741,7 +744,7 @@ def timescales_section(size: int, betas=(2.0, 8.0, 16.0), mass: float = 0.1, inn
         pot = physics_models.schwinger(L=size, beta=beta, mass=mass)
         thetas = thermal_links(pot, seed=3)
         for name, k in (("flat 2MN", None), (f"nested 2MN, gauge x {inner}", inner)):
-            rows = delta_energy_scan(pot, thetas, k, range(2, 16))
+            rows = delta_energy_scan(pot, thetas, None if k is None else nested, range(2, 16))
             ok = [row for row in rows if row[1] >= target]
             best = ok[0] if ok else rows[-1]
             chosen[(beta, name)] = best[0]

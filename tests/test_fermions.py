@@ -99,6 +99,33 @@ def test_pseudofermion_action_of_the_heat_bath_is_eta_squared_and_its_force_is_e
         np.testing.assert_allclose(float(jnp.vdot(jax.grad(e)(theta), v)), float(fd), rtol=1e-6)
 
 
+def test_hasenbusch_fields_are_exact_heat_baths_and_their_forces_are_exact():
+    """Both fields of the Hasenbusch split are exact heat-bath draws (each action at a fresh
+    field is ``|eta|^2`` of its own noise), and both forces agree with central differences."""
+    with jax.enable_x64(True):
+        pot = schwinger(L=L, mass=MASS, hasenbusch_mass=0.6, cg_tol=1e-12)
+        assert set(pot.terms) == {"gauge", "fermion_heavy", "fermion_ratio"}
+        assert set(pot.auxiliary) == {"phi_heavy", "phi_ratio"}
+        theta, key = links(), jax.random.key(5)
+        q = {"theta": theta, **pot.refresh(key, {"theta": theta})}
+        for i, name in enumerate(("fermion_heavy", "fermion_ratio")):
+            eta = jax.random.normal(hmc.rng.fold_in(key, i), (2, L, L, 2)) * np.sqrt(0.5)
+            np.testing.assert_allclose(float(pot.terms[name](q)), float(jnp.sum(eta ** 2)), rtol=1e-9, err_msg=name)
+            energy = lambda th: pot.terms[name]({**q, "theta": th})  # noqa: E731
+            v = jax.random.normal(jax.random.key(9 + i), theta.shape)
+            h = 1e-5
+            fd = (energy(theta + h * v) - energy(theta - h * v)) / (2 * h)
+            np.testing.assert_allclose(float(jnp.vdot(jax.grad(energy)(theta), v)), float(fd), rtol=1e-6,
+                                       err_msg=name)
+
+
+def test_hasenbusch_needs_pseudofermions_and_a_heavier_mass():
+    with pytest.raises(ValueError, match="hasenbusch_mass"):
+        schwinger(L=L, mass=0.1, hasenbusch_mass=0.05)
+    with pytest.raises(ValueError, match="hasenbusch_mass"):
+        schwinger(L=L, mass=0.1, fermions="exact", hasenbusch_mass=0.5)
+
+
 def test_log_abs_det_is_slogdet_with_its_gradient():
     """The LAPACK-free determinant of the exact-fermion term against numpy's slogdet, and its
     reverse-mode gradient against central differences."""
@@ -183,16 +210,21 @@ def test_the_kernel_redraws_the_fields_and_tests_at_fixed_fields():
 @pytest.mark.slow
 @pytest.mark.parametrize("size", [4])
 def test_pseudofermions_agree_with_the_exact_determinant(size, x64_off_after):
-    """Two flavours at beta = 2, m = 0.1: the pseudofermion run and the exact-determinant
-    run agree within their Monte Carlo errors on the plaquette and the condensate."""
+    """Two flavours at beta = 2, m = 0.1: the pseudofermion run, the Hasenbusch-split run
+    (three timescales) and the exact-determinant run agree within their Monte Carlo errors
+    on the plaquette and the condensate."""
     results = {}
-    for kind in ("pseudofermion", "exact"):
-        pot = schwinger(L=size, beta=2.0, mass=0.1, fermions=kind)
+    three_levels = [{"terms": ["fermion_ratio"], "steps": 1}, {"terms": ["fermion_heavy"], "steps": 2},
+                    {"terms": ["gauge"], "steps": 2}]
+    for kind, extra, timescales in (("pseudofermion", {}, None), ("exact", {}, None),
+                                    ("pseudofermion", {"hasenbusch_mass": 0.5}, three_levels)):
+        pot = schwinger(L=size, beta=2.0, mass=0.1, fermions=kind, **extra)
         r = hmc.sample(pot, seed=1, num_chains=8, num_warmup=200, num_samples=300, precision="float64",
-                       mass_matrix="identity", trajectory_length=1.0, progress=False)
-        results[kind] = r.summary()
-    for name in ("plaquette", "condensate"):
-        a, b = (results[k].observables[name] for k in ("pseudofermion", "exact"))
+                       mass_matrix="identity", trajectory_length=1.0, progress=False, timescales=timescales)
+        results[kind + ("_hasenbusch" if extra else "")] = r.summary()
+    for name, other in (("plaquette", "pseudofermion"), ("condensate", "pseudofermion"),
+                        ("plaquette", "pseudofermion_hasenbusch"), ("condensate", "pseudofermion_hasenbusch")):
+        a, b = (results[k].observables[name] for k in (other, "exact"))
         z = (float(a.mean) - float(b.mean)) / np.hypot(float(a.mcse), float(b.mcse))
         assert abs(z) < 4.0, (name, float(a.mean), float(b.mean), z)
 
