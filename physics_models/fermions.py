@@ -117,18 +117,6 @@ def conjugate_gradient(matvec, b: jax.Array, tol: float, maxiter: int) -> tuple[
     return x, (k, jnp.sqrt(rr / jnp.maximum(bb, jnp.finfo(bb.dtype).tiny)))
 
 
-def solve_normal(theta: jax.Array, phi: jax.Array, mass: float, tol: float, maxiter: int) -> tuple:
-    """``(D^dagger D)^{-1} phi`` by conjugate gradient, differentiable in ``theta`` and
-    ``phi`` (implicitly: the cotangent is one more solve); also the iteration count."""
-    matvec = normal_operator(theta, mass)
-
-    def solve(mv, b):
-        x, (iterations, _) = conjugate_gradient(mv, b, tol, maxiter)
-        return x, iterations  # an integer: no gradient is expected through it
-
-    return jax.lax.custom_linear_solve(matvec, phi, solve, symmetric=True, has_aux=True)
-
-
 def point_propagator(theta: jax.Array, mass: float, tol: float, maxiter: int) -> jax.Array:
     """The quark propagator from a point source at the origin, ``S(x) = D^{-1}(x, 0)``:
     ``(L, L, 2, 2)`` complex (sink spinor, source spinor), one CG solve of ``D^dagger D``
@@ -190,8 +178,9 @@ def dense_dirac(theta: jax.Array, mass: float) -> jax.Array:
 def _inverse_form(theta: jax.Array, chi: jax.Array, mass: float, tol: float, maxiter: int) -> tuple:
     """``(chi . A^{-1} chi, iterations)`` with ``A = D^dagger D`` at ``theta``: one CG solve for
     the value and the force together. With ``x = A^{-1} chi``, ``dS = 2 x . dchi - x . dA x``:
-    the force needs ``x`` and one pass back through the operator, not a second solve (the
-    implicit derivative of :func:`solve_normal` solves ``A y = chi`` again)."""
+    the force needs ``x`` and one pass back through the operator, not a second solve (an
+    implicit derivative of the solve, ``jax.lax.custom_linear_solve``, solves ``A y = chi``
+    again)."""
     return _inverse_form_forward(theta, chi, mass, tol, maxiter)[0]
 
 

@@ -721,82 +721,120 @@ def production(pot, extra: dict, chains: int, warmup: int, samples: int, chunk: 
     per_traj = sum(rec["seconds"] for rec in sampling) / sum(rec["trajectories"] for rec in sampling)
     ess = float(np.min(r.summary().observables["plaquette"].ess_bulk))
     steps = float(np.mean(r.stats["n_steps"]))
-    outer = hmc.integrators.gradient_evaluations_per_step("minimum_norm", extra.get("timescales"))
+    light, heavy = solves_per_step(extra.get("timescales"))
     return dict(acceptance=float(np.mean(r.stats["acceptance_rate"])), step=float(np.mean(r.step_size)),
-                forces=steps * outer, per_traj=per_traj, per_ess=per_traj * chains * samples / ess, ess=ess,
-                forces_per_ess=steps * outer * chains * samples / ess)
+                light=steps * light, heavy=steps * heavy, per_traj=per_traj, per_ess=per_traj * chains * samples / ess,
+                ess=ess, light_per_ess=steps * light * chains * samples / ess)
+
+
+def timescale_schemes(inner: int, hasenbusch_mass: float) -> list[tuple[str, dict, list | None]]:
+    """``[(name, model keywords, timescales)]``: flat 2MN, nested 2MN (fermion outer, gauge
+    inner) and the Hasenbusch split on three levels (ratio outer, heavy, gauge inner)."""
+    return [("flat 2MN", {}, None),
+            (f"nested 2MN, gauge x {inner}", {}, [{"terms": ["fermion"], "steps": 1},
+                                                  {"terms": ["gauge"], "steps": inner}]),
+            (f"Hasenbusch m_h = {hasenbusch_mass:g}: ratio / heavy x 1 / gauge x {inner}",
+             {"hasenbusch_mass": hasenbusch_mass},
+             [{"terms": ["fermion_ratio"], "steps": 1}, {"terms": ["fermion_heavy"], "steps": 1},
+              {"terms": ["gauge"], "steps": inner}])]
+
+
+def solves_per_step(timescales: list | None) -> tuple[int, int]:
+    """Fermion forces per 2MN step: ``(light, heavy)``, light those of the light-mass operator
+    (``fermion`` or ``fermion_ratio``), heavy those of ``fermion_heavy`` (Hasenbusch)."""
+    if not timescales:
+        return hmc.integrators.gradient_evaluations_per_step("minimum_norm"), 0
+    steps = tuple(level["steps"] for level in timescales)
+    counts = hmc.integrators.evaluations_per_step("minimum_norm", steps)
+    heavy = sum(c for c, level in zip(counts, timescales) if "fermion_heavy" in level["terms"])
+    return counts[0], heavy
+
+
+def scan_table(size: int, betas, mass: float, schemes, target: float) -> tuple[list[str], dict]:
+    """The step-count scan at equal acceptance: table rows and each scheme's ``n`` per beta."""
+    rows, chosen = [], {}
+    for beta in betas:
+        thetas = thermal_links(physics_models.schwinger(L=size, beta=beta, mass=mass), seed=3)
+        flat_cost = None
+        for i, (name, model, levels) in enumerate(schemes):
+            pot = physics_models.schwinger(L=size, beta=beta, mass=mass, **model)
+            scan = delta_energy_scan(pot, thetas, levels, range(1, 16))
+            ok = [row for row in scan if row[1] >= target]
+            n, acc, dh, sec = ok[0] if ok else scan[-1]
+            chosen[(beta, name)] = n
+            light, heavy = (n * c for c in solves_per_step(levels))
+            flat_cost = sec if i == 0 else flat_cost
+            gain = "" if i == 0 else f"{flat_cost / sec:.2f}x"
+            accs = " ".join(f"{a:.2f}" for _, a, _, _ in scan)
+            rows.append(f"| {size}x{size} | {beta:g} | {name} | {n} | {acc:.3f} | {dh:.3f} | {light} | {heavy} | "
+                        f"{sec * 1e3:.1f} | {gain} | {accs} |")
+    return rows, chosen
 
 
 def timescales_section(size: int, betas=(2.0, 8.0, 16.0), mass: float = 0.1, inner: int = 4,
-                       target: float = 0.8, chains: int = 8, warmup: int = 100, samples: int = 400) -> list[str]:
-    """The two-flavour Schwinger model with pseudofermions: flat 2MN (both forces at every
-    sub-step) against nested 2MN (fermion outer, gauge ``inner`` steps per outer drift).
+                       target: float = 0.8, chains: int = 8, warmup: int = 100, samples: int = 400,
+                       hasenbusch_mass: float = 0.4, large: int = 16) -> list[str]:
+    """The two-flavour Schwinger model with pseudofermions: flat 2MN (every force at every
+    sub-step) against nested 2MN (fermion outer, gauge ``inner`` steps per outer drift) and
+    the Hasenbusch split on three levels.
 
-    1. At each ``beta``: trajectories of length 1 in ``n`` steps from configurations of the
-       model's own distribution (a ``dH`` scan); each integrator's cheapest ``n`` with
-       acceptance at least ``target`` (equal acceptance: both at the same threshold).
-    2. At the largest ``beta``: sampling runs at those fixed step counts (cost per effective
-       sample of the plaquette), and runs at the defaults (the step adapted to ``target``
-       under the stability cap)."""
-    nested = [{"terms": ["fermion"], "steps": 1}, {"terms": ["gauge"], "steps": inner}]
-    scan_rows, chosen = [], {}
-    for beta in betas:
-        pot = physics_models.schwinger(L=size, beta=beta, mass=mass)
-        thetas = thermal_links(pot, seed=3)
-        for name, k in (("flat 2MN", None), (f"nested 2MN, gauge x {inner}", inner)):
-            rows = delta_energy_scan(pot, thetas, None if k is None else nested, range(2, 16))
-            ok = [row for row in rows if row[1] >= target]
-            best = ok[0] if ok else rows[-1]
-            chosen[(beta, name)] = best[0]
-            per = hmc.integrators.gradient_evaluations_per_step("minimum_norm", None if k is None else nested)
-            scan_rows.append((beta, name, best, per, " ".join(f"{a:.2f}" for _, a, _, _ in rows), len(thetas)))
+    1. At each ``beta`` on ``size x size`` and at the largest on ``large x large``:
+       trajectories of length 1 in ``n`` steps from configurations of the model's own
+       distribution (a ``dH`` scan); each scheme's cheapest ``n`` with acceptance at least
+       ``target`` (equal acceptance: all at the same threshold).
+    2. At the largest ``beta`` on ``size x size``: sampling runs at those fixed step counts
+       (cost per effective sample of the plaquette), and runs at the defaults (the step
+       adapted to ``target`` under the stability cap)."""
+    schemes = timescale_schemes(inner, hasenbusch_mass)
+    scan_rows, chosen = scan_table(size, betas, mass, schemes, target)
+    if large and large != size:
+        scan_rows += scan_table(large, betas[-1:], mass, schemes, target)[0]
     lines = [f"Command: `python scripts/bench.py --timescales --size {size}` ({time.strftime('%Y-%m-%d')}). {versions()}.",
              "",
-             f"Schwinger model {size}x{size}, two flavours (pseudofermions, CG to 1e-8), m = {mass}, float64, unit "
-             f"mass matrix, trajectory length 1, Omelyan 2MN; nested: fermion outer, gauge {inner} steps per outer "
-             "drift. A fermion force is two CG solves; a gauge force is a few array operations "
-             "(100-250x cheaper at this size).",
+             f"Schwinger model, two flavours (pseudofermions, CG to 1e-8; one solve per fermion force), m = {mass}, "
+             f"float64, unit mass matrix, trajectory length 1, Omelyan 2MN at every level. Light forces are those of "
+             f"the light-mass operator (`fermion`, or Hasenbusch's `fermion_ratio`); heavy ones those of "
+             f"`fermion_heavy` (mass {hasenbusch_mass:g}, a solve that converges in fewer iterations).",
              "",
-             f"**Step counts at equal acceptance.** Per beta, trajectories from configurations of the model's own "
-             f"distribution (a short nested run), with fresh momenta and pseudofermion fields; each integrator at "
-             f"its cheapest step count `n` with acceptance >= {target}.",
+             f"**Step counts at equal acceptance.** Trajectories from configurations of the model's own "
+             f"distribution (a short nested run), with fresh momenta and pseudofermion fields; each scheme at "
+             f"its cheapest step count `n` with acceptance >= {target}; the time is per trajectory, vmapped over "
+             "32 configurations.",
              "",
-             "| beta | integrator | n | acceptance | <dH> | fermion forces / trajectory | ms / trajectory | "
-             "acceptance at n = 2, 3, ... | fermion forces vs flat |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for i, (beta, name, (n, acc, dh, sec), per, accs, count) in enumerate(scan_rows):
-        flat = scan_rows[i - 1] if i % 2 else None
-        ratio = f"{(flat[2][0] * flat[3]) / (n * per):.2f}x fewer" if flat else ""
-        lines.append(f"| {beta:g} | {name} | {n} | {acc:.3f} | {dh:.3f} | {n * per} | {sec * 1e3:.1f} | {accs} | {ratio} |")
-    lines.append(f"\n({scan_rows[0][5]} configurations per beta.)\n")
-    beta = betas[-1]
-    pot = physics_models.schwinger(L=size, beta=beta, mass=mass)
+             "| lattice | beta | scheme | n | acceptance | <dH> | light forces / trajectory | heavy forces / trajectory "
+             "| ms / trajectory | time vs flat | acceptance at n = 1, 2, ... |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"] + scan_rows
+    return lines + production_table(size, betas[-1], mass, schemes, chosen, chains, warmup, samples)
+
+
+def production_table(size, beta, mass, schemes, chosen, chains, warmup, samples) -> list[str]:
     runs = {}
-    for name, extra in (("flat 2MN", {}), (f"nested 2MN, gauge x {inner}", {"timescales": nested})):
-        n = chosen[(beta, name)]
-        runs[f"{name}, n = {n} (scan)"] = production(pot, dict(extra, step_size=1.0 / n, num_steps=n), chains, warmup,
-                                                     samples)
-        print(runs, flush=True)
-    for name, extra in (("flat 2MN", {}), (f"nested 2MN, gauge x {inner}", {"timescales": nested})):
-        runs[f"{name}, defaults (step adapted)"] = production(pot, dict(extra, trajectory_length=1.0), chains,
-                                                              warmup, samples)
-        print(runs, flush=True)
-    lines += [f"**Cost per effective sample at beta = {beta:g}.** {chains} chains x ({warmup} warmup + {samples} "
-              "draws), seed 0; ESS of the plaquette (bulk, the smallest over chains pooled); seconds per trajectory "
-              "from the sampling chunks after the first (which carries the compilation). Fixed step counts from "
-              "the scan, then the defaults a user gets (step adapted to acceptance 0.8 under the stability cap, "
-              "trajectory length 1).",
-              "",
-              "| run | acceptance | step | fermion forces / trajectory | ms / trajectory | ESS | fermion forces "
-              "/ ESS | s / ESS | cost per ESS vs flat |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    for fixed in (True, False):
+        for name, model, levels in schemes:
+            pot = physics_models.schwinger(L=size, beta=beta, mass=mass, **model)
+            extra = {} if levels is None else {"timescales": levels}
+            if fixed:
+                n = chosen[(beta, name)]
+                label, extra = f"{name}, n = {n} (scan)", dict(extra, step_size=1.0 / n, num_steps=n)
+            else:
+                label, extra = f"{name}, defaults (step adapted)", dict(extra, trajectory_length=1.0)
+            runs[label] = production(pot, extra, chains, warmup, samples)
+            print(label, runs[label], flush=True)
+    lines = ["", f"**Cost per effective sample at beta = {beta:g}, {size}x{size}.** {chains} chains x ({warmup} warmup + "
+             f"{samples} draws), seed 0; ESS of the plaquette (bulk, the smallest over chains pooled); seconds per "
+             "trajectory from the sampling chunks after the first (which carries the compilation). Fixed step counts "
+             "from the scan, then the defaults a user gets (step adapted to acceptance 0.8 under the stability cap, "
+             "trajectory length 1).",
+             "",
+             "| run | acceptance | step | light forces / trajectory | heavy forces / trajectory | ms / trajectory "
+             "| ESS | light forces / ESS | s / ESS | cost per ESS vs flat |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     names = list(runs)
     for i, name in enumerate(names):
-        r = runs[name]
-        flat = runs[names[i - 1]] if i % 2 else r
+        r, flat = runs[name], runs[names[i - i % len(schemes)]]
         gain = "" if r is flat else f"{flat['per_ess'] / r['per_ess']:.2f}x cheaper"
-        lines.append(f"| {name} | {r['acceptance']:.3f} | {r['step']:.3f} | {r['forces']:.1f} | {r['per_traj'] * 1e3:.1f} "
-                     f"| {r['ess']:.0f} | {r['forces_per_ess']:.1f} | {r['per_ess']:.3f} | "
+        lines.append(f"| {name} | {r['acceptance']:.3f} | {r['step']:.3f} | {r['light']:.1f} | {r['heavy']:.1f} | "
+                     f"{r['per_traj'] * 1e3:.1f} | {r['ess']:.0f} | {r['light_per_ess']:.1f} | {r['per_ess']:.3f} | "
                      f"{gain} |")
     return lines
 
