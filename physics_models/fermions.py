@@ -269,8 +269,19 @@ def pseudofermion_terms(mass: float, hasenbusch_mass: float | None, tol: float, 
         # a heat bath whose solve stopped at its cap is NaN: the trajectory is rejected, not biased
         return unhealthy_is_nan(phi, iterations < maxiter)
 
+    def ratio_health(q):
+        # the term fails with its own solve, or with its heat bath's (a NaN field): the latter
+        # is shown by a heat-bath solve at this theta from a fixed noise source
+        theta = q["theta"]
+        report = solver_health(theta, ratio_source(q), mass, tol, maxiter)
+        rhs = to_real(dirac_dagger(theta, gaussian_spinor(jax.random.key(0), theta), mass)).astype(theta.dtype)
+        _, (bath_iterations, bath_residual) = conjugate_gradient(normal_operator(theta, heavy_mass), rhs, tol, maxiter)
+        field_ok = jnp.all(jnp.isfinite(q["phi_ratio"]))
+        return {**report, "ok": report["ok"] & field_ok & (bath_iterations < maxiter),
+                "heat_bath_iterations": bath_iterations, "heat_bath_residual": bath_residual}
+
     health = {"fermion_heavy": lambda q: solver_health(q["theta"], q["phi_heavy"], heavy_mass, tol, maxiter),
-              "fermion_ratio": lambda q: solver_health(q["theta"], ratio_source(q), mass, tol, maxiter)}
+              "fermion_ratio": ratio_health}
     return ({"fermion_heavy": heavy, "fermion_ratio": ratio}, {"phi_heavy": heavy_heat_bath, "phi_ratio": ratio_heat_bath},
             health)
 

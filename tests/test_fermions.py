@@ -251,6 +251,32 @@ def test_attribution_names_a_solver_that_stopped_at_its_cap():
         assert "solver_not_converged" not in [e.kind for e in converged]
 
 
+def test_attribution_names_each_hasenbusch_term_whose_solver_stopped_at_its_cap():
+    """Both terms of the split report their solves' health: with a cap too low for either,
+    each term is named (``fermion_ratio`` with its heat bath's solve too, which runs at the
+    heavy mass); with a cap between the heavy solve's iterations and the light one's, only
+    ``fermion_ratio`` is."""
+    with jax.enable_x64(True):
+        theta = links()
+
+        def failing(cap):
+            pot = schwinger(L=L, mass=0.1, beta=2.0, hasenbusch_mass=1.0, cg_maxiter=cap)
+            events = hmc.guard.attribute(pot, {"theta": theta}, phase="sampling", chain=0, draw=0)
+            return {e.term: e for e in events if e.kind == "solver_not_converged"}
+
+        both = failing(3)
+        assert set(both) == {"fermion_heavy", "fermion_ratio"}
+        assert both["fermion_heavy"].details["iterations"] == 3 and both["fermion_heavy"].details["residual"] > 1e-8
+        assert both["fermion_ratio"].details["heat_bath_iterations"] == 3
+        assert both["fermion_ratio"].details["heat_bath_residual"] > 1e-8
+        x = fermions.to_real(fermions.gaussian_spinor(jax.random.key(0), theta))
+        iterations = {m: int(fermions.conjugate_gradient(fermions.normal_operator(theta, m), x, 1e-8, 500)[1][0])
+                      for m in (0.1, 1.0)}
+        assert iterations[1.0] < iterations[0.1]
+        cap = (iterations[1.0] + iterations[0.1]) // 2
+        assert set(failing(cap)) == {"fermion_ratio"}, (iterations, cap)
+
+
 @pytest.mark.slow
 def test_a_solver_at_its_iteration_cap_is_refused_then_rejected_and_named(x64_off_after):
     """A CG cap too low to converge: preflight refuses to start; allowed, every trajectory
