@@ -222,6 +222,16 @@ def gaussian_spinor(key: jax.Array, theta: jax.Array) -> jax.Array:
     return to_complex(jax.random.normal(key, (2, L, L, 2), theta.dtype) * np.sqrt(0.5).astype(theta.dtype))
 
 
+def heat_bath_at(mass: float):
+    """``refresh(key, q)``: the field ``D^dagger eta`` of the Wilson operator at ``mass``
+    (real-stored), an exact draw from ``exp(-phi^dagger (D^dagger D)^{-1} phi)``."""
+
+    def refresh(key, q):
+        return to_real(dirac_dagger(q["theta"], gaussian_spinor(key, q["theta"]), mass)).astype(q["theta"].dtype)
+
+    return refresh
+
+
 def pseudofermion_terms(mass: float, hasenbusch_mass: float | None, tol: float, maxiter: int) -> tuple:
     """``(terms, auxiliary, health)`` of the two-flavour pseudofermion action.
 
@@ -240,12 +250,9 @@ def pseudofermion_terms(mass: float, hasenbusch_mass: float | None, tol: float, 
     def light(q):
         return pseudofermion_action(q["theta"], q["phi"], mass, tol, maxiter)
 
-    def heat_bath(key, q):
-        return to_real(dirac_dagger(q["theta"], gaussian_spinor(key, q["theta"]), mass)).astype(q["theta"].dtype)
-
     if hasenbusch_mass is None:
         health = {"fermion": lambda q: solver_health(q["theta"], q["phi"], mass, tol, maxiter)}
-        return {"fermion": light}, {"phi": heat_bath}, health
+        return {"fermion": light}, {"phi": heat_bath_at(mass)}, health
     heavy_mass = float(hasenbusch_mass)
 
     def ratio_source(q):  # chi = D_h^dagger phi_r
@@ -257,13 +264,10 @@ def pseudofermion_terms(mass: float, hasenbusch_mass: float | None, tol: float, 
     def ratio(q):
         return pseudofermion_action(q["theta"], ratio_source(q), mass, tol, maxiter)
 
-    def heavy_heat_bath(key, q):
-        return to_real(dirac_dagger(q["theta"], gaussian_spinor(key, q["theta"]), heavy_mass)).astype(q["theta"].dtype)
-
     def ratio_heat_bath(key, q):
         # phi_r = D_h^{-dagger} D^dagger eta' = D_h (D_h^dagger D_h)^{-1} D^dagger eta'
         theta = q["theta"]
-        rhs = to_real(dirac_dagger(theta, gaussian_spinor(key, theta), mass)).astype(theta.dtype)
+        rhs = heat_bath_at(mass)(key, q)
         y, (iterations, _) = conjugate_gradient(normal_operator(theta, heavy_mass), rhs, tol, maxiter)
         phi = to_real(dirac(theta, to_complex(y), heavy_mass)).astype(theta.dtype)
         # a heat bath whose solve stopped at its cap is NaN: the trajectory is rejected, not biased
@@ -274,7 +278,7 @@ def pseudofermion_terms(mass: float, hasenbusch_mass: float | None, tol: float, 
         # is shown by a heat-bath solve at this theta from a fixed noise source
         theta = q["theta"]
         report = solver_health(theta, ratio_source(q), mass, tol, maxiter)
-        rhs = to_real(dirac_dagger(theta, gaussian_spinor(jax.random.key(0), theta), mass)).astype(theta.dtype)
+        rhs = heat_bath_at(mass)(jax.random.key(0), q)
         _, (bath_iterations, bath_residual) = conjugate_gradient(normal_operator(theta, heavy_mass), rhs, tol, maxiter)
         field_ok = jnp.all(jnp.isfinite(q["phi_ratio"]))
         return {**report, "ok": report["ok"] & field_ok & (bath_iterations < maxiter),
@@ -282,7 +286,7 @@ def pseudofermion_terms(mass: float, hasenbusch_mass: float | None, tol: float, 
 
     health = {"fermion_heavy": lambda q: solver_health(q["theta"], q["phi_heavy"], heavy_mass, tol, maxiter),
               "fermion_ratio": ratio_health}
-    return ({"fermion_heavy": heavy, "fermion_ratio": ratio}, {"phi_heavy": heavy_heat_bath, "phi_ratio": ratio_heat_bath},
+    return ({"fermion_heavy": heavy, "fermion_ratio": ratio}, {"phi_heavy": heat_bath_at(heavy_mass), "phi_ratio": ratio_heat_bath},
             health)
 
 
