@@ -269,10 +269,13 @@ def test_sigkill_at_random_moments_then_resume_is_bit_exact(reference):
     tmp, cfg_path, ref = reference
     out = str(tmp / "killed")
     rng = random.Random()
+    # kill k lands in the k-th quarter of the run (at a random chunk of it, then a random
+    # moment within or after that chunk), so every kill interrupts the run before it ends
+    total = sum(r["event"] == "chunk" for r in rundir.read_jsonl(str(tmp / "ref" / "log.jsonl")))
     for attempt in range(3):
         proc = hmc_cli("run", cfg_path, "--out", out, "--no-progress", cwd=tmp, wait=False)
-        _wait_for_chunks(out, 1, proc)
-        time.sleep(rng.uniform(0.0, 1.5))
+        _wait_for_chunks(out, rng.randint(attempt * total // 4 + 1, (attempt + 1) * total // 4), proc)
+        time.sleep(rng.uniform(0.0, 0.2))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
         proc.communicate()
