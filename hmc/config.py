@@ -62,7 +62,8 @@ class TimescaleLevel(_Section):
 
 class TemperingConfig(_Section):
     replicas: Annotated[int, Field(ge=2)] | Literal["auto"] = 8  # replicas per chain; auto: 2 Lambda + 1 from a pilot
-    beta_min: float = Field(0.1, gt=0.0, lt=1.0)  # the hottest replica's inverse temperature
+    # the hottest replica's inverse temperature; auto: pilot runs lower it until the hottest replica explores
+    beta_min: Annotated[float, Field(gt=0.0, lt=1.0)] | Literal["auto"] = 0.1
     ladder: list[float] | None = None  # explicit inverse temperatures, 1 first, decreasing (overrides the above)
     terms: list[str] | None = None  # the tempered terms (default: all)
     adapt: bool = True  # adapt the ladder in warmup rounds

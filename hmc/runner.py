@@ -196,7 +196,9 @@ def _finish(cfg: _config.RunConfig, data: dict[str, Any], ident: dict[str, Any],
     summary = summarize_run(run_dir.path, potential, result=result)
     _rundir.append_jsonl(run_dir.file("log.jsonl"), [dict(
         event="end", time=_now(), halted=result.halted, halt_reason=result.halt_reason,
-        seconds=result.timing.get("total_seconds"))])
+        seconds=result.timing.get("total_seconds"),
+        **({"beta_min_search": result.tempering["beta_min_search"]}
+           if result.tempering and "beta_min_search" in result.tempering else {}))])
     try:
         from hmc import plots
 
@@ -341,9 +343,12 @@ def _tempering_note(run_dir: Any, result: Any = None) -> tuple[str, dict | None]
     else:
         path = run_dir.file("log.jsonl")
         if os.path.exists(path):
-            records = [r for r in _rundir.read_jsonl(path) if r.get("event") == "chunk" and r.get("tempering")
-                       and r.get("phase") == "sampling"]
-            report = records[-1]["tempering"] if records else None
+            log = _rundir.read_jsonl(path)
+            records = [r for r in log if r.get("event") == "chunk" and r.get("tempering") and r.get("phase") == "sampling"]
+            report = dict(records[-1]["tempering"]) if records else None
+            searches = [r["beta_min_search"] for r in log if r.get("event") == "end" and r.get("beta_min_search")]
+            if report and searches:
+                report["beta_min_search"] = searches[-1]
     if not report:
         return "", None
     fmt = lambda xs: "[" + ", ".join(f"{x:.3g}" for x in xs) + "]"  # noqa: E731
@@ -352,6 +357,12 @@ def _tempering_note(run_dir: Any, result: Any = None) -> tuple[str, dict | None]
             f"(about 2 Lambda + 1 = {2 * report['barrier'] + 1:.0f} replicas suffice)\n"
             f"  round trips per chain {report['round_trips']} in {report['transitions']} transitions: "
             f"{report['round_trip_rate']:.3g} per transition (DEO prediction {report['predicted_round_trip_rate']:.3g})")
+    search = report.get("beta_min_search")
+    if search:
+        tried = "; ".join(f"{t['beta_min']:.3g} (tau_int {t['tau']:.3g} of {t['observable']}"
+                          f"{', chosen' if t['chosen'] else ''})" for t in search)
+        text += (f"\n  beta_min auto, the hottest replica's slowest observable at each pilot: {tried}; the pilots "
+                 f"took {sum(t['gradients'] for t in search)} gradients")
     return text, report
 
 

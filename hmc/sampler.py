@@ -176,7 +176,11 @@ def sample(
         warmup), or ``{"ladder": [1, ...]}``; ``"terms"``: the tempered terms (default all);
         ``"adapt": False`` keeps the ladder; ``"replicas": "auto"``: a pilot run (warmup and
         200 draws with 8 replicas) measures the barrier ``Lambda``, then ``ceil(2 Lambda + 1)``
-        replicas (at least 2, at most 64) run; ``"record": True`` also records every replica's
+        replicas (at least 2, at most 64) run; ``"beta_min": "auto"``: pilot runs lower
+        ``beta_min`` from 0.32 by factors of sqrt(10) until the hottest replica's slowest
+        observable decorrelates within 2 transitions or heating further stops helping
+        (:func:`hmc.kernels.tempering.choose_beta_min`; the trials are in
+        ``result.tempering["beta_min_search"]``); ``"record": True`` also records every replica's
         observables (``replicas/<name>``). Draws come from the ``beta = 1`` replica;
         ``result.tempering`` has the swap rates, round trips, the barrier and the ladder.
     persistence
@@ -241,14 +245,20 @@ def sample(
         ``snapshot()`` that returns a :class:`Checkpoint`); returning ``True``
         stops the run there (the result then has ``stopped=True``).
     """
-    if isinstance(tempering, Mapping) and tempering.get("replicas") == "auto":
-        # a pilot run with PILOT_REPLICAS replicas measures the barrier; then 2 Lambda + 1 replicas
+    search = None
+    if isinstance(tempering, Mapping) and "auto" in (tempering.get("replicas"), tempering.get("beta_min")):
+        # pilot runs measure the barrier (replicas: auto) or the hottest replica's mixing (beta_min: auto)
         arguments = {k: v for k, v in locals().items() if k not in ("potential", "tempering", "resume", "on_chunk",
-                                                                    "progress", "init_positions")}
-        tempering = _tempering.choose_replicas(
-            tempering, lambda options: sample(potential, **dict(arguments, num_samples=_tempering.PILOT_DRAWS,
-                                                                 tempering=options, progress=False,
-                                                                 init_positions=init_positions)))
+                                                                    "progress", "init_positions", "search")}
+
+        def pilot(options: dict) -> SampleResult:
+            return sample(potential, **dict(arguments, num_samples=_tempering.PILOT_DRAWS, tempering=options,
+                                             progress=False, init_positions=init_positions))
+
+        if tempering.get("beta_min") == "auto":
+            tempering, search = _tempering.choose_beta_min(tempering, pilot)
+        else:
+            tempering = _tempering.choose_replicas(tempering, pilot)
     settings = Settings.from_arguments(
         kernel, integrator=integrator, num_steps=num_steps, trajectory_length=trajectory_length, jitter=jitter,
         persistence=persistence, divergence_threshold=divergence_threshold, max_num_steps=max_num_steps,
@@ -267,7 +277,10 @@ def sample(
     with run.progress_bar(progress):
         run.warmup()
         run.sampling()
-    return run.result()
+    result = run.result()
+    if search is not None and result.tempering is not None:
+        result.tempering["beta_min_search"] = search
+    return result
 
 
 class _Run:

@@ -5,6 +5,7 @@ sample of each row's slowest observable).
 
     python scripts/tempering_validate.py            # every row
     python scripts/tempering_validate.py --quick    # shorter runs, printed only
+    python scripts/tempering_validate.py --auto     # beta_min and replicas "auto" against the hand-set ladders
 
 Equal cost: a tempered transition moves all R replicas, so plain HMC gets R times the
 transitions (``thin = R``: the same number of draws, each R trajectories apart). The
@@ -137,10 +138,89 @@ def lj(quick: bool) -> list[tuple]:
     return out
 
 
+AUTO = ("<!-- tempering_validate.py --auto:begin -->", "<!-- tempering_validate.py --auto:end -->")
+
+
+def auto_cases() -> list[tuple]:
+    """(label, potential, hand-set tempering, sample arguments, slowest observable and its
+    values from a result, exact value) for the rows of :func:`auto_rows`."""
+    dw = physics_models.classical_double_well(height=12.0, dim=1)
+    qdw = physics_models.double_well(n_sites=100, a=0.1, eta=1.7)
+    u1 = physics_models.u1_gauge(L=8, beta=8.0)
+    chi = float(u1.exact["topological_susceptibility"])
+    return [
+        ("classical_double_well(height=12)", dw, {"replicas": 6, "beta_min": 0.05},
+         dict(num_chains=8, num_warmup=300, trajectory_length=1.0), "x", lambda r: np.asarray(r.draws["x"])[..., 0], 0.0),
+        ("double_well(n_sites=100, a=0.1, eta=1.7)", qdw, {"replicas": 16, "beta_min": 0.1},
+         dict(num_chains=4, num_warmup=400), "mean_x", lambda r: np.asarray(r.draws["mean_x"]), 0.0),
+        ("u1_gauge(L=8, beta=8)", u1, {"replicas": 8, "beta_min": 0.2},
+         dict(num_chains=4, num_warmup=300, trajectory_length=1.0, mass_matrix="identity"), "Q^2 / V",
+         lambda r: np.asarray(r.draws["topological_charge"]) ** 2 / 64.0, chi),
+    ]
+
+
+def auto_rows(samples: int, seeds: list[int]) -> list[tuple]:
+    """``beta_min: "auto"`` (with ``replicas: "auto"``) against the hand-set ladder of the
+    rows above, per seed: the chosen beta_min and replicas, the estimate's z, and gradients
+    per effective sample of the slowest observable, the auto run's pilots included."""
+    rows = []
+    for label, pot, hand, kw, obs, values, exact in auto_cases():
+        for seed in seeds:
+            runs = {}
+            for kind, tempering in (("hand-set", hand), ("auto", {"replicas": "auto", "beta_min": "auto"})):
+                t0 = time.perf_counter()
+                r = hmc.sample(pot, seed=seed, num_samples=samples, progress=False, tempering=tempering, **kw)
+                runs[kind] = (r, time.perf_counter() - t0)
+            for kind, (r, seconds) in runs.items():
+                x = np.asarray(values(r), np.float64)
+                mean, err = float(np.mean(x)), float(diagnostics.mcse(x))
+                ess = float(diagnostics.ess(x))
+                search = r.tempering.get("beta_min_search") or []
+                pilots = sum(t["gradients"] for t in search)
+                grads = hmc.kernels.tempering.pilot_gradients(r)
+                rows.append((label, seed, kind, r.tempering["ladder"][-1], r.tempering["replicas"], obs, mean, err,
+                             exact, (mean - exact) / err, ess, (grads + pilots) / max(ess, 1e-9), seconds,
+                             "; ".join(f"{t['beta_min']:.3g}: {t['tau']:.3g}" for t in search)))
+                print(rows[-1], flush=True)
+    return rows
+
+
+def auto_section(rows: list[tuple], versions: str, samples: int) -> list[str]:
+    lines = [
+        f"Command: `python scripts/tempering_validate.py --auto` ({time.strftime('%Y-%m-%d')}); {versions}; float32; "
+        f"{samples} draws per chain. `tempering: {{replicas: auto, beta_min: auto}}` against the hand-set ladder "
+        "of the rows above, on the same seeds. The auto run's cost counts its pilots (warmup and 200 draws per "
+        "candidate beta_min, and the replica count comes from the chosen pilot's barrier). 'search': each "
+        "candidate beta_min with the tau_int of the hottest replica's slowest observable there. z = (estimate - "
+        "exact) / MCSE; pass at |z| < 4.",
+        "",
+        "| target | seed | ladder | beta_min | replicas | observable | estimate | MCSE | exact | z | pass | ESS | "
+        "gradients / ESS (pilots included) | seconds | search (beta_min: tau_int) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (label, seed, kind, bmin, R, obs, mean, err, exact, z, ess, cost, seconds, search) in rows:
+        lines.append(f"| {label} | {seed} | {kind} | {bmin:.3g} | {R} | {obs} | {mean:.4g} | {err:.2g} | {exact:.5g} | "
+                     f"{z:+.2f} | {'yes' if abs(z) < 4 else 'NO'} | {ess:.0f} | {cost:.3g} | {seconds:.0f} | "
+                     f"{search} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs, printed only")
+    parser.add_argument("--auto", action="store_true", help="beta_min and replicas 'auto' against the hand-set "
+                        "ladders (its own VALIDATION.md section)")
     args = parser.parse_args()
+    if args.auto:
+        samples = 300 if args.quick else 1000
+        versions = (f"jax {__import__('jax').__version__}, numpy {np.__version__}, {platform.machine()}, "
+                    f"{__import__('os').cpu_count()} CPU cores")
+        lines = auto_section(auto_rows(samples, [1] if args.quick else [1, 2]), versions, samples)
+        print("\n".join(lines))
+        if not args.quick:
+            write(ROOT / "VALIDATION.md", lines, AUTO, "Replica exchange: beta_min and replicas 'auto' "
+                  "(`scripts/tempering_validate.py --auto`)")
+        return
     rows, costs = [], []
     for case in (classical, quantum, u1):
         r, c = case(args.quick)

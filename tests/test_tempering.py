@@ -272,3 +272,97 @@ def test_tempering_composes_with_nested_timescales():
         z = (np.ravel(s.mean) - np.ravel(s.exact)) / np.ravel(s.mcse)
         assert np.all(np.abs(z) < 4), (name, z)
     assert r.tempering["round_trip_rate"] > 0
+
+
+class _FakePilot:
+    """A pilot whose hottest replica's observable is an AR(1) trace with a given
+    coefficient per beta_min (tau_int = (1 + rho) / (1 - rho)): the search logic alone."""
+
+    def __init__(self, rho_of, draws=400):
+        self.rho_of, self.calls, self.draws = rho_of, [], draws
+
+    def __call__(self, options):
+        import types
+
+        self.calls.append(dict(options))
+        rho = self.rho_of(options["beta_min"])
+        rng = np.random.default_rng(len(self.calls))
+        x = np.zeros((4, self.draws))
+        x[:, 0] = rng.normal(size=4)
+        for t in range(1, self.draws):
+            x[:, t] = rho * x[:, t - 1] + np.sqrt(1 - rho**2) * rng.normal(size=4)
+        R = options["replicas"]
+        draws = {"replicas/x": np.repeat(x[:, :, None], R, axis=2), "x": x}
+        steps = {"n_steps": np.full((4, 10), 5 * R)}
+        return types.SimpleNamespace(draws=draws, tempering={"barrier": 1.0 / options["beta_min"] ** 0.25},
+                                     halted=False, warmup_stats=steps, stats=steps,
+                                     settings={"integrator": "leapfrog", "timescales": None, "thin": 1})
+
+
+def test_beta_min_auto_stops_where_heating_no_longer_shortens_the_hottest_replicas_tau():
+    # tau_int about 19, 4, 3: the third candidate does not halve tau, so the second is kept
+    rhos = {T.BETA_MIN_CANDIDATES[0]: 0.9, T.BETA_MIN_CANDIDATES[1]: 0.6, T.BETA_MIN_CANDIDATES[2]: 0.5}
+    pilot = _FakePilot(lambda b: rhos.get(b, 0.5))
+    options, trials = T.choose_beta_min({"replicas": 6, "beta_min": "auto"}, pilot)
+    assert [t["beta_min"] for t in trials] == list(T.BETA_MIN_CANDIDATES[:3])
+    assert options == {"replicas": 6, "beta_min": T.BETA_MIN_CANDIDATES[1]}
+    assert [t["chosen"] for t in trials] == [False, True, False]
+    assert trials[0]["tau"] > 10 and 2.5 < trials[1]["tau"] < 7 and trials[2]["tau"] * 2 > trials[1]["tau"]
+    assert all(c["record"] and c["replicas"] == 6 for c in pilot.calls)
+    assert trials[0]["observable"] == "x" and trials[0]["gradients"] == 2 * 4 * 10 * 5 * 6
+
+
+def test_beta_min_auto_stops_at_a_hottest_replica_that_decorrelates_and_sizes_auto_replicas():
+    pilot = _FakePilot(lambda b: 0.0)  # tau_int about 1 at once: one pilot, the coldest candidate
+    options, trials = T.choose_beta_min({"replicas": "auto", "beta_min": "auto"}, pilot)
+    assert len(trials) == 1 and options["beta_min"] == T.BETA_MIN_CANDIDATES[0]
+    assert pilot.calls[0]["replicas"] == T.PILOT_REPLICAS
+    assert options["replicas"] == T.replicas_for(trials[0]["barrier"])
+
+
+def test_beta_min_auto_takes_the_hottest_candidate_while_heating_keeps_helping(caplog, monkeypatch):
+    import logging
+
+    # tau_int 24, 8, 3 on three candidates: each hotter one divides it by more than 2 and the
+    # last is still above BETA_MIN_TAU: the search ends at the hottest, and says so
+    monkeypatch.setattr(T, "BETA_MIN_CANDIDATES", (0.3, 0.1, 0.03))
+    taus = {0.3: 24.0, 0.1: 8.0, 0.03: 3.0}
+    pilot = _FakePilot(lambda b: (taus[b] - 1) / (taus[b] + 1), draws=2000)
+    with caplog.at_level(logging.WARNING, logger="hmc"):
+        options, trials = T.choose_beta_min({"beta_min": "auto"}, pilot)
+    assert options["beta_min"] == 0.03 and len(trials) == 3 and trials[-1]["chosen"]
+    assert any("still shortened" in m for m in caplog.messages)
+    with pytest.raises(ValueError, match="beta_min 'auto' chooses the end of the ladder"):
+        T.choose_beta_min({"beta_min": "auto", "ladder": [1.0, 0.1]}, pilot)
+
+
+def test_beta_min_auto_in_a_run_and_its_run_directory(tmp_path):
+    from hmc import config, runner
+
+    pot = double_well(12.0)
+    kw = dict(seed=6, num_chains=4, num_warmup=100, num_samples=50, num_steps=5, progress=False)
+    r = hmc.sample(pot, **kw, tempering={"replicas": "auto", "beta_min": "auto"})
+    search = r.tempering["beta_min_search"]
+    chosen = next(t for t in search if t["chosen"])
+    assert r.tempering["ladder"][-1] == pytest.approx(chosen["beta_min"])
+    assert r.tempering["replicas"] == T.replicas_for(chosen["barrier"])
+    # the trials follow the rule: colder candidates first; every trial but the last two was
+    # too slow and its successor at least halved tau; the search ended by the rule
+    assert [t["beta_min"] for t in search] == list(T.BETA_MIN_CANDIDATES[:len(search)])
+    for before, after in zip(search[:-2], search[1:-1]):
+        assert before["tau"] > T.BETA_MIN_TAU and after["tau"] * T.BETA_MIN_KNEE <= before["tau"]
+    last = search[-1]
+    assert (chosen is last and last["tau"] <= T.BETA_MIN_TAU) or (
+        chosen is search[-2] and last["tau"] * T.BETA_MIN_KNEE > chosen["tau"])
+    data = {"model": {"name": "classical_double_well", "params": {"height": 12.0, "dim": 1}},
+            "sampler": {"num_chains": 4, "num_warmup": 100, "num_samples": 50, "num_steps": 5,
+                        "tempering": {"replicas": 4, "beta_min": "auto"}},
+            "output": {"dir": str(tmp_path / "out")}}
+    cfg = config.RunConfig.model_validate(data)
+    assert config.sample_kwargs(cfg)["tempering"]["beta_min"] == "auto"
+    with pytest.raises(Exception, match="beta_min"):
+        config.RunConfig.model_validate({**data, "sampler": {"tempering": {"beta_min": "hot"}}})
+    assert runner.execute(cfg, str(tmp_path), progress=False) == 0
+    out = runner.summarize_run(str(tmp_path / "out"))  # what `hmc summary` prints later, from the log
+    assert "beta_min auto, the hottest replica's slowest observable" in out["text"]
+    assert out["summary"].sampler["tempering"]["beta_min_search"][0]["beta_min"] == T.BETA_MIN_CANDIDATES[0]

@@ -159,7 +159,7 @@ class Tempered:
             raise ValueError(f"tempering.replicas must be an integer >= 2, got {self.replicas!r}")
         object.__setattr__(self, "replicas", int(self.replicas))
         if not (isinstance(self.beta_min, (int, float)) and 0.0 < self.beta_min < 1.0):
-            raise ValueError(f"tempering.beta_min must be in (0, 1), got {self.beta_min!r}")
+            raise ValueError(f"tempering.beta_min must be in (0, 1) or 'auto', got {self.beta_min!r}")
         if self.terms is not None:
             terms = (self.terms,) if isinstance(self.terms, str) else tuple(self.terms)
             if not terms or not all(isinstance(t, str) and t for t in terms):
@@ -397,24 +397,127 @@ def predicted_round_trip_rate(rejection: np.ndarray) -> float:
     return float(1.0 / (2.0 + 2.0 * np.sum(r / (1.0 - r))))
 
 
+def replicas_for(barrier_value: float) -> int:
+    """``ceil(2 Lambda + 1)`` replicas, at least 2 and at most :data:`MAX_REPLICAS` (Syed et
+    al.'s rule of thumb: the round-trip rate is then within a factor of about 2 of its optimum)."""
+    return int(min(MAX_REPLICAS, max(2, int(np.ceil(2.0 * barrier_value + 1.0)))))
+
+
+def _pilot_result(pilot: Callable[[dict], Any], options: dict, what: str) -> Any:
+    result = pilot(options)
+    if result.tempering is None or getattr(result, "halted", False):
+        raise ValueError(f"tempering: the pilot run for {what} did not finish; give it explicitly")
+    return result
+
+
 def choose_replicas(options: Mapping[str, Any], pilot: Callable[[dict], Any]) -> dict[str, Any]:
-    """``replicas: "auto"``: ``ceil(2 Lambda + 1)`` replicas (at least 2, at most
-    :data:`MAX_REPLICAS`), ``Lambda`` the barrier a pilot run with :data:`PILOT_REPLICAS`
-    replicas measured (``pilot(options) -> result``; Syed et al.'s rule of thumb: the
-    round-trip rate is then within a factor of about 2 of its optimum)."""
+    """``replicas: "auto"``: :func:`replicas_for` the barrier ``Lambda`` a pilot run with
+    :data:`PILOT_REPLICAS` replicas measured (``pilot(options) -> result``)."""
     if options.get("ladder") is not None:
         raise ValueError("tempering: replicas 'auto' chooses the number of replicas; it cannot go with a ladder")
-    first = dict(options, replicas=PILOT_REPLICAS)
-    result = pilot(first)
-    if result.tempering is None or getattr(result, "halted", False):
-        raise ValueError("tempering: the pilot run for replicas 'auto' did not finish; give replicas as a number")
+    result = _pilot_result(pilot, dict(options, replicas=PILOT_REPLICAS), "replicas 'auto'")
     lam = float(result.tempering["barrier"])
-    replicas = int(min(MAX_REPLICAS, max(2, int(np.ceil(2.0 * lam + 1.0)))))
+    replicas = replicas_for(lam)
+    _logger().info("tempering: replicas 'auto': the pilot with %d replicas measured Lambda = %.3g; "
+                   "running %d replicas", PILOT_REPLICAS, lam, replicas)
+    return dict(options, replicas=replicas)
+
+
+#: ``beta_min: "auto"``: the candidates, tried from the coldest (``10^(-k/2)``, 0.32 to 1e-4)
+BETA_MIN_CANDIDATES = tuple(float(10.0 ** (-k / 2.0)) for k in range(1, 9))
+#: the hottest replica counts as sampled well when its slowest observable's tau_int is at most this
+BETA_MIN_TAU = 2.0
+#: a hotter reference is taken only while it divides that tau_int by at least this factor
+BETA_MIN_KNEE = 2.0
+
+
+def hottest_tau(draws: Mapping[str, Any]) -> tuple[float, str]:
+    """The largest integrated autocorrelation time (draws per bulk effective sample, over
+    the chains) among the observables of the hottest replica (``replicas/<name>`` at the
+    last temperature index), and that observable's name (``name[i]`` for a component)."""
+    from hmc import diagnostics as _diagnostics
+
+    worst, which = 0.0, ""
+    for key, values in draws.items():
+        if not key.startswith("replicas/"):
+            continue
+        x = np.asarray(values, np.float64)[:, :, -1]
+        flat = x.reshape(x.shape[0], x.shape[1], -1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            tau = flat.shape[0] * flat.shape[1] / np.asarray(_diagnostics.ess_bulk(flat), np.float64)
+        tau = np.where(np.isfinite(tau), tau, 0.0)
+        i = int(np.argmax(tau))
+        if tau[i] > worst:
+            worst, which = float(tau[i]), key[len("replicas/"):] + (f"[{i}]" if flat.shape[2] > 1 else "")
+    return worst, which
+
+
+def pilot_gradients(result: Any) -> int:
+    """Gradient evaluations a run spent, warmup included (every replica's steps)."""
+    warmup = int(np.sum(np.asarray(result.warmup_stats.get("n_steps", 0))))
+    sampled = int(np.sum(np.asarray(result.stats.get("n_steps", 0)))) * int(result.settings.get("thin", 1))
+    per_step = _integrators.gradient_evaluations_per_step(result.settings["integrator"],
+                                                          result.settings.get("timescales"))
+    return int((warmup + sampled) * per_step)
+
+
+def choose_beta_min(options: Mapping[str, Any], pilot: Callable[[dict], Any]) -> tuple[dict[str, Any], list]:
+    """``beta_min: "auto"``: the coldest reference at which the hottest replica explores.
+
+    Pilot runs (warmup and :data:`PILOT_DRAWS` draws, with the given number of replicas or
+    :data:`PILOT_REPLICAS`, the other replicas' observables recorded) try
+    :data:`BETA_MIN_CANDIDATES` from the coldest. At each the slowest observable of the
+    hottest replica is found (:func:`hottest_tau`). The search stops at the first candidate
+    where that ``tau_int`` is at most :data:`BETA_MIN_TAU`, or at the one before a candidate
+    that heating further no longer helps (it divides ``tau_int`` by less than
+    :data:`BETA_MIN_KNEE`): with every term tempered, replica ``beta`` runs with the mass
+    ``beta M``, so the modes a potential well confines decorrelate at the same rate at
+    every temperature, and only the barriers heating removes shorten ``tau_int``. With
+    ``replicas: "auto"`` the chosen pilot's barrier sets the number of replicas
+    (:func:`replicas_for`). Returns the options and the trials (for the report).
+
+    A mode that no chain of the pilot visits is invisible to this search, as to any
+    diagnostic: start the chains dispersed."""
+    if options.get("ladder") is not None:
+        raise ValueError("tempering: beta_min 'auto' chooses the end of the ladder; it cannot go with a ladder")
+    auto_replicas = options.get("replicas", PILOT_REPLICAS) == "auto"
+    replicas = PILOT_REPLICAS if auto_replicas else options.get("replicas", PILOT_REPLICAS)
+    trials: list[dict[str, Any]] = []
+    chosen = None
+    for beta_min in BETA_MIN_CANDIDATES:
+        result = _pilot_result(pilot, dict(options, replicas=replicas, beta_min=beta_min, record=True),
+                               "beta_min 'auto'")
+        tau, name = hottest_tau(result.draws)
+        trials.append({"beta_min": beta_min, "tau": tau, "observable": name,
+                       "barrier": float(result.tempering["barrier"]), "replicas": replicas,
+                       "gradients": pilot_gradients(result)})
+        _logger().info("tempering: beta_min 'auto': at beta_min = %.3g the hottest replica's slowest observable %s "
+                       "has tau_int %.3g (Lambda = %.3g)", beta_min, name, tau, trials[-1]["barrier"])
+        if tau <= BETA_MIN_TAU:
+            chosen = trials[-1]
+            break
+        if len(trials) >= 2 and tau * BETA_MIN_KNEE > trials[-2]["tau"]:
+            chosen = trials[-2]
+            break
+    if chosen is None:
+        chosen = trials[-1]
+        _logger().warning("tempering: beta_min 'auto': heating to beta_min = %.3g still shortened the hottest "
+                          "replica's tau_int (%.3g); using it, the hottest candidate", chosen["beta_min"],
+                          chosen["tau"])
+    out = dict(options, beta_min=chosen["beta_min"])
+    if auto_replicas:
+        out["replicas"] = replicas_for(chosen["barrier"])
+    _logger().info("tempering: beta_min 'auto': using beta_min = %.3g with %s replicas", chosen["beta_min"],
+                   out["replicas"] if "replicas" in out else replicas)
+    for trial in trials:
+        trial["chosen"] = trial is chosen
+    return out, trials
+
+
+def _logger() -> Any:
     import logging
 
-    logging.getLogger("hmc").info("tempering: replicas 'auto': the pilot with %d replicas measured Lambda = %.3g; "
-                                  "running %d replicas", PILOT_REPLICAS, lam, replicas)
-    return dict(options, replicas=replicas)
+    return logging.getLogger("hmc")
 
 
 def replica_observables(potential: Any, states: TemperedState) -> dict[str, Array]:
@@ -452,4 +555,4 @@ def report(states: TemperedState, index_process: np.ndarray | None = None) -> di
 
 
 __all__ = ["replica_observables", "Tempered", "TemperedInfo", "TemperedState", "adapt_ladder", "barrier", "check_ladder", "equalized_ladder",
-           "choose_replicas", "ladder_of", "predicted_round_trip_rate", "report"]
+           "choose_beta_min", "choose_replicas", "hottest_tau", "ladder_of", "replicas_for", "predicted_round_trip_rate", "report"]
