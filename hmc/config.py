@@ -68,6 +68,7 @@ class TemperingConfig(_Section):
     terms: list[str] | None = None  # the tempered terms (default: all)
     adapt: bool = True  # adapt the ladder in warmup rounds
     record: bool = False  # also record every replica's observables (replicas/<name>, temperature order)
+    swaps: bool = True  # false: the replicas run side by side without exchange (a contrast)
 
 
 class SamplerConfig(_Section):
@@ -457,7 +458,7 @@ def _import_factory(spec: str, config_dir: str | None) -> Any:
 
 def _tempering_options(t: TemperingConfig) -> dict[str, Any]:
     """The ``tempering`` argument: an explicit ladder replaces ``replicas`` and ``beta_min``."""
-    options = {"adapt": t.adapt, "terms": t.terms, "record": t.record}
+    options = {"adapt": t.adapt, "terms": t.terms, "record": t.record, "swaps": t.swaps}
     if t.ladder is not None:
         options["ladder"] = list(t.ladder)
     else:

@@ -197,8 +197,7 @@ def _finish(cfg: _config.RunConfig, data: dict[str, Any], ident: dict[str, Any],
     _rundir.append_jsonl(run_dir.file("log.jsonl"), [dict(
         event="end", time=_now(), halted=result.halted, halt_reason=result.halt_reason,
         seconds=result.timing.get("total_seconds"),
-        **({"beta_min_search": result.tempering["beta_min_search"]}
-           if result.tempering and "beta_min_search" in result.tempering else {}))])
+        **{k: result.tempering[k] for k in ("beta_min_search", "pilot_gradients") if k in (result.tempering or {})})])
     try:
         from hmc import plots
 
@@ -346,9 +345,10 @@ def _tempering_note(run_dir: Any, result: Any = None) -> tuple[str, dict | None]
             log = _rundir.read_jsonl(path)
             records = [r for r in log if r.get("event") == "chunk" and r.get("tempering") and r.get("phase") == "sampling"]
             report = dict(records[-1]["tempering"]) if records else None
-            searches = [r["beta_min_search"] for r in log if r.get("event") == "end" and r.get("beta_min_search")]
-            if report and searches:
-                report["beta_min_search"] = searches[-1]
+            ends = [r for r in log if r.get("event") == "end"]
+            for key in ("beta_min_search", "pilot_gradients"):
+                if report and ends and ends[-1].get(key):
+                    report[key] = ends[-1][key]
     if not report:
         return "", None
     fmt = lambda xs: "[" + ", ".join(f"{x:.3g}" for x in xs) + "]"  # noqa: E731
@@ -361,8 +361,9 @@ def _tempering_note(run_dir: Any, result: Any = None) -> tuple[str, dict | None]
     if search:
         tried = "; ".join(f"{t['beta_min']:.3g} (tau_int {t['tau']:.3g} of {t['observable']}"
                           f"{', chosen' if t['chosen'] else ''})" for t in search)
-        text += (f"\n  beta_min auto, the hottest replica's slowest observable at each pilot: {tried}; the pilots "
-                 f"took {sum(t['gradients'] for t in search)} gradients")
+        text += f"\n  beta_min auto, the slowest observable of a replica alone at each candidate: {tried}"
+    if report.get("pilot_gradients"):
+        text += f"\n  pilot runs (replicas or beta_min auto) took {report['pilot_gradients']} gradients"
     return text, report
 
 

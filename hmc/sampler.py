@@ -177,10 +177,12 @@ def sample(
         ``"adapt": False`` keeps the ladder; ``"replicas": "auto"``: a pilot run (warmup and
         200 draws with 8 replicas) measures the barrier ``Lambda``, then ``ceil(2 Lambda + 1)``
         replicas (at least 2, at most 64) run; ``"beta_min": "auto"``: pilot runs lower
-        ``beta_min`` from 0.32 by factors of sqrt(10) until the hottest replica's slowest
-        observable decorrelates within 2 transitions or heating further stops helping
-        (:func:`hmc.kernels.tempering.choose_beta_min`; the trials are in
-        ``result.tempering["beta_min_search"]``); ``"record": True`` also records every replica's
+        ``beta_min`` from 0.32 by factors of sqrt(10) until a replica at ``beta_min`` alone
+        decorrelates its slowest observable within 2 transitions or heating further stops
+        helping (:func:`hmc.kernels.tempering.choose_beta_min`; the trials are in
+        ``result.tempering["beta_min_search"]``, the pilots' gradients in
+        ``result.tempering["pilot_gradients"]``); ``"swaps": False`` runs the replicas
+        without exchange; ``"record": True`` also records every replica's
         observables (``replicas/<name>``). Draws come from the ``beta = 1`` replica;
         ``result.tempering`` has the swap rates, round trips, the barrier and the ladder.
     persistence
@@ -245,15 +247,17 @@ def sample(
         ``snapshot()`` that returns a :class:`Checkpoint`); returning ``True``
         stops the run there (the result then has ``stopped=True``).
     """
-    search = None
+    search, pilots = None, []
     if isinstance(tempering, Mapping) and "auto" in (tempering.get("replicas"), tempering.get("beta_min")):
-        # pilot runs measure the barrier (replicas: auto) or the hottest replica's mixing (beta_min: auto)
+        # pilot runs measure the barrier (replicas: auto) or a hot replica's mixing (beta_min: auto)
         arguments = {k: v for k, v in locals().items() if k not in ("potential", "tempering", "resume", "on_chunk",
-                                                                    "progress", "init_positions", "search")}
+                                                                    "progress", "init_positions", "search", "pilots")}
 
         def pilot(options: dict) -> SampleResult:
-            return sample(potential, **dict(arguments, num_samples=_tempering.PILOT_DRAWS, tempering=options,
-                                             progress=False, init_positions=init_positions))
+            out = sample(potential, **dict(arguments, num_samples=_tempering.PILOT_DRAWS, tempering=options,
+                                            progress=False, init_positions=init_positions))
+            pilots.append(_tempering.pilot_gradients(out))
+            return out
 
         if tempering.get("beta_min") == "auto":
             tempering, search = _tempering.choose_beta_min(tempering, pilot)
@@ -278,8 +282,10 @@ def sample(
         run.warmup()
         run.sampling()
     result = run.result()
-    if search is not None and result.tempering is not None:
-        result.tempering["beta_min_search"] = search
+    if pilots and result.tempering is not None:
+        result.tempering["pilot_gradients"] = int(sum(pilots))
+        if search is not None:
+            result.tempering["beta_min_search"] = search
     return result
 
 

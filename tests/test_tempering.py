@@ -199,7 +199,7 @@ def test_config_section_and_its_errors(tmp_path):
         sampler: {tempering: {replicas: 5, beta_min: 0.05, terms: [potential]}}
     """)
     assert config.sample_kwargs(cfg)["tempering"] == {"adapt": True, "terms": ["potential"], "record": False,
-                                                      "replicas": 5, "beta_min": 0.05}
+                                                      "swaps": True, "replicas": 5, "beta_min": 0.05}
     ladder = load("""
         model: {name: classical_double_well}
         sampler: {tempering: {ladder: [1.0, 0.4, 0.1]}}
@@ -285,16 +285,17 @@ class _FakePilot:
         import types
 
         self.calls.append(dict(options))
-        rho = self.rho_of(options["beta_min"])
+        beta_min = options["ladder"][-1] if options.get("ladder") else options["beta_min"]
+        rho = self.rho_of(beta_min)
         rng = np.random.default_rng(len(self.calls))
         x = np.zeros((4, self.draws))
         x[:, 0] = rng.normal(size=4)
         for t in range(1, self.draws):
             x[:, t] = rho * x[:, t - 1] + np.sqrt(1 - rho**2) * rng.normal(size=4)
-        R = options["replicas"]
+        R = len(options["ladder"]) if options.get("ladder") else options["replicas"]
         draws = {"replicas/x": np.repeat(x[:, :, None], R, axis=2), "x": x}
         steps = {"n_steps": np.full((4, 10), 5 * R)}
-        return types.SimpleNamespace(draws=draws, tempering={"barrier": 1.0 / options["beta_min"] ** 0.25},
+        return types.SimpleNamespace(draws=draws, tempering={"barrier": 1.0 / beta_min ** 0.25},
                                      halted=False, warmup_stats=steps, stats=steps,
                                      settings={"integrator": "leapfrog", "timescales": None, "thin": 1})
 
@@ -308,16 +309,21 @@ def test_beta_min_auto_stops_where_heating_no_longer_shortens_the_hottest_replic
     assert options == {"replicas": 6, "beta_min": T.BETA_MIN_CANDIDATES[1]}
     assert [t["chosen"] for t in trials] == [False, True, False]
     assert trials[0]["tau"] > 10 and 2.5 < trials[1]["tau"] < 7 and trials[2]["tau"] * 2 > trials[1]["tau"]
-    assert all(c["record"] and c["replicas"] == 6 for c in pilot.calls)
-    assert trials[0]["observable"] == "x" and trials[0]["gradients"] == 2 * 4 * 10 * 5 * 6
+    # each pilot: a replica at 1 and one at the candidate, side by side without swaps
+    assert all(c["record"] and not c["swaps"] and not c["adapt"] and "replicas" not in c for c in pilot.calls)
+    assert [c["ladder"] for c in pilot.calls] == [[1.0, b] for b in T.BETA_MIN_CANDIDATES[:3]]
+    assert trials[0]["observable"] == "x"
 
 
 def test_beta_min_auto_stops_at_a_hottest_replica_that_decorrelates_and_sizes_auto_replicas():
     pilot = _FakePilot(lambda b: 0.0)  # tau_int about 1 at once: one pilot, the coldest candidate
     options, trials = T.choose_beta_min({"replicas": "auto", "beta_min": "auto"}, pilot)
     assert len(trials) == 1 and options["beta_min"] == T.BETA_MIN_CANDIDATES[0]
-    assert pilot.calls[0]["replicas"] == T.PILOT_REPLICAS
-    assert options["replicas"] == T.replicas_for(trials[0]["barrier"])
+    # then a swapping pilot at the chosen beta_min measures the barrier that sizes the ladder
+    sizing = pilot.calls[1]
+    assert sizing["replicas"] == T.PILOT_REPLICAS and sizing["beta_min"] == T.BETA_MIN_CANDIDATES[0]
+    assert sizing.get("swaps", True) and len(pilot.calls) == 2
+    assert options["replicas"] == T.replicas_for(1.0 / T.BETA_MIN_CANDIDATES[0] ** 0.25)
 
 
 def test_beta_min_auto_takes_the_hottest_candidate_while_heating_keeps_helping(caplog, monkeypatch):
@@ -345,7 +351,10 @@ def test_beta_min_auto_in_a_run_and_its_run_directory(tmp_path):
     search = r.tempering["beta_min_search"]
     chosen = next(t for t in search if t["chosen"])
     assert r.tempering["ladder"][-1] == pytest.approx(chosen["beta_min"])
-    assert r.tempering["replicas"] == T.replicas_for(chosen["barrier"])
+    assert 2 <= r.tempering["replicas"] <= T.MAX_REPLICAS
+    # the pilots: two replicas each, (warmup + 200 draws) transitions of num_steps = 5, and the sizing pilot
+    per_transition = 5 * hmc.integrators.gradient_evaluations_per_step("minimum_norm")
+    assert r.tempering["pilot_gradients"] == per_transition * (100 + T.PILOT_DRAWS) * 4 * (2 * len(search) + T.PILOT_REPLICAS)
     # the trials follow the rule: colder candidates first; every trial but the last two was
     # too slow and its successor at least halved tau; the search ended by the rule
     assert [t["beta_min"] for t in search] == list(T.BETA_MIN_CANDIDATES[:len(search)])
@@ -364,5 +373,6 @@ def test_beta_min_auto_in_a_run_and_its_run_directory(tmp_path):
         config.RunConfig.model_validate({**data, "sampler": {"tempering": {"beta_min": "hot"}}})
     assert runner.execute(cfg, str(tmp_path), progress=False) == 0
     out = runner.summarize_run(str(tmp_path / "out"))  # what `hmc summary` prints later, from the log
-    assert "beta_min auto, the hottest replica's slowest observable" in out["text"]
+    assert "beta_min auto, the slowest observable of a replica alone" in out["text"]
+    assert "pilot runs (replicas or beta_min auto) took" in out["text"]
     assert out["summary"].sampler["tempering"]["beta_min_search"][0]["beta_min"] == T.BETA_MIN_CANDIDATES[0]

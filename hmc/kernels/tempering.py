@@ -46,7 +46,7 @@ from hmc.kernels.base import Info, Kernel, Params, check_guard
 PyTree = Any
 PILOT_REPLICAS, PILOT_DRAWS, MAX_REPLICAS = 8, 200, 64  # replicas: "auto"
 SWAP_STREAM = 5  # fold_in(key, 5): the keys of a transition's swap tests
-TEMPERING_KEYS = ("replicas", "beta_min", "ladder", "terms", "adapt", "record")
+TEMPERING_KEYS = ("replicas", "beta_min", "ladder", "terms", "adapt", "record", "swaps")
 
 
 class TemperedState(NamedTuple):
@@ -129,8 +129,9 @@ class Tempered:
     inverse temperatures instead (decreasing from 1, in ``(0, 1]``); ``terms`` the tempered
     terms (default: all); ``adapt`` (default true) adapts the ladder in warmup, keeping
     ``beta_min``; ``record`` (default false) also records every observable of every replica,
-    in temperature order (``replicas/<name>``, shape ``(chains, draws, R, ...)``). See the
-    module docstring.
+    in temperature order (``replicas/<name>``, shape ``(chains, draws, R, ...)``); ``swaps``
+    (default true) false runs the replicas side by side without exchange, each at its own
+    temperature (the pilots of ``beta_min: "auto"``, and a contrast). See the module docstring.
     """
 
     base: Any
@@ -140,6 +141,7 @@ class Tempered:
     terms: tuple | None = None
     adapt: bool = True
     record: bool = False
+    swaps: bool = True
     name: str = dataclasses.field(default="tempered", init=False)
     locates_trips = True  # a replay from the end state would not see the other replicas' moves
 
@@ -312,7 +314,7 @@ class _Replicas:
         pair = jnp.arange(R - 1)
         tried = pair % 2 == state.transitions % 2
         u = jax.vmap(lambda i: _rng.uniform(_rng.fold_in(_rng.fold_in(key, SWAP_STREAM), i), ladder.dtype))(pair)
-        swap = tried & (jnp.log(u) < log_ratio)
+        swap = tried & (jnp.log(u) < log_ratio) & self.spec.swaps
         # exchange the labels of accepted pairs (the tried pairs are disjoint)
         down = jnp.concatenate([swap, jnp.zeros(1, bool)])  # index i takes the slot of i + 1
         up = jnp.concatenate([jnp.zeros(1, bool), swap])    # index i takes the slot of i - 1
@@ -462,37 +464,36 @@ def pilot_gradients(result: Any) -> int:
 
 
 def choose_beta_min(options: Mapping[str, Any], pilot: Callable[[dict], Any]) -> tuple[dict[str, Any], list]:
-    """``beta_min: "auto"``: the coldest reference at which the hottest replica explores.
+    """``beta_min: "auto"``: the coldest reference at which a replica explores on its own.
 
-    Pilot runs (warmup and :data:`PILOT_DRAWS` draws, with the given number of replicas or
-    :data:`PILOT_REPLICAS`, the other replicas' observables recorded) try
-    :data:`BETA_MIN_CANDIDATES` from the coldest. At each the slowest observable of the
-    hottest replica is found (:func:`hottest_tau`). The search stops at the first candidate
-    where that ``tau_int`` is at most :data:`BETA_MIN_TAU`, or at the one before a candidate
-    that heating further no longer helps (it divides ``tau_int`` by less than
+    Pilot runs (warmup and :data:`PILOT_DRAWS` draws) try :data:`BETA_MIN_CANDIDATES` from
+    the coldest. Each runs two replicas, at 1 and at the candidate, without swaps: the hot
+    one is then plain HMC at the candidate temperature, with the step and the mass matrix
+    tempering gives it. (Measured at the hottest temperature *level* of a swapping ladder,
+    the configurations that swaps shuffle between levels hide that no replica crosses.)
+    The search stops at the first candidate where the slowest observable of the hot replica
+    (:func:`hottest_tau`) has ``tau_int`` at most :data:`BETA_MIN_TAU`, or at the one before
+    a candidate where heating further no longer helps (it divides ``tau_int`` by less than
     :data:`BETA_MIN_KNEE`): with every term tempered, replica ``beta`` runs with the mass
-    ``beta M``, so the modes a potential well confines decorrelate at the same rate at
+    ``beta M``, so a mode that a potential well confines decorrelates at the same rate at
     every temperature, and only the barriers heating removes shorten ``tau_int``. With
-    ``replicas: "auto"`` the chosen pilot's barrier sets the number of replicas
-    (:func:`replicas_for`). Returns the options and the trials (for the report).
+    ``replicas: "auto"`` a pilot at the chosen ``beta_min`` then sizes the ladder
+    (:func:`choose_replicas`). Returns the options and the trials (for the report).
 
     A mode that no chain of the pilot visits is invisible to this search, as to any
     diagnostic: start the chains dispersed."""
     if options.get("ladder") is not None:
         raise ValueError("tempering: beta_min 'auto' chooses the end of the ladder; it cannot go with a ladder")
-    auto_replicas = options.get("replicas", PILOT_REPLICAS) == "auto"
-    replicas = PILOT_REPLICAS if auto_replicas else options.get("replicas", PILOT_REPLICAS)
     trials: list[dict[str, Any]] = []
     chosen = None
     for beta_min in BETA_MIN_CANDIDATES:
-        result = _pilot_result(pilot, dict(options, replicas=replicas, beta_min=beta_min, record=True),
+        probe = {k: v for k, v in options.items() if k not in ("replicas", "beta_min")}
+        result = _pilot_result(pilot, dict(probe, ladder=[1.0, beta_min], swaps=False, adapt=False, record=True),
                                "beta_min 'auto'")
         tau, name = hottest_tau(result.draws)
-        trials.append({"beta_min": beta_min, "tau": tau, "observable": name,
-                       "barrier": float(result.tempering["barrier"]), "replicas": replicas,
-                       "gradients": pilot_gradients(result)})
-        _logger().info("tempering: beta_min 'auto': at beta_min = %.3g the hottest replica's slowest observable %s "
-                       "has tau_int %.3g (Lambda = %.3g)", beta_min, name, tau, trials[-1]["barrier"])
+        trials.append({"beta_min": beta_min, "tau": tau, "observable": name})
+        _logger().info("tempering: beta_min 'auto': a replica at beta = %.3g alone: its slowest observable %s has "
+                       "tau_int %.3g", beta_min, name, tau)
         if tau <= BETA_MIN_TAU:
             chosen = trials[-1]
             break
@@ -501,16 +502,15 @@ def choose_beta_min(options: Mapping[str, Any], pilot: Callable[[dict], Any]) ->
             break
     if chosen is None:
         chosen = trials[-1]
-        _logger().warning("tempering: beta_min 'auto': heating to beta_min = %.3g still shortened the hottest "
+        _logger().warning("tempering: beta_min 'auto': heating to beta_min = %.3g still shortened the hot "
                           "replica's tau_int (%.3g); using it, the hottest candidate", chosen["beta_min"],
                           chosen["tau"])
-    out = dict(options, beta_min=chosen["beta_min"])
-    if auto_replicas:
-        out["replicas"] = replicas_for(chosen["barrier"])
-    _logger().info("tempering: beta_min 'auto': using beta_min = %.3g with %s replicas", chosen["beta_min"],
-                   out["replicas"] if "replicas" in out else replicas)
     for trial in trials:
         trial["chosen"] = trial is chosen
+    out = dict(options, beta_min=chosen["beta_min"])
+    _logger().info("tempering: beta_min 'auto': using beta_min = %.3g", chosen["beta_min"])
+    if options.get("replicas") == "auto":
+        out = choose_replicas(out, pilot)
     return out, trials
 
 
