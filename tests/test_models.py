@@ -112,6 +112,7 @@ def test_model_contract_and_guard_clean(name):
 @pytest.mark.parametrize("bad", [
     ("harmonic_oscillator", {"n_sites": 1}, "n_sites"),
     ("phi4", {"lam": 0.0, "m2": -1.0}, "m2"),
+    ("phi4", {"start": "warm"}, "start"),
     ("u1_gauge", {"beta": 0.0}, "beta"),
     ("lennard_jones", {"wall_radius": 0.5}, "wall_radius"),
     ("gaussian", {"correlation": 1.0}, "correlation"),
@@ -211,3 +212,17 @@ def test_validation_script_all_cases():
     # ~96 rows, each |z| < 3 alone fails about one run in four: bound the family instead
     # (Bonferroni at 1 % over 100 rows: |z| < 3.9)
     assert module.main(["--quick", "--z-pass", "4.0"]) == 0
+
+
+def test_phi4_cold_start_sits_in_a_vacuum_with_a_random_sign_per_chain():
+    pot = physics_models.phi4(shape=(8, 8), m2=-1.0, lam=0.5, start="cold")  # v = 1
+    fields = np.stack([np.asarray(pot.init(jax.random.key(k))["phi"]) for k in range(16)])
+    means = fields.mean(axis=(1, 2))
+    np.testing.assert_allclose(np.abs(means), 1.0, atol=0.05)
+    assert 0 < np.sum(means > 0) < 16  # both vacua among 16 chains
+    assert 0.05 < float(np.std(fields - means[:, None, None])) < 0.15
+    # the hot start is the default and is unchanged: 0.5 N(0, 1) from the key
+    hot = physics_models.phi4(shape=(8, 8), m2=-1.0, lam=0.5)
+    np.testing.assert_array_equal(hot.init(jax.random.key(3))["phi"], 0.5 * jax.random.normal(jax.random.key(3), (8, 8)))
+    assert float(np.std(physics_models.phi4(shape=(8, 8), m2=1.0, lam=0.5, start="cold").init(
+        jax.random.key(0))["phi"])) < 0.15  # symmetric phase: the vacuum is 0
