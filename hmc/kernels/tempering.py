@@ -26,6 +26,10 @@ replica ``beta`` runs with the mass matrix ``beta M`` (inverse ``M^-1 / beta``):
 ``beta^(-1/2)`` larger, so the step is as stable and a trajectory covers the same phase
 at every temperature while reaching the wider tempered distribution; with some terms kept
 at ``beta = 1`` every replica uses the target's mass matrix.
+
+Auxiliary fields (pseudofermions) are redrawn at each transition by a heat bath for the
+untempered action, so a potential with them tempers only named terms that do not read them
+(the Schwinger model's ``gauge``: every replica keeps the fermion determinant at full power).
 """
 
 from __future__ import annotations
@@ -225,10 +229,12 @@ class Tempered:
         terms = getattr(potential, "terms", None)
         if terms is None:
             raise ValueError("tempering scales a Potential's named terms; this kernel was built for a bare function")
-        if getattr(potential, "auxiliary", None):
-            raise ValueError("tempering: a potential with auxiliary fields cannot be tempered yet (the fields' "
-                             "heat bath is drawn at beta = 1)")
-        return _Replicas(self, potential, self.tempered_names(list(terms)), guard)
+        tempered = self.tempered_names(list(terms))
+        if getattr(potential, "auxiliary", None) and self.terms is None:
+            raise ValueError(f"tempering: the potential has auxiliary fields {list(potential.auxiliary)}, whose heat "
+                             f"bath draws them at beta = 1: name the tempered terms (tempering.terms), those that "
+                             f"do not read the fields (terms: {list(terms)})")
+        return _Replicas(self, potential, tempered, guard)
 
 
 def _index_of(slot_of: Array) -> Array:
@@ -264,7 +270,23 @@ class _Replicas:
     def init_at(self, position: PyTree, beta: Array) -> Any:
         return self.spec.base.build(self.at(beta), self.guard).init(position)
 
+    def check_fields(self, position: PyTree) -> None:
+        """With auxiliary fields: no tempered term may read them (the fields' heat bath
+        draws them for the untempered action). A term that reads one fails to evaluate on
+        the position alone."""
+        fields = list(getattr(self.potential, "auxiliary", None) or ())
+        if not fields:
+            return
+        for name in self.tempered:
+            try:
+                jax.eval_shape(self.terms[name], position)
+            except (KeyError, TypeError, IndexError) as err:
+                raise ValueError(f"tempering.terms names {name!r}, which reads the auxiliary fields {fields} "
+                                 f"({type(err).__name__}: {err}); their heat bath is drawn at beta = 1, so only "
+                                 f"terms that do not read them can be tempered") from None
+
     def init(self, position: PyTree) -> TemperedState:
+        self.check_fields(position)
         R = self.R
         dtype = jnp.result_type(*[jnp.asarray(x).dtype for x in jax.tree_util.tree_leaves(position)])
         ladder = jnp.asarray(self.spec.initial_ladder, dtype)
