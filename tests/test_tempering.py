@@ -405,3 +405,32 @@ def test_tempering_the_gauge_term_under_pseudofermions_keeps_the_target():
         a, b = (np.asarray(r.draws[name], np.float64) for r in (tempered, exact))
         err = np.hypot(diagnostics.mcse(a), diagnostics.mcse(b))
         assert abs(a.mean() - b.mean()) < 4 * err, (name, a.mean(), b.mean(), err)
+
+
+def test_a_swap_moves_a_pseudofermion_replicas_energy_by_its_tempered_share():
+    """With auxiliary fields the energy after a swap is the replica's own: its fields kept,
+    the gauge share moved to the new temperature (no fermion solve again)."""
+    pot = physics_models.schwinger(L=4, beta=2.0, mass=0.2)
+    spec = T.Tempered(HMC(num_steps=2), ladder=(1.0, 0.5), terms=("gauge",))
+    kernel = spec.build(pot, "step")
+    state = kernel.init(pot.init(jax.random.key(0)))
+    params = Params(jnp.asarray(0.1), None)
+    swapped = 0
+    for t in range(12):
+        before = state
+        state, info = kernel.step(jax.random.key(t), state, params)
+        betas = np.asarray(state.ladder)[np.asarray(info.beta_index)]
+        for s in range(2):
+            q = jax.tree_util.tree_map(lambda x: x[s], state.replicas.position)
+            fields = jax.tree_util.tree_map(lambda x: x[s], state.replicas.auxiliary)
+            full = {**q, **fields}
+            expected = betas[s] * float(pot.terms["gauge"](full)) + float(pot.terms["fermion"](full))
+            np.testing.assert_allclose(float(state.replicas.potential_energy[s]), expected, rtol=2e-5)
+            grad = jax.grad(lambda th: betas[s] * pot.terms["gauge"]({**full, "theta": th})
+                            + pot.terms["fermion"]({**full, "theta": th}))(q["theta"])
+            np.testing.assert_allclose(state.replicas.potential_energy_grad["theta"][s], grad, rtol=2e-4, atol=2e-5)
+            # a swapped replica keeps the fields its trajectory used (not a fresh fixed-key draw)
+            drawn = pot.with_auxiliary(dict(q))["phi"]
+            assert not np.allclose(fields["phi"], drawn)
+        swapped += int(np.any(np.asarray(state.slot_of) != np.asarray(before.slot_of)))
+    assert swapped, "no swap in 12 transitions"

@@ -313,14 +313,25 @@ class _Replicas:
         return self.spec.base.build(self.at(beta), self.guard).step(key, state, params)
 
     def rescaled(self, state: Any, old: Array, new: Array) -> Any:
-        """A replica's state at a new temperature: exact rescaling when every term is
-        tempered, else a fresh energy and gradient (only where the label changed)."""
+        """A replica's state at a new temperature (only where the label changed): exact
+        rescaling when every term is tempered; with auxiliary fields, the tempered terms'
+        share moved by ``(new - old) U_T`` (they do not read the fields, so the replica keeps
+        its own fields and no untempered term, a pseudofermion solve, is evaluated again);
+        else a fresh energy and gradient."""
         if self.all_tempered:
             ratio = new / old
             return state._replace(potential_energy=state.potential_energy * ratio,
                                   potential_energy_grad=jax.tree_util.tree_map(lambda g: g * ratio,
                                                                                state.potential_energy_grad))
-        fresh = self.init_at(state.position, new)
+        tree = jax.tree_util.tree_structure
+        if getattr(self.potential, "auxiliary", None) and tree(state.potential_energy_grad) == tree(state.position):
+            value, grad = jax.value_and_grad(self.tempered_energy)(state.position)
+            shift = (new - old).astype(state.potential_energy.dtype)
+            fresh = state._replace(potential_energy=state.potential_energy + shift * value,
+                                   potential_energy_grad=jax.tree_util.tree_map(
+                                       lambda g, t: g + shift * t, state.potential_energy_grad, grad))
+        else:
+            fresh = self.init_at(state.position, new)
         return jax.tree_util.tree_map(lambda f, s: jnp.where(new != old, f, s), fresh, state)
 
     def swaps(self, key: Array, state: TemperedState, moved: Any, beta_of_slot: Array) -> tuple:
