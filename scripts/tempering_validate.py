@@ -257,8 +257,9 @@ def main() -> None:
         lines = [f"Command: `python scripts/tempering_validate.py --schwinger` ({time.strftime('%Y-%m-%d')}); "
                  f"{versions}; float32; 4 chains, 300 warmup, {samples} draws. Two flavours of Wilson fermions "
                  "(pseudofermions, CG), the gauge action tempered and the fermion action at beta = 1 in every "
-                 "replica, against plain HMC with R times the transitions per draw (equal sampling cost; the "
-                 "tempered warmup moves R replicas, so its total is higher). Q changes: draws at which the rounded "
+                 "replica, against plain HMC with R times the transitions per draw (as many trajectories in "
+                 "sampling). Gradients count every trajectory, warmup included: the tempered warmup moves R replicas, "
+                 "and its adapted step can differ. Q changes: draws at which the rounded "
                  "charge changes, per chain; tau_int of Q^2 in draws (infinite where Q never moved). No exact "
                  "<Q^2> is known here; the tempered scheme agrees with the exact determinant on 4x4 "
                  "(`tests/test_tempering.py`, slow tier).", "",
