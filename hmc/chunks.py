@@ -119,7 +119,8 @@ def limiter(program: Program, potential: Potential) -> Callable:
     """``(adapt_state, t, keys, states) -> adapt_state``: before warmup iteration ``t``, at the
     start and after every change of the mass matrix, the step cap from the largest frequency
     of the chains' states (the largest over chains when pooled). With nested timescales,
-    each level's frequency caps that level's own step, ``eps / (steps_0 * ... * steps_l)``."""
+    each level's frequency caps that level's own step, ``eps / (steps_0 * ... * steps_l)``,
+    at the stability limit of the level's integrator."""
     integrator = getattr(program.kernel, "integrator", None)
     if not program.adapt_step_size or integrator is None:
         return lambda adapt_state, t, keys, states: adapt_state
@@ -131,6 +132,7 @@ def limiter(program: Program, potential: Potential) -> Callable:
     changed = jnp.asarray(changed)
     factor = _adaptation.jitter_factor(program.kernel.num_steps, program.kernel.jitter)
     nested = bool(getattr(program.kernel, "timescales", None))
+    tables = (getattr(program.kernel, "level_integrators", None) if nested else None) or (integrator,)
 
     def level_grads(fields):
         """``[(grad of the level's potential, sub-steps of the level per step)]``; with
@@ -160,7 +162,7 @@ def limiter(program: Program, potential: Potential) -> Callable:
             omega = jax.vmap(frequency, in_axes=in_axes)(states.position, minv, level_keys, fields)
             if program.pooled:
                 omega = jnp.max(omega)
-            level_limit = _adaptation.step_limit(omega, integrator, factor)
+            level_limit = _adaptation.step_limit(omega, tables[level], factor)
             substeps = level_grads(None)[level][1]
             level_limit = level_limit if substeps == 1.0 else level_limit * substeps
             limit = level_limit if limit is None else jnp.minimum(limit, level_limit)

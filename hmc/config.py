@@ -58,6 +58,7 @@ class ModelConfig(_Section):
 class TimescaleLevel(_Section):
     terms: list[str] = Field(min_length=1)  # the terms whose force acts on this level
     steps: PositiveInt = 1  # steps of this level per drift of the level outside it
+    integrator: Literal["leapfrog", "minimum_norm", "yoshida4"] | None = None  # this level's; null: the sampler's
 
 
 class TemperingConfig(_Section):
@@ -483,7 +484,7 @@ def sample_kwargs(config: RunConfig) -> dict[str, Any]:
         jitter=s.jitter,
         max_num_steps=None if s.kernel == "nuts" else s.max_num_steps,
         max_tree_depth=s.max_tree_depth,
-        timescales=None if s.timescales is None else [level.model_dump() for level in s.timescales],
+        timescales=None if s.timescales is None else [level.model_dump(exclude_none=True) for level in s.timescales],
         tempering=None if s.tempering is None else _tempering_options(s.tempering),
         mass_matrix=s.mass_matrix,
         adaptation=s.adaptation,

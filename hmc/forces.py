@@ -43,7 +43,7 @@ def chunk_forces(potential: Potential, timescales: Sequence, states: Any, step_s
     eps_max}]}`` at ``states`` (all chains): ``rms`` is the root mean square of the force's
     components averaged over chains, ``max`` the largest component over chains, ``step``
     the level's own step ``eps / (steps_0 ... steps_l)``."""
-    levels = tuple((tuple(names), int(steps)) for names, steps in timescales)
+    levels = tuple((tuple(level[0]), int(level[1])) for level in timescales)
     run = cached_program(potential, ("forces", levels), lambda: _program(potential, levels))
     values = {k: np.asarray(v, np.float64) for k, v in run(states.position, getattr(states, "auxiliary", None)).items()}
     terms = {k[5:]: {"rms": float(v[:, 0].mean()), "max": float(v[:, 1].max())}

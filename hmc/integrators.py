@@ -61,8 +61,10 @@ def gradient_evaluations_per_step(integrator: str, timescales: Any = None) -> in
     """Number of fresh gradients one step of ``integrator`` needs; with ``timescales``
     (``[{"terms": [...], "steps": n}, ...]``), the outermost level's force evaluations."""
     if timescales:
-        steps = tuple(int(level["steps"]) if isinstance(level, dict) else int(level[1]) for level in timescales)
-        return evaluations_per_step(integrator, steps)[0]
+        steps = tuple(int(level.get("steps", 1)) if isinstance(level, dict) else int(level[1]) for level in timescales)
+        tables = tuple((level.get("integrator") if isinstance(level, dict) else
+                        (level[2] if len(level) > 2 else None)) or integrator for level in timescales)
+        return evaluations_per_step(integrator, steps, tables)[0]
     return len(coefficients(integrator)) // 2
 
 
@@ -255,12 +257,15 @@ class Split(NamedTuple):
 
     ``energies[l]`` is level ``l``'s part of the potential; ``steps[0]`` is the number of
     outermost sub-steps per integrator step (1: the step itself), ``steps[l]`` for
-    ``l >= 1`` the number of level-``l`` steps per drift of level ``l - 1``. Each level
-    uses the same coefficient table; only the innermost level moves the position.
+    ``l >= 1`` the number of level-``l`` steps per drift of level ``l - 1``. Only the
+    innermost level moves the position. ``integrators[l]`` names level ``l``'s coefficient
+    table (``None``: every level uses the integrator the step is built with), as lattice
+    codes let each level choose, e.g. a leapfrog middle level that makes one force per call.
     """
 
     energies: tuple[Callable[[PyTree], Array], ...]
     steps: tuple[int, ...]
+    integrators: tuple[str, ...] | None = None
 
     def energy(self, position: PyTree) -> Array:
         """The total potential, summed over levels in level order (the one function both
@@ -303,18 +308,22 @@ def _merge(group: list, level: int, coefficient: float) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def schedule(integrator: str, steps: tuple[int, ...] = (1,)) -> Schedule:
+def schedule(integrator: str, steps: tuple[int, ...] = (1,), integrators: tuple[str, ...] | None = None) -> Schedule:
     """The flattened step of ``integrator`` nested over ``len(steps)`` levels (see
-    :class:`Split`), built once: each level's step is the coefficient table with its drifts
-    replaced by ``steps[l + 1]`` steps of the next level, and kicks that act at one
-    position are merged. One level with one step is the coefficient table itself."""
-    table = coefficients(integrator)
+    :class:`Split`), built once: each level's step is its coefficient table (``integrators[l]``,
+    or ``integrator`` for all) with its drifts replaced by ``steps[l + 1]`` steps of the next
+    level, and kicks that act at one position are merged. One level with one step is the
+    coefficient table itself."""
     if not steps or any(int(n) != n or n < 1 for n in steps):
         raise ValueError(f"steps per level must be integers >= 1, got {steps!r}")
+    if integrators is not None and len(integrators) != len(steps):
+        raise ValueError(f"one integrator per level: {len(steps)} levels, got {integrators!r}")
+    tables = [coefficients(integrator if integrators is None else integrators[level] or integrator)
+              for level in range(len(steps))]
     ops: list[tuple] = []
 
     def emit(level: int, scale: float) -> None:
-        for i, c in enumerate(table):
+        for i, c in enumerate(tables[level]):
             if i % 2 == 0:
                 ops.append(("kick", level, c * scale))
             elif level == len(steps) - 1:
@@ -341,9 +350,10 @@ def schedule(integrator: str, steps: tuple[int, ...] = (1,)) -> Schedule:
     return Schedule(tuple(ordered(g) for g in groups), tuple(drifts), ordered(boundary))
 
 
-def evaluations_per_step(integrator: str, steps: tuple[int, ...] = (1,)) -> tuple[int, ...]:
+def evaluations_per_step(integrator: str, steps: tuple[int, ...] = (1,),
+                         integrators: tuple[str, ...] | None = None) -> tuple[int, ...]:
     """Fresh gradient evaluations of each level per integrator step."""
-    plan = schedule(integrator, tuple(steps))
+    plan = schedule(integrator, tuple(steps), None if integrators is None else tuple(integrators))
     return tuple(sum(any(lev == level for lev, _ in g) for g in plan.groups[1:]) for level in range(len(steps)))
 
 
@@ -454,7 +464,8 @@ def integrate(
     if split is None:
         plan, grads = schedule(integrator), (grad_fn,)
     else:
-        plan, grads = schedule(integrator, tuple(split.steps)), tuple(jax.grad(fn) for fn in split.energies)
+        plan = schedule(integrator, tuple(split.steps), split.integrators)
+        grads = tuple(jax.grad(fn) for fn in split.energies)
     with_none = tuple((lambda f: (lambda q: (None, f(q))))(f) for f in grads)
     end, flags, _ = _trajectory(plan, grads, with_none, velocity_fn, state, step_size, num_steps, guard,
                                 split is not None)
@@ -477,6 +488,6 @@ def integrate_to_energy(
     if split is None:
         plan, energies = schedule(integrator), (potential_fn,)
     else:
-        plan, energies = schedule(integrator, tuple(split.steps)), tuple(split.energies)
+        plan, energies = schedule(integrator, tuple(split.steps), split.integrators), tuple(split.energies)
     return _trajectory(plan, tuple(jax.grad(f) for f in energies), tuple(jax.value_and_grad(f) for f in energies),
                        velocity_fn, state, step_size, num_steps, guard, split is not None)

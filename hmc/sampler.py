@@ -167,9 +167,10 @@ def sample(
     timescales
         Nested integration by term (Sexton-Weingarten), outermost level first:
         ``[{"terms": ["fermion"], "steps": 1}, {"terms": ["gauge"], "steps": 5}]``. Each
-        level runs the chosen integrator with its own terms' force; level ``l >= 1`` makes
-        ``steps`` steps per drift of level ``l - 1`` (``steps`` of level 0: sub-steps per
-        integrator step). Every term is on exactly one level. ``None``: one level.
+        level runs the chosen integrator (or its own, ``"integrator": "leapfrog"``) with its
+        own terms' force; level ``l >= 1`` makes ``steps`` steps per drift of level ``l - 1``
+        (``steps`` of level 0: sub-steps per integrator step). Every term is on exactly one
+        level. ``None``: one level.
     tempering
         Replica exchange (non-reversible parallel tempering, :mod:`hmc.kernels.tempering`):
         ``{"replicas": R, "beta_min": b}`` (a geometric ladder from 1 down to ``b``, adapted in
@@ -507,7 +508,8 @@ class _Run:
             max_tree_depth=getattr(kernel, "max_tree_depth", None),
             trajectory_length=getattr(kernel, "trajectory_length", None), jitter=getattr(kernel, "jitter", None),
             timescales=None if not getattr(kernel, "timescales", None)
-            else [{"terms": list(terms), "steps": n} for terms, n in kernel.timescales],
+            else [{"terms": list(level.terms), "steps": level.steps,
+                   **({"integrator": level.integrator} if level.integrator else {})} for level in kernel.timescales],
             tempering=None if not isinstance(kernel, _tempering.Tempered)
             else {"replicas": kernel.replicas, "beta_min": kernel.beta_min, "terms": kernel.terms,
                   "adapt": kernel.adapt, "initial_ladder": kernel.initial_ladder.tolist()},

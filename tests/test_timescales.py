@@ -36,8 +36,8 @@ def start():
     return {"x": jnp.asarray(Q0)}, {"x": jnp.asarray(P0)}
 
 
-def nested(name, energies, steps, q, p, eps, n):
-    split = integrators.Split(tuple(energies), tuple(steps))
+def nested(name, energies, steps, q, p, eps, n, tables=None):
+    split = integrators.Split(tuple(energies), tuple(steps), tables)
     metric = integrators.euclidean_metric(None, q)
     _, grads = split.value_and_grads(q)
     state = integrators.IntegratorState(q, p, grads)
@@ -46,13 +46,12 @@ def nested(name, energies, steps, q, p, eps, n):
     return end, dh
 
 
-def textbook(name, energies, steps, q, p, eps, n):
+def textbook(name, energies, steps, q, p, eps, n, tables=None):
     """The nested scheme written the slow way: recursion, one kick per coefficient, no
-    merging, every gradient fresh."""
-    table = integrators.coefficients(name)
+    merging, every gradient fresh; level ``i`` with ``tables[i]`` when given."""
 
     def level(i, q, p, h):
-        for k, c in enumerate(table):
+        for k, c in enumerate(integrators.coefficients(name if tables is None else tables[i])):
             if k % 2 == 0:
                 g = jax.grad(energies[i])(q)["x"]
                 p = {"x": p["x"] - c * h * g}
@@ -94,6 +93,65 @@ def test_schedule_merges_kicks_and_counts_each_level():
     flat = integrators.schedule("minimum_norm")
     table = integrators.coefficients("minimum_norm")
     assert flat.drifts == table[1::2] and [g[0][1] for g in flat.groups] == list(table[0::2])
+
+
+MIXED = [("minimum_norm", "leapfrog", "minimum_norm"), ("leapfrog", "yoshida4", "minimum_norm")]
+
+
+@pytest.mark.parametrize("tables", MIXED)
+def test_a_level_with_its_own_integrator_is_the_nested_scheme(tables):
+    with jax.enable_x64(True):
+        q0, p0 = start()
+        end, _ = nested("minimum_norm", [soft, middle, stiff], (1, 2, 3), q0, p0, 0.05, 4, tables)
+        q, p = textbook("minimum_norm", [soft, middle, stiff], (1, 2, 3), q0, p0, 0.05, 4, tables)
+        back, _ = nested("minimum_norm", [soft, middle, stiff], (1, 2, 3), end.position,
+                         {"x": -end.momentum["x"]}, 0.05, 4, tables)
+
+        def flow(z):
+            e, _ = nested("minimum_norm", [soft, middle, stiff], (1, 2, 3), {"x": z[:3]}, {"x": z[3:]}, 0.1, 3,
+                          tables)
+            return jnp.concatenate([e.position["x"], e.momentum["x"]])
+
+        det = float(jnp.linalg.det(jax.jacfwd(flow)(jnp.asarray(np.concatenate([Q0, P0])))))
+    np.testing.assert_allclose(end.position["x"], q["x"], rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(end.momentum["x"], p["x"], rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(back.position["x"], Q0, atol=1e-12)
+    np.testing.assert_allclose(-back.momentum["x"], P0, atol=1e-12)
+    assert abs(det - 1.0) < 1e-10
+
+
+def test_a_leapfrog_middle_level_makes_one_force_per_call():
+    """2MN outside and inside, the middle level leapfrog: the middle makes one force per call
+    (two per outer step) where 2MN makes two, and the innermost half as many steps."""
+    all_2mn = integrators.evaluations_per_step("minimum_norm", (1, 1, 4))
+    mixed = integrators.evaluations_per_step("minimum_norm", (1, 1, 4), ("minimum_norm", "leapfrog", "minimum_norm"))
+    assert all_2mn == (2, 4, 32) and mixed == (2, 2, 16)
+    kernel = hmc.kernels.HMC(num_steps=3, timescales=[{"terms": ["a"]}, {"terms": ["b"], "integrator": "leapfrog"},
+                                                      {"terms": ["c"], "steps": 4}])
+    assert kernel.level_integrators == ("minimum_norm", "leapfrog", "minimum_norm")
+    assert kernel.evaluations_per_level == (2, 2, 16) and kernel.gradients_per_step == 2
+    levels = [{"terms": ["a"]}, {"terms": ["b"], "integrator": "leapfrog", "steps": 1}, {"terms": ["c"], "steps": 4}]
+    assert integrators.gradient_evaluations_per_step("leapfrog", levels) == 1  # the outer level's table is leapfrog
+
+
+def test_energy_error_order_of_a_leapfrog_level_under_2mn():
+    """A leapfrog inner level under a 2MN outer one: both errors fall as the second power
+    (the inner one measured as in :func:`test_energy_error_order_of_each_level`)."""
+    tables = ("minimum_norm", "leapfrog")
+
+    def dh(steps, eps, n):
+        run = jax.jit(jax.vmap(lambda q, p: nested("minimum_norm", [soft, stiff], steps, {"x": 0.4 * q}, {"x": p},
+                                                   eps, n, tables)[1]))
+        return np.asarray(run(jnp.asarray(STARTS[:, 0]), jnp.asarray(STARTS[:, 1])))
+
+    with jax.enable_x64(True):
+        ns = np.array([8, 16, 32])
+        outer = [np.sqrt(np.mean(dh((1, 2), 1.0 / n, int(n)) ** 2)) for n in ns]
+        ks = np.array([2, 4, 8])
+        runs = {int(k): dh((1, int(k)), 0.2, 1) for k in (*ks, 16)}
+        inner = [np.sqrt(np.mean((runs[int(k)] - runs[2 * int(k)]) ** 2)) for k in ks]
+    assert abs(np.polyfit(np.log(1.0 / ns), np.log(outer), 1)[0] - 2) < 0.3, outer
+    assert abs(np.polyfit(np.log(1.0 / ks), np.log(inner), 1)[0] - 2) < 0.3, inner
 
 
 @pytest.mark.parametrize("name", sorted(integrators.COEFFICIENTS))
@@ -163,6 +221,20 @@ def test_one_level_with_every_term_is_the_flat_sampler_bit_for_bit():
     assert one.settings["timescales"] == [{"terms": list(pot.terms), "steps": 1}]
 
 
+def test_a_level_naming_the_samplers_own_integrator_changes_nothing():
+    pot = phi4(shape=(4, 4))
+    kw = dict(seed=5, num_chains=4, num_warmup=40, num_samples=30, chunk_size=25, progress=False)
+    levels = [{"terms": ["quartic"], "steps": 1}, {"terms": ["kinetic", "mass"], "steps": 3}]
+    plain = hmc.sample(pot, **kw, timescales=levels)
+    named = hmc.sample(pot, **kw, timescales=[dict(level, integrator="minimum_norm") for level in levels])
+    mixed = hmc.sample(pot, **kw, timescales=[levels[0], dict(levels[1], integrator="leapfrog")])
+    for k in plain.draws:
+        assert np.array_equal(plain.draws[k], named.draws[k]), k
+    assert not np.array_equal(plain.draws["phi"], mixed.draws["phi"])
+    assert mixed.settings["timescales"][1] == {"terms": ["kinetic", "mass"], "steps": 3, "integrator": "leapfrog"}
+    assert plain.settings["timescales"][1] == {"terms": ["kinetic", "mass"], "steps": 3}
+
+
 def test_each_level_evaluates_only_its_own_terms():
     calls = {"kinetic": 0, "quartic": 0}
     pot = phi4(shape=(4, 4))
@@ -203,6 +275,9 @@ def test_timescales_errors_name_the_term():
         hmc.sample(pot, **kw, timescales=[{"terms": ["quartic"]}, {"terms": ["kinetic", "mass"], "steps": 0}])
     with pytest.raises(ValueError, match=r"timescales\[0\]: unknown key 'step'"):
         hmc.sample(pot, **kw, timescales=[{"terms": list(pot.terms), "step": 2}])
+    with pytest.raises(ValueError, match=r"timescales\[1\].integrator: unknown integrator 'omelyan'"):
+        hmc.sample(pot, **kw, timescales=[{"terms": ["quartic"]}, {"terms": ["kinetic", "mass"],
+                                                                   "integrator": "omelyan"}])
 
 
 def test_config_timescales():
@@ -215,6 +290,13 @@ def test_config_timescales():
 
     with pytest.raises(ConfigError, match=r"sampler.timescales.0.steps"):
         config.build({"model": {"name": "phi4"}, "sampler": {"timescales": [{"terms": ["quartic"], "steps": 0}]}})
+    with pytest.raises(ConfigError, match=r"sampler.timescales.1.integrator"):
+        config.build({"model": {"name": "phi4"}, "sampler": {"timescales": [
+            {"terms": ["quartic"]}, {"terms": ["kinetic", "mass"], "integrator": "verlet"}]}})
+    mixed = RunConfig.model_validate({"model": {"name": "phi4"}, "sampler": {"timescales": [
+        {"terms": ["quartic"]}, {"terms": ["kinetic", "mass"], "steps": 2, "integrator": "leapfrog"}]}})
+    assert sample_kwargs(mixed)["timescales"] == [{"terms": ["quartic"], "steps": 1},
+                                                  {"terms": ["kinetic", "mass"], "steps": 2, "integrator": "leapfrog"}]
 
 
 def test_a_trip_names_the_term_and_its_level():

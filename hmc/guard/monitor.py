@@ -31,7 +31,7 @@ class Monitor:
         self.counters, self.events, self.masks_at = counters, events, masks_at
         self.probe_seen = {(leaf, tuple(map(tuple, idx))) for leaf, idx in counters.probe_seen}
         timescales = getattr(settings.kernel, "timescales", None) or ()
-        self.level_of = {term: level for level, (terms, _) in enumerate(timescales) for term in terms}
+        self.level_of = {term: level for level, (terms, *_) in enumerate(timescales) for term in terms}
 
     def add(self, event: GuardEvent) -> None:
         self.events.append(event)

@@ -162,8 +162,17 @@ class Trajectory:
     @property
     def evaluations_per_level(self) -> tuple[int, ...]:
         """Fresh force evaluations of each level per integrator step."""
-        steps = tuple(n for _, n in self.timescales) if self.timescales else (1,)
-        return _integrators.evaluations_per_step(self.integrator, steps)
+        if not self.timescales:
+            return _integrators.evaluations_per_step(self.integrator, (1,))
+        return _integrators.evaluations_per_step(self.integrator, tuple(level.steps for level in self.timescales),
+                                                 self.level_integrators)
+
+    @property
+    def level_integrators(self) -> tuple[str, ...] | None:
+        """Each level's integrator (a level without its own uses ``integrator``)."""
+        if not self.timescales:
+            return None
+        return tuple(level.integrator or self.integrator for level in self.timescales)
 
     def split(self, potential: Any, extend: Callable[[PyTree], PyTree] | None = None) -> _integrators.Split | None:
         """The potential split into the ``timescales`` levels (``None`` without them).
@@ -177,8 +186,8 @@ class Trajectory:
         check_timescales(self.timescales, list(terms))
         if extend is None and getattr(potential, "auxiliary", None):
             extend = potential.with_auxiliary
-        return _integrators.Split(tuple(_level_energy(terms, names, extend) for names, _ in self.timescales),
-                                  tuple(n for _, n in self.timescales))
+        return _integrators.Split(tuple(_level_energy(terms, level.terms, extend) for level in self.timescales),
+                                  tuple(level.steps for level in self.timescales), self.level_integrators)
 
 
 def _level_energy(terms: Any, names: tuple[str, ...], extend: Callable | None) -> Callable[[PyTree], Array]:
@@ -197,9 +206,19 @@ def _level_energy(terms: Any, names: tuple[str, ...], extend: Callable | None) -
     return energy
 
 
+class Level(NamedTuple):
+    """One level of ``timescales``: its terms, its steps per drift of the level outside it,
+    and its integrator (``None``: the kernel's)."""
+
+    terms: tuple[str, ...]
+    steps: int
+    integrator: str | None = None
+
+
 def normalize_timescales(timescales: Any) -> tuple | None:
-    """``[{"terms": [...], "steps": n}, ...]`` (outermost level first) as a hashable
-    ``((terms, steps), ...)``; ``None`` or empty: no nesting."""
+    """``[{"terms": [...], "steps": n, "integrator": name}, ...]`` (outermost level first;
+    ``steps`` defaults to 1, ``integrator`` to the kernel's) as a hashable tuple of
+    :class:`Level`; ``None`` or empty: no nesting."""
     if timescales is None:
         return None
     if isinstance(timescales, (str, bytes)) or not hasattr(timescales, "__iter__"):
@@ -207,15 +226,16 @@ def normalize_timescales(timescales: Any) -> tuple | None:
     levels = []
     for i, level in enumerate(timescales):
         if isinstance(level, dict):
-            unknown = sorted(set(level) - {"terms", "steps"})
+            unknown = sorted(set(level) - {"terms", "steps", "integrator"})
             if unknown:
-                raise ValueError(f"timescales[{i}]: unknown key {unknown[0]!r} (a level has 'terms' and 'steps')")
+                raise ValueError(f"timescales[{i}]: unknown key {unknown[0]!r} (a level has 'terms', 'steps' "
+                                 f"and 'integrator')")
             if "terms" not in level:
                 raise ValueError(f"timescales[{i}]: missing 'terms' (the names of the terms on this level)")
-            terms, steps = level["terms"], level.get("steps", 1)
+            terms, steps, integrator = level["terms"], level.get("steps", 1), level.get("integrator")
         else:
             try:
-                terms, steps = level
+                terms, steps, integrator = level if len(level) == 3 else (*level, None)
             except (TypeError, ValueError):
                 raise ValueError(f"timescales[{i}] must be {{'terms': [...], 'steps': n}}, got {level!r}") from None
         if isinstance(terms, str):
@@ -225,7 +245,10 @@ def normalize_timescales(timescales: Any) -> tuple | None:
             raise ValueError(f"timescales[{i}].terms must be a non-empty list of term names, got {list(terms)!r}")
         if isinstance(steps, bool) or not isinstance(steps, (int, float)) or int(steps) != steps or steps < 1:
             raise ValueError(f"timescales[{i}].steps must be an integer >= 1, got {steps!r}")
-        levels.append((terms, int(steps)))
+        if integrator is not None and integrator not in _integrators.COEFFICIENTS:
+            raise ValueError(f"timescales[{i}].integrator: unknown integrator {integrator!r}; choose one of "
+                             f"{sorted(_integrators.COEFFICIENTS)}")
+        levels.append(Level(terms, int(steps), integrator))
     if not levels:
         return None
     return tuple(levels)
@@ -234,7 +257,7 @@ def normalize_timescales(timescales: Any) -> tuple | None:
 def check_timescales(timescales: tuple, term_names: list[str]) -> None:
     """Every term of the potential on exactly one level; the message names the term."""
     seen: dict[str, int] = {}
-    for i, (names, _) in enumerate(timescales):
+    for i, (names, *_) in enumerate(timescales):
         for name in names:
             if name not in term_names:
                 raise ValueError(f"timescales[{i}] names {name!r}, which is not a term of the potential "
@@ -246,7 +269,7 @@ def check_timescales(timescales: tuple, term_names: list[str]) -> None:
     missing = [name for name in term_names if name not in seen]
     if missing:
         raise ValueError(f"timescales: term {missing[0]!r} is on no level; every term must be on exactly one level "
-                         f"(levels: {[list(n) for n, _ in timescales]})")
+                         f"(levels: {[list(level[0]) for level in timescales]})")
 
 
 def check_guard(guard: str) -> None:
