@@ -221,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timescales", action="store_true", help="only the nested-timescales section "
                         "(the Schwinger model: flat against nested 2MN, cost per trajectory and per effective sample)")
     parser.add_argument("--size", type=int, default=8, help="--timescales: the lattice size L")
+    parser.add_argument("--scan", type=int, default=None, metavar="L", help="--timescales: only the step-count "
+                        "scan on L x L at beta 16 from 16 configurations (4 chains), rows printed, nothing written "
+                        "(for lattices too large for the whole section)")
     parser.add_argument("--tempering", action="store_true", help="only the replica-exchange section "
                         "(scripts/tempering_validate.py: tempered against plain HMC at equal gradient cost; "
                         "writes VALIDATION.md and BENCHMARKS.md)")
@@ -252,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.nuts:
         return nuts_section(args.only, args.out)
+    if args.timescales and args.scan:
+        rows, _ = scan_table(args.scan, (16.0,), 0.1, timescale_schemes(4, (1.0,)), 0.8, thermal_chains=4)
+        print("\n".join(rows))
+        return 0
     if args.timescales:
         write(args.out, timescales_section(args.size), TIMESCALES_BEGIN, TIMESCALES_END,
               "Nested timescales (`scripts/bench.py --timescales`)")
@@ -759,11 +766,13 @@ def solves_per_step(timescales: list | None) -> tuple[int, int]:
     return counts[0], heavy
 
 
-def scan_table(size: int, betas, mass: float, schemes, target: float) -> tuple[list[str], dict]:
-    """The step-count scan at equal acceptance: table rows and each scheme's ``n`` per beta."""
+def scan_table(size: int, betas, mass: float, schemes, target: float,
+               thermal_chains: int = 8) -> tuple[list[str], dict]:
+    """The step-count scan at equal acceptance: table rows and each scheme's ``n`` per beta,
+    from ``4 * thermal_chains`` configurations."""
     rows, chosen = [], {}
     for beta in betas:
-        thetas = thermal_links(physics_models.schwinger(L=size, beta=beta, mass=mass), seed=3)
+        thetas = thermal_links(physics_models.schwinger(L=size, beta=beta, mass=mass), seed=3, chains=thermal_chains)
         flat_cost = None
         for i, (name, model, levels) in enumerate(schemes):
             pot = physics_models.schwinger(L=size, beta=beta, mass=mass, **model)
