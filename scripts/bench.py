@@ -222,8 +222,12 @@ def main(argv: list[str] | None = None) -> int:
                         "(the Schwinger model: flat against nested 2MN, cost per trajectory and per effective sample)")
     parser.add_argument("--size", type=int, default=8, help="--timescales: the lattice size L")
     parser.add_argument("--scan", type=int, default=None, metavar="L", help="--timescales: only the step-count "
-                        "scan on L x L at beta 16 from 16 configurations (4 chains), rows printed, nothing written "
+                        "scan on L x L from 16 configurations (4 chains), rows printed, nothing written "
                         "(for lattices too large for the whole section)")
+    parser.add_argument("--beta", type=float, default=16.0, help="--scan: the gauge coupling")
+    parser.add_argument("--mass", type=float, default=0.1, help="--scan: the quark mass")
+    parser.add_argument("--hasenbusch", default="1.0", help="--scan: comma-separated Hasenbusch masses")
+    parser.add_argument("--inner", type=int, default=4, help="--scan: gauge steps per outer drift")
     parser.add_argument("--tempering", action="store_true", help="only the replica-exchange section "
                         "(scripts/tempering_validate.py: tempered against plain HMC at equal gradient cost; "
                         "writes VALIDATION.md and BENCHMARKS.md)")
@@ -256,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.nuts:
         return nuts_section(args.only, args.out)
     if args.timescales and args.scan:
-        rows, _ = scan_table(args.scan, (16.0,), 0.1, timescale_schemes(4, (1.0,)), 0.8, thermal_chains=4)
+        masses = tuple(float(m) for m in args.hasenbusch.split(",") if m)
+        rows, _ = scan_table(args.scan, (args.beta,), args.mass, timescale_schemes(args.inner, masses), 0.8,
+                             thermal_chains=4)
         print("\n".join(rows))
         return 0
     if args.timescales:
