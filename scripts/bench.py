@@ -216,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--defaults", action="store_true", help="only the throughput-at-the-defaults section")
     parser.add_argument("--efficiency", action="store_true", help="only the effective-samples section "
                         "(scripts/efficiency.py: grad/ESS and ESS/s against numpyro and blackjax NUTS)")
+    parser.add_argument("--grid-check", action="store_true", help="with --efficiency: only ours (3 seeds) against "
+                        "the best fixed grid point rerun with 3 fresh seeds, median to median")
     parser.add_argument("--lengths", action="store_true", help="only the default-trajectory-length section "
                         "(scripts/efficiency.py: no length given, 10 steps and each config's own length)")
     parser.add_argument("--timescales", action="store_true", help="only the nested-timescales section "
@@ -246,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_worker:
         memory_worker(*args.memory_worker)
         return 0
+    if args.efficiency and args.grid_check:
+        return grid_check_section(args.only, args.out, args.update)
     if args.efficiency:
         return efficiency_section(args.only, args.out, args.update)
     if args.lengths:
@@ -396,6 +400,34 @@ def put_table(out: str, rows: list[str], only: str | None, update: bool, flag: s
     lines = [f"Command: `python scripts/bench.py {flag}` ({time.strftime('%Y-%m-%d')}). {versions()}.", "", about, "",
              header, "|" + "---|" * header.count(" | ") + "---|", *rows]
     write(out, lines, *markers, title)
+
+
+GRIDCHECK_BEGIN, GRIDCHECK_END = "<!-- bench.py --grid-check:begin -->", "<!-- bench.py --grid-check:end -->"
+
+
+def grid_check_section(only: str | None, out: str, update: bool = False, seeds: int = 3) -> int:
+    """The table of :func:`efficiency.grid_check_table` (into BENCHMARKS.md; ``--only``: printed
+    only, or with ``update`` put in place of the same cases' rows, the section made if absent)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import efficiency
+
+    chains, warmup, draws = 8, 500, 1000
+    print(versions())
+    rows = efficiency.grid_check_table(only, chains, warmup, draws, seeds)
+    about = (f"{chains} chains, {warmup} warmup + {draws} draws, every shipped config at its own settings, {seeds} "
+             "sampler seeds (each with its own warmup), from the same initial states. The grid is that of "
+             "`--efficiency` (steps 0.7, 1, 1.3x the adapted one; lengths 0.5, 1, 2x the config's, or the "
+             "adapted one with jitter 0.2 for `auto`), run from seed 0's adapted states and metric. The best of "
+             "nine noisy points is biased low (the winner's curse), so that point is run again with "
+             f"{seeds} fresh seeds from the same states, and the criterion of issue 13 (ours within 1.2x of the "
+             "best grid point) is decided median to median.")
+    text = open(out).read() if os.path.exists(out) else ""
+    if only is not None and update and GRIDCHECK_BEGIN not in text:
+        only = None  # the first rows make the section
+    put_table(out, rows, only, update, "--efficiency --grid-check", about, efficiency.GRID_CHECK_HEADER,
+              (GRIDCHECK_BEGIN, GRIDCHECK_END), "Ours against the best fixed grid point (`scripts/bench.py "
+              "--efficiency --grid-check`)")
+    return 0
 
 
 LENGTHS_BEGIN, LENGTHS_END = "<!-- bench.py --lengths:begin -->", "<!-- bench.py --lengths:end -->"

@@ -117,9 +117,10 @@ class Case(FlatStates):
         self.flat = jax.vmap(lambda q: ravel_pytree(q)[0])(self.positions)
 
 
-def ours(case: Case) -> dict[str, Any]:
+def ours(case: Case, seed_offset: int = 0) -> dict[str, Any]:
+    kwargs = dict(case.kwargs, seed=case.kwargs["seed"] + seed_offset)
     (result, seconds) = timed(lambda: hmc.sample(case.potential, progress=False, init_positions=case.positions,
-                                                 **case.kwargs))
+                                                 **kwargs))
     grads = hmc.sampler.num_gradient_evaluations(result.settings, result.stats["n_steps"]) * result.settings["thin"]
     ess = smallest_ess({k: v for k, v in result.draws.items() if k in case.potential.observables})
     return dict(result=result, grads=grads, ess=ess, seconds=seconds,
@@ -188,15 +189,54 @@ def grid(case: Case, adapted: hmc.SampleResult) -> dict[str, Any]:
                 kwargs["trajectory_length"] = base["trajectory_length"] * length_factor
             else:
                 kwargs["num_steps"] = max(1, int(round(base["num_steps"] * length_factor)))
-            minv = adapted.inverse_mass_matrix
-            r = hmc.sample(case.potential, progress=False, init_positions=adapted.final_positions,
-                           inverse_mass_matrix=minv, **kwargs)
-            grads = hmc.sampler.num_gradient_evaluations(r.settings, r.stats["n_steps"]) * r.settings["thin"]
-            ess = smallest_ess({k: v for k, v in r.draws.items() if k in case.potential.observables})
-            point = dict(grads=grads, ess=ess, step=step_factor, length=length_factor)
+            grads, ess = fixed_point(case, adapted, kwargs)
+            point = dict(grads=grads, ess=ess, step=step_factor, length=length_factor, kwargs=kwargs)
             if best is None or grads / ess < best["grads"] / best["ess"]:
                 best = point
     return best
+
+
+def fixed_point(case: Case, adapted: hmc.SampleResult, kwargs: dict[str, Any]) -> tuple[float, float]:
+    """``(gradients, ESS)`` of one fixed-settings run (``kwargs``, no warmup) from the adapted
+    run's final states and metric."""
+    r = hmc.sample(case.potential, progress=False, init_positions=adapted.final_positions,
+                   inverse_mass_matrix=adapted.inverse_mass_matrix, **kwargs)
+    grads = hmc.sampler.num_gradient_evaluations(r.settings, r.stats["n_steps"]) * r.settings["thin"]
+    return grads, smallest_ess({k: v for k, v in r.draws.items() if k in case.potential.observables})
+
+
+GRID_CHECK_HEADER = ("| case | ours: grad/ESS per seed | ours: median | grid best as picked (seed 0) | grid best rerun: "
+                     "grad/ESS per fresh seed | grid best rerun: median | ours / grid best (medians) | within 1.2x |")
+
+
+def grid_check_row(name: str, case: Case, seeds: int = 3) -> str:
+    """Ours against the best fixed grid point without the winner's curse: the grid's best of
+    nine noisy points is biased low, so that point is run again with ``seeds`` fresh sampler
+    seeds (from the same adapted states and metric) and compared, median to median, with
+    ours over ``seeds`` seeds (each with its own warmup)."""
+    runs = [ours(case, offset) for offset in range(seeds)]
+    mine = [r["grads"] / r["ess"] for r in runs]
+    best = grid(case, runs[0]["result"])
+    base = best["kwargs"]
+    again = [fixed_point(case, runs[0]["result"], dict(base, seed=base["seed"] + 1000 + offset))
+             for offset in range(seeds)]
+    theirs = [g / e for g, e in again]
+    ratio = float(np.median(mine) / np.median(theirs))
+    return (f"| {name} | {', '.join(f'{v:.1f}' for v in mine)} | {np.median(mine):.1f} | "
+            f"{best['grads'] / best['ess']:.1f} (eps x{best['step']}, L x{best['length']}) | "
+            f"{', '.join(f'{v:.1f}' for v in theirs)} | {np.median(theirs):.1f} | {ratio:.2f} | "
+            f"{'yes' if ratio <= 1.2 else 'no'} |")
+
+
+def grid_check_table(only: str | None, chains: int, warmup: int, draws: int, seeds: int = 3) -> list[str]:
+    rows = []
+    print(GRID_CHECK_HEADER, flush=True)
+    for name, (config_file, params) in cases().items():
+        if only and not selected(name, only):
+            continue
+        rows.append(grid_check_row(name, Case(config_file, params, chains, warmup, draws), seeds))
+        print(rows[-1], flush=True)
+    return rows
 
 
 def row(name: str, case: Case, with_grid: bool) -> tuple[str, dict[str, Any]]:
