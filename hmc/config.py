@@ -58,7 +58,7 @@ class ModelConfig(_Section):
 class TimescaleLevel(_Section):
     terms: list[str] = Field(min_length=1)  # the terms whose force acts on this level
     steps: PositiveInt = 1  # steps of this level per drift of the level outside it
-    integrator: Literal["leapfrog", "minimum_norm", "yoshida4"] | None = None  # this level's; null: the sampler's
+    integrator: Literal["leapfrog", "minimum_norm", "yoshida4", "force_gradient"] | None = None  # this level's; null: the sampler's
 
 
 class TemperingConfig(_Section):
@@ -74,7 +74,7 @@ class TemperingConfig(_Section):
 
 class SamplerConfig(_Section):
     kernel: Literal["hmc", "ghmc", "nuts"] = "hmc"
-    integrator: Literal["leapfrog", "minimum_norm", "yoshida4"] = "minimum_norm"  # kernel nuts: leapfrog unless given
+    integrator: Literal["leapfrog", "minimum_norm", "yoshida4", "force_gradient"] = "minimum_norm"  # kernel nuts: leapfrog unless given
     step_size: PositiveFloat | None = None
     num_steps: PositiveInt | None = None  # null: kernel hmc adapts the length (auto), ghmc takes 1
     trajectory_length: PositiveFloat | Literal["auto"] | None = None  # auto: adapted in warmup (ChEES)

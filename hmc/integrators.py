@@ -16,6 +16,10 @@ References
 - Minimum-norm (2MN): Omelyan, Mryglod, Folk, Comput. Phys. Commun. 151 (2003) 272,
   ``lambda = 0.1931833275037836``.
 - Fourth-order triple jump: Yoshida, Phys. Lett. A 150 (1990) 262.
+- Force-gradient (``force_gradient``): Chin, Phys. Lett. A 226 (1997) 344; Omelyan,
+  Mryglod, Folk (2003); Kennedy, Clark, Silva, arXiv:0910.2950; without the Hessian, as
+  Yin & Mawhinney, arXiv:1111.5059: the middle kick's force is evaluated at a position
+  shifted along the force itself (:data:`FORCE_GRADIENT`).
 """
 
 from __future__ import annotations
@@ -51,10 +55,20 @@ COEFFICIENTS: dict[str, tuple[float, ...]] = {
         _YOSHIDA_W1,
         0.5 * _YOSHIDA_W1,
     ),
+    "force_gradient": (1.0 / 6.0, 0.5, 2.0 / 3.0, 0.5, 1.0 / 6.0),
 }
 
+#: name -> {kick index: xi}: kicks whose force is evaluated at a shifted position,
+#: ``F(q + xi h^2 M^{-1} F(q))`` with ``F = -dU/dq`` and ``h`` the level's step. To second
+#: order in ``h`` that is ``F + xi h^2 (dF/dq) M^{-1} F``, the force-gradient term of Chin's
+#: fourth-order scheme (``[B, [A, B]]`` with weight ``h^3 / 72`` on a kick of ``2 h / 3``),
+#: at the cost of one more force instead of a Hessian-vector product. A kick that depends on
+#: ``q`` only has Jacobian 1 and the table is palindromic, so the step stays volume
+#: preserving and reversible: HMC with it is exact.
+FORCE_GRADIENT: dict[str, dict[int, float]] = {"force_gradient": {2: 1.0 / 24.0}}
+
 #: Convergence order of the energy error of each integrator.
-ORDER = {"leapfrog": 2, "minimum_norm": 2, "yoshida4": 4}
+ORDER = {"leapfrog": 2, "minimum_norm": 2, "yoshida4": 4, "force_gradient": 4}
 
 
 def gradient_evaluations_per_step(integrator: str, timescales: Any = None) -> int:
@@ -65,13 +79,20 @@ def gradient_evaluations_per_step(integrator: str, timescales: Any = None) -> in
         tables = tuple((level.get("integrator") if isinstance(level, dict) else
                         (level[2] if len(level) > 2 else None)) or integrator for level in timescales)
         return evaluations_per_step(integrator, steps, tables)[0]
-    return len(coefficients(integrator)) // 2
+    return len(coefficients(integrator)) // 2 + len(FORCE_GRADIENT.get(integrator, {}))
+
+
+def shift(integrator: str, kick: int) -> float:
+    """``xi`` of the ``kick``-th coefficient (an even index) of ``integrator``'s table: the
+    kick's force is evaluated at ``q + xi h^2 M^{-1} F(q)``; 0 for a plain kick."""
+    return FORCE_GRADIENT.get(integrator, {}).get(kick, 0.0)
 
 
 @functools.lru_cache(maxsize=None)
 def stability_limit(integrator: str) -> float:
     """The largest ``eps * omega`` at which ``integrator`` is stable on a harmonic mode of
-    frequency ``omega`` (2 for leapfrog, 2.553 for 2MN, 1.573 for Yoshida4).
+    frequency ``omega`` (2 for leapfrog, 2.553 for 2MN, 1.573 for Yoshida4, 3.464 = sqrt(12) for the
+    force-gradient scheme).
 
     One step maps ``(q, p)`` of ``H = (p^2 + q^2) / 2`` linearly, with determinant 1; it is
     stable while ``|trace| < 2``. Found from the coefficient table: a scan for the first
@@ -81,8 +102,9 @@ def stability_limit(integrator: str) -> float:
     def trace(eps: float) -> float:
         m = np.eye(2)
         for i, c in enumerate(coefficients(integrator)):
-            # kicks (even i): p -= c eps q; drifts (odd i): q += c eps p
-            m = (np.array([[1.0, 0.0], [-c * eps, 1.0]]) if i % 2 == 0 else np.array([[1.0, c * eps], [0.0, 1.0]])) @ m
+            # kicks (even i): p -= c eps q', q' = (1 - xi eps^2) q; drifts (odd i): q += c eps p
+            kick = -c * eps * (1.0 - shift(integrator, i) * eps ** 2)
+            m = (np.array([[1.0, 0.0], [kick, 1.0]]) if i % 2 == 0 else np.array([[1.0, c * eps], [0.0, 1.0]])) @ m
         return abs(np.trace(m)) - 2.0
 
     grid = np.linspace(1e-3, 8.0, 8000)
@@ -291,12 +313,26 @@ class Schedule(NamedTuple):
     A kick group is ``((level, coefficient), ...)``, sorted by level: the kicks that act
     at one position, adjacent kicks of a level merged; a drift moves the position by
     ``coefficient * eps * M^{-1} p``. Coefficients are in units of the step size ``eps``.
-    ``boundary`` is ``groups[m]`` merged with the next step's ``groups[0]``.
+    ``boundary`` is ``groups[m]`` merged with the next step's ``groups[0]``. ``shifts[i]``
+    holds ``(level, xi)`` for the force-gradient kicks of ``groups[i]`` (see
+    :data:`FORCE_GRADIENT`; ``xi`` in units of ``eps^2``): that level's force is evaluated at
+    ``q - xi eps^2 M^{-1} dU/dq`` for the kick.
     """
 
     groups: tuple[tuple[tuple[int, float], ...], ...]
     drifts: tuple[float, ...]
     boundary: tuple[tuple[int, float], ...]
+    shifts: tuple[tuple[tuple[int, float], ...], ...] = ()
+
+
+def _group_kick(group: list, shifted: dict, level: int, coefficient: float, xi: float) -> None:
+    """Add a kick to the group at one position; a force-gradient kick is not merged with
+    another kick of its level (their forces act at different points)."""
+    if (xi or level in shifted) and any(lev == level for lev, _ in group):
+        raise ValueError(f"a force-gradient kick of level {level} meets another kick of that level at one position")
+    if xi:
+        shifted[level] = xi
+    _merge(group, level, coefficient)
 
 
 def _merge(group: list, level: int, coefficient: float) -> None:
@@ -318,14 +354,14 @@ def schedule(integrator: str, steps: tuple[int, ...] = (1,), integrators: tuple[
         raise ValueError(f"steps per level must be integers >= 1, got {steps!r}")
     if integrators is not None and len(integrators) != len(steps):
         raise ValueError(f"one integrator per level: {len(steps)} levels, got {integrators!r}")
-    tables = [coefficients(integrator if integrators is None else integrators[level] or integrator)
-              for level in range(len(steps))]
+    names = [integrator if integrators is None else integrators[level] or integrator for level in range(len(steps))]
+    tables = [coefficients(name) for name in names]
     ops: list[tuple] = []
 
     def emit(level: int, scale: float) -> None:
         for i, c in enumerate(tables[level]):
             if i % 2 == 0:
-                ops.append(("kick", level, c * scale))
+                ops.append(("kick", level, c * scale, shift(names[level], i) * scale ** 2))
             elif level == len(steps) - 1:
                 ops.append(("drift", c * scale))
             else:
@@ -336,25 +372,32 @@ def schedule(integrator: str, steps: tuple[int, ...] = (1,), integrators: tuple[
     for _ in range(steps[0]):
         emit(0, 1.0 / steps[0])
     groups: list[list] = [[]]
+    shifted: list[dict] = [{}]
     drifts: list[float] = []
     for op in ops:
         if op[0] == "drift":
             drifts.append(op[1])
             groups.append([])
+            shifted.append({})
         else:
-            _merge(groups[-1], op[1], op[2])
+            _group_kick(groups[-1], shifted[-1], *op[1:])
+    if shifted[0] or shifted[-1]:
+        raise ValueError("a force-gradient kick must be an inner kick of its table, not its first or last")
     boundary = list(groups[-1])
     for level, c in groups[0]:
         _merge(boundary, level, c)
     ordered = lambda g: tuple(sorted(g, key=lambda lc: lc[0]))  # noqa: E731
-    return Schedule(tuple(ordered(g) for g in groups), tuple(drifts), ordered(boundary))
+    return Schedule(tuple(ordered(g) for g in groups), tuple(drifts), ordered(boundary),
+                    tuple(tuple(sorted(d.items())) for d in shifted))
 
 
 def evaluations_per_step(integrator: str, steps: tuple[int, ...] = (1,),
                          integrators: tuple[str, ...] | None = None) -> tuple[int, ...]:
-    """Fresh gradient evaluations of each level per integrator step."""
+    """Fresh gradient evaluations of each level per integrator step (a force-gradient kick
+    counts two: the force at the position and at the shifted one)."""
     plan = schedule(integrator, tuple(steps), None if integrators is None else tuple(integrators))
-    return tuple(sum(any(lev == level for lev, _ in g) for g in plan.groups[1:]) for level in range(len(steps)))
+    return tuple(sum(any(lev == level for lev, _ in g) for g in plan.groups[1:])
+                 + sum(any(lev == level for lev, _ in d) for d in plan.shifts[1:]) for level in range(len(steps)))
 
 
 class _Scheme(NamedTuple):
@@ -372,6 +415,19 @@ def _kick(s: _Scheme, group: tuple, g: tuple, p: PyTree) -> PyTree:
     for level, c in group:
         p = _tree_axpy(-c * s.step_size, g[level], p)
     return p
+
+
+def _shifted_forces(s: _Scheme, shifts: tuple, q: PyTree, p: PyTree, g: list, flags: GuardFlags,
+                    index: Array) -> tuple[tuple, GuardFlags]:
+    """The gradients a kick group acts with: a force-gradient level's evaluated again at
+    ``q - xi eps^2 M^{-1} g`` (checked by the guard like any fresh gradient)."""
+    g = list(g)
+    for level, xi in shifts:
+        moved = _tree_axpy(-xi * s.step_size ** 2, s.velocity_fn(g[level]), q)
+        g[level] = s.grad_fns[level](moved)
+        if s.guard:
+            flags = _check(flags, g[level], moved, p, index)
+    return tuple(g), flags
 
 
 def _one_step(s: _Scheme, q: PyTree, p: PyTree, g: tuple, flags: GuardFlags, step: Array, last: bool) -> tuple:
@@ -393,7 +449,9 @@ def _one_step(s: _Scheme, q: PyTree, p: PyTree, g: tuple, flags: GuardFlags, ste
             fresh.append(g[level])
         if s.guard:
             flags = _check(flags, fresh[0] if len(fresh) == 1 else tuple(fresh), q, p, step * n_groups + i)
-        p = _kick(s, s.plan.boundary if end and not last else s.plan.groups[i + 1], g, p)
+        kick_g = _shifted_forces(s, s.plan.shifts[i + 1], q, p, g, flags, step * n_groups + i)
+        flags = kick_g[1]
+        p = _kick(s, s.plan.boundary if end and not last else s.plan.groups[i + 1], kick_g[0], p)
     value = None
     if values and values[0] is not None:
         value = values[0]

@@ -147,7 +147,8 @@ def sample(
         ``build(potential_fn, guard)`` (see :mod:`hmc.kernels.base`); an object
         carries its own trajectory settings, and the next five arguments are ignored.
     integrator
-        ``"leapfrog"``, ``"minimum_norm"`` (Omelyan 2MN) or ``"yoshida4"``; ``None``: the
+        ``"leapfrog"``, ``"minimum_norm"`` (Omelyan 2MN), ``"yoshida4"`` or ``"force_gradient"``
+        (fourth order, three forces per step, the middle one's at a shifted point); ``None``: the
         kernel's default (``minimum_norm`` for ``hmc`` and ``ghmc``, ``leapfrog`` for ``nuts``).
     step_size
         ``None``: found by a doubling heuristic and adapted by dual averaging

@@ -230,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mass", type=float, default=0.1, help="--scan: the quark mass")
     parser.add_argument("--hasenbusch", default="1.0", help="--scan: comma-separated Hasenbusch masses")
     parser.add_argument("--inner", type=int, default=4, help="--scan: gauge steps per outer drift")
+    parser.add_argument("--outer", default="minimum_norm", help="--scan: the outermost level's integrator in the "
+                        "nested schemes (e.g. force_gradient; adds a flat row with it)")
+    parser.add_argument("--middle", type=int, default=1, help="--scan: Hasenbusch heavy steps per outer drift")
     parser.add_argument("--tempering", action="store_true", help="only the replica-exchange section "
                         "(scripts/tempering_validate.py: tempered against plain HMC at equal gradient cost; "
                         "writes VALIDATION.md and BENCHMARKS.md)")
@@ -265,8 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         return nuts_section(args.only, args.out)
     if args.timescales and args.scan:
         masses = tuple(float(m) for m in args.hasenbusch.split(",") if m)
-        rows, _ = scan_table(args.scan, (args.beta,), args.mass, timescale_schemes(args.inner, masses), 0.8,
-                             thermal_chains=4)
+        schemes = timescale_schemes(args.inner, masses, args.outer, args.middle)
+        rows, _ = scan_table(args.scan, (args.beta,), args.mass, schemes, 0.8, thermal_chains=4)
         print("\n".join(rows))
         return 0
     if args.timescales:
@@ -778,16 +781,25 @@ def production(pot, extra: dict, chains: int, warmup: int, samples: int, chunk: 
                 per_within=per_traj * chains * samples / within)
 
 
-def timescale_schemes(inner: int, hasenbusch_masses) -> list[tuple[str, dict, list | None]]:
+def timescale_schemes(inner: int, hasenbusch_masses, outer: str = "minimum_norm",
+                      middle: int = 1) -> list[tuple[str, dict, list | None]]:
     """``[(name, model keywords, timescales)]``: flat 2MN, nested 2MN (fermion outer, gauge
-    inner) and the Hasenbusch split on three levels (ratio outer, heavy, gauge inner) at
-    each of ``hasenbusch_masses``."""
-    schemes = [("flat 2MN", {}, None),
-               (f"nested 2MN, gauge x {inner}", {}, [{"terms": ["fermion"], "steps": 1},
-                                                     {"terms": ["gauge"], "steps": inner}])]
+    inner) and the Hasenbusch split on three levels (ratio outer, heavy x ``middle``, gauge
+    inner) at each of ``hasenbusch_masses``. ``outer``: the outermost level's integrator in
+    the nested schemes (anything but 2MN adds a flat row with that integrator, the time ratios
+    staying against flat 2MN)."""
+    head = {"terms": ["fermion"], "steps": 1}
+    tag = ""
+    if outer != "minimum_norm":
+        head, tag = dict(head, integrator=outer), f" ({outer} outside)"
+    schemes = [("flat 2MN", {}, None)]
+    if outer != "minimum_norm":
+        schemes.append((f"flat {outer}", {}, [{"terms": ["gauge", "fermion"], "steps": 1, "integrator": outer}]))
+    schemes.append((f"nested 2MN, gauge x {inner}{tag}", {}, [head, {"terms": ["gauge"], "steps": inner}]))
     for m_h in hasenbusch_masses:
-        schemes.append((f"Hasenbusch m_h = {m_h:g}: ratio / heavy x 1 / gauge x {inner}", {"hasenbusch_mass": m_h},
-                        [{"terms": ["fermion_ratio"], "steps": 1}, {"terms": ["fermion_heavy"], "steps": 1},
+        schemes.append((f"Hasenbusch m_h = {m_h:g}: ratio / heavy x {middle} / gauge x {inner}{tag}",
+                        {"hasenbusch_mass": m_h},
+                        [dict(head, terms=["fermion_ratio"]), {"terms": ["fermion_heavy"], "steps": middle},
                          {"terms": ["gauge"], "steps": inner}]))
     return schemes
 
@@ -801,7 +813,8 @@ def solves_per_step(timescales: list | None) -> tuple[int, int]:
     tables = tuple(level.get("integrator") or "minimum_norm" for level in timescales)
     counts = hmc.integrators.evaluations_per_step("minimum_norm", steps, tables)
     heavy = sum(c for c, level in zip(counts, timescales) if "fermion_heavy" in level["terms"])
-    return counts[0], heavy
+    light = sum(c for c, level in zip(counts, timescales) if {"fermion", "fermion_ratio"} & set(level["terms"]))
+    return light, heavy
 
 
 def scan_table(size: int, betas, mass: float, schemes, target: float,

@@ -81,6 +81,8 @@ def test_stability_limits_of_the_integrators():
     assert abs(integrators.stability_limit("leapfrog") - 2.0) < 1e-9
     assert abs(integrators.stability_limit("minimum_norm") - 2.5531) < 1e-3
     assert abs(integrators.stability_limit("yoshida4") - 1.5734) < 1e-3
+    # force-gradient: trace = -2 - (x^2 - 12)^3 / 432 with x = eps * omega, a triple root at sqrt(12)
+    assert abs(integrators.stability_limit("force_gradient") - 12.0 ** 0.5) < 1e-4
 
 
 def test_max_frequency_of_a_preconditioned_quadratic():

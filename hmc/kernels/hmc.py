@@ -274,7 +274,7 @@ def build_kernel(
     """Build ``kernel(rng_key, state, step_size, inverse_mass_matrix=None)``: one HMC
     transition of one chain (the function form of :class:`HMC`).
 
-    ``integrator``: ``"leapfrog"``, ``"minimum_norm"`` or ``"yoshida4"``;
+    ``integrator``: ``"leapfrog"``, ``"minimum_norm"``, ``"yoshida4"`` or ``"force_gradient"``;
     ``num_steps``/``trajectory_length``/``jitter``: see :class:`hmc.kernels.base.Trajectory`
     (jitter breaks the resonances of fixed-length HMC on near-Gaussian modes, Mackenzie,
     PLB 226 (1989) 369); ``divergence_threshold``: ``delta_energy`` above which a

@@ -161,8 +161,8 @@ class NUTS:
     Parameters
     ----------
     integrator
-        One step of it per leaf: ``"leapfrog"`` (Stan's and numpyro's), ``"minimum_norm"``
-        or ``"yoshida4"``.
+        One step of it per leaf: ``"leapfrog"`` (Stan's and numpyro's), ``"minimum_norm"``,
+        ``"yoshida4"`` or ``"force_gradient"``.
     max_tree_depth
         At most ``2**max_tree_depth - 1`` leaves per transition (Stan's default 10).
     divergence_threshold
