@@ -499,8 +499,10 @@ def rescaled_length(length_state: tuple, old: Array, new: Array) -> tuple:
 def limit_report(warmup_stats: dict[str, np.ndarray], target_accept: float, integrator: str | None,
                  jitter_factor: float = 1.0) -> str | None:
     """A sentence for the log and the summary when the adapted step sits at the stability
-    cap with an acceptance well above ``target_accept`` (the target is out of reach: the
-    acceptance stays high up to the limit and falls to zero beyond it); ``None`` otherwise.
+    cap with an acceptance well above ``target_accept`` (the target is out of reach below
+    the cap: on a Gaussian mode the acceptance stays high up to the limit and falls to zero
+    beyond it; on other targets the limit is an estimate and the note says so); ``None``
+    otherwise.
     Read from the warmup record (``step_limit``, ``adapted_step``, ``acceptance_rate``)."""
     limits = np.asarray(warmup_stats.get("step_limit", []))
     if integrator is None or limits.size == 0 or not np.all(np.isfinite(limits[:, -1])):
@@ -512,10 +514,14 @@ def limit_report(warmup_stats: dict[str, np.ndarray], target_accept: float, inte
         return None
     unstable = limit / STABILITY_FRACTION
     omega = _integrators.stability_limit(integrator) / (unstable * jitter_factor)
-    return (f"the acceptance target {target_accept:g} is out of reach: acceptance {acceptance:.3f} at the step cap, "
-            f"{STABILITY_FRACTION:g} x the stability limit of {integrator} (unstable beyond eps ~ {unstable:.4g}, "
-            f"eps * omega_max = {_integrators.stability_limit(integrator):.4g} with omega_max ~ {omega:.4g}); "
-            f"using eps = {step:.4g}")
+    # the cap is the harmonic limit at the stiffest curvature the power iterations found: exact
+    # for a Gaussian mode, an estimate elsewhere (a quartic tail, measured where the chains
+    # stood, can stay stable well beyond it), so the note says "estimated"
+    return (f"the acceptance target {target_accept:g} is out of reach below the step cap: acceptance "
+            f"{acceptance:.3f} at the cap, {STABILITY_FRACTION:g} x the estimated stability limit of {integrator} "
+            f"(eps * omega_max = {_integrators.stability_limit(integrator):.4g} with omega_max ~ {omega:.4g}, the "
+            f"stiffest curvature found: a harmonic mode that stiff is unstable beyond eps ~ {unstable:.4g}; a "
+            f"non-Gaussian target may stay stable further); using eps = {step:.4g}")
 
 
 def find_reasonable_step_size(

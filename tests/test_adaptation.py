@@ -161,6 +161,7 @@ def test_sampler_caps_the_step_at_the_oscillators_stability_limit():
     r = hmc.sample(pot, num_chains=8, num_warmup=300, num_samples=20, trajectory_length=1.5, jitter=0.2,
                    record=[], progress=False)
     assert r.step_note is not None and "out of reach" in r.step_note, r.step_note
+    assert "estimated stability limit" in r.step_note, r.step_note
     flat = jnp.asarray(r.final_positions["x"][0])
     hess = jax.hessian(lambda x: pot.energy({"x": x}))(flat)
     root = np.sqrt(np.asarray(r.inverse_mass_matrix, np.float64))
