@@ -449,9 +449,8 @@ def _one_step(s: _Scheme, q: PyTree, p: PyTree, g: tuple, flags: GuardFlags, ste
             fresh.append(g[level])
         if s.guard:
             flags = _check(flags, fresh[0] if len(fresh) == 1 else tuple(fresh), q, p, step * n_groups + i)
-        kick_g = _shifted_forces(s, s.plan.shifts[i + 1], q, p, g, flags, step * n_groups + i)
-        flags = kick_g[1]
-        p = _kick(s, s.plan.boundary if end and not last else s.plan.groups[i + 1], kick_g[0], p)
+        kick_g, flags = _shifted_forces(s, s.plan.shifts[i + 1], q, p, g, flags, step * n_groups + i)
+        p = _kick(s, s.plan.boundary if end and not last else s.plan.groups[i + 1], kick_g, p)
     value = None
     if values and values[0] is not None:
         value = values[0]
