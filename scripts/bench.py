@@ -788,12 +788,10 @@ def timescale_schemes(inner: int, hasenbusch_masses, outer: str = "minimum_norm"
     inner) at each of ``hasenbusch_masses``. ``outer``: the outermost level's integrator in
     the nested schemes (anything but 2MN adds a flat row with that integrator, the time ratios
     staying against flat 2MN)."""
-    head = {"terms": ["fermion"], "steps": 1}
-    tag = ""
-    if outer != "minimum_norm":
-        head, tag = dict(head, integrator=outer), f" ({outer} outside)"
+    head, tag = {"terms": ["fermion"], "steps": 1}, ""
     schemes = [("flat 2MN", {}, None)]
     if outer != "minimum_norm":
+        head, tag = dict(head, integrator=outer), f" ({outer} outside)"
         schemes.append((f"flat {outer}", {}, [{"terms": ["gauge", "fermion"], "steps": 1, "integrator": outer}]))
     schemes.append((f"nested 2MN, gauge x {inner}{tag}", {}, [head, {"terms": ["gauge"], "steps": inner}]))
     for m_h in hasenbusch_masses:
