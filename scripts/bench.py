@@ -19,12 +19,15 @@ against the sampler).
     python scripts/bench.py --efficiency    # effective samples per gradient and per second (efficiency.py)
     python scripts/bench.py --lengths       # the default trajectory length against 10 steps and the configs'
     python scripts/bench.py --timescales    # Schwinger model: nested against flat 2MN at equal acceptance
+    python scripts/bench.py --timescales --scan 16 --beta 32 --mass 0.5 --production 1000 --seeds 3
+                                            # one lattice's step-count scan, then cost per ESS at the defaults
     python scripts/bench.py --tempering     # replica exchange against plain HMC (tempering_validate.py)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import sys
@@ -232,6 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inner", type=int, default=4, help="--scan: gauge steps per outer drift")
     parser.add_argument("--outer", default="minimum_norm", help="--scan: the outermost level's integrator in the "
                         "nested schemes (e.g. force_gradient; adds a flat row with it)")
+    parser.add_argument("--production", type=int, default=0, metavar="DRAWS", help="--scan: then sampling runs "
+                        "(8 chains, DRAWS draws each, measuring the plaquette and the topological charge only) at the "
+                        "defaults: cost per effective sample")
+    parser.add_argument("--warmup", type=int, default=200, help="--production: warmup iterations")
+    parser.add_argument("--fixed", action="store_true", help="--production: also at the scan's fixed step counts")
+    parser.add_argument("--seeds", type=int, default=1, help="--production: sampler seeds 0, 1, ...")
     parser.add_argument("--middle", type=int, default=1, help="--scan: Hasenbusch heavy steps per outer drift")
     parser.add_argument("--tempering", action="store_true", help="only the replica-exchange section "
                         "(scripts/tempering_validate.py: tempered against plain HMC at equal gradient cost; "
@@ -269,8 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.timescales and args.scan:
         masses = tuple(float(m) for m in args.hasenbusch.split(",") if m)
         schemes = timescale_schemes(args.inner, masses, args.outer, args.middle)
-        rows, _ = scan_table(args.scan, (args.beta,), args.mass, schemes, 0.8, thermal_chains=4)
+        rows, chosen = scan_table(args.scan, (args.beta,), args.mass, schemes, 0.8, thermal_chains=4)
         print("\n".join(rows))
+        for seed in range(args.seeds if args.production else 0):
+            modes = (True, False) if args.fixed else (False,)
+            print("\n".join(production_table(args.scan, args.beta, args.mass, schemes, chosen, 8, args.warmup,
+                                             args.production, seed, modes, ("plaquette", "topological_charge"))),
+                  flush=True)
         return 0
     if args.timescales:
         write(args.out, timescales_section(args.size), TIMESCALES_BEGIN, TIMESCALES_END,
@@ -759,11 +773,11 @@ def delta_energy_scan(pot, thetas: np.ndarray, levels: list | None, counts, seed
     return rows
 
 
-def production(pot, extra: dict, chains: int, warmup: int, samples: int, chunk: int = 50) -> dict:
+def production(pot, extra: dict, chains: int, warmup: int, samples: int, chunk: int = 50, seed: int = 0) -> dict:
     """One sampling run; seconds per trajectory from the sampling chunks after the first
     (which carries the compilation), ESS of the plaquette over the draws."""
     records = []
-    r = hmc.sample(pot, seed=0, num_chains=chains, num_warmup=warmup, num_samples=samples, precision="float64",
+    r = hmc.sample(pot, seed=seed, num_chains=chains, num_warmup=warmup, num_samples=samples, precision="float64",
                    mass_matrix="identity", integrator="minimum_norm", progress=False, chunk_size=chunk,
                    on_chunk=lambda end: records.append(end.record), **extra)
     sampling = [rec for rec in records if rec["phase"] == "sampling"][1:]
@@ -875,30 +889,36 @@ def timescales_section(size: int, betas=(2.0, 8.0, 16.0), mass: float = 0.1, inn
     return lines + production_table(size, betas[-1], mass, schemes, chosen, chains, warmup, samples)
 
 
-def production_table(size, beta, mass, schemes, chosen, chains, warmup, samples) -> list[str]:
+def production_table(size, beta, mass, schemes, chosen, chains, warmup, samples, seed: int = 0,
+                     modes=(True, False), observables: tuple[str, ...] | None = None) -> list[str]:
+    """Sampling runs of every scheme: at the scan's fixed step counts (``True`` in ``modes``)
+    and at the defaults (``False``). ``observables``: measure only these (the condensate and
+    the pion correlator cost three solves per draw, the same for every scheme)."""
     runs = {}
-    for fixed in (True, False):
+    for fixed in modes:
         for name, model, levels in schemes:
             pot = physics_models.schwinger(L=size, beta=beta, mass=mass, **model)
+            if observables is not None:
+                pot = dataclasses.replace(pot, observables={k: pot.observables[k] for k in observables})
             extra = {} if levels is None else {"timescales": levels}
             if fixed:
                 n = chosen[(beta, name)]
                 label, extra = f"{name}, n = {n} (scan)", dict(extra, step_size=1.0 / n, num_steps=n)
             else:
                 label, extra = f"{name}, defaults (step adapted)", dict(extra, trajectory_length=1.0)
-            runs[label] = production(pot, extra, chains, warmup, samples)
+            runs[label] = production(pot, extra, chains, warmup, samples, seed=seed)
             print(label, runs[label], flush=True)
-    return production_lines(runs, len(schemes), size, beta, chains, warmup, samples)
+    return production_lines(runs, len(schemes), size, beta, chains, warmup, samples, seed)
 
 
-def production_lines(runs: dict, n_schemes: int, size, beta, chains, warmup, samples) -> list[str]:
+def production_lines(runs: dict, n_schemes: int, size, beta, chains, warmup, samples, seed: int = 0) -> list[str]:
     """The table of :func:`production_table` from its runs (the flat scheme first in each
     group of ``n_schemes``)."""
     lines = ["", f"**Cost per effective sample at beta = {beta:g}, {size}x{size}.** {chains} chains x ({warmup} warmup + "
-             f"{samples} draws), seed 0; ESS of the plaquette (bulk, the smallest over chains pooled); seconds per "
-             "trajectory from the sampling chunks after the first (which carries the compilation). Fixed step counts "
-             "from the scan, then the defaults a user gets (step adapted to acceptance 0.8 under the stability cap, "
-             "trajectory length 1). ESS within chains: each chain's own ESS, summed (blind to the differences "
+             f"{samples} draws), seed {seed}; ESS of the plaquette (bulk, the smallest over chains pooled); seconds per "
+             "trajectory from the sampling chunks after the first (which carries the compilation). Rows `(scan)`: the "
+             "scan's fixed step counts; rows `defaults`: what a user gets (step adapted to acceptance 0.8 under the "
+             "stability cap, trajectory length 1). ESS within chains: each chain's own ESS, summed (blind to the differences "
              "between the topological sectors the chains sit in). The ratios are flat's seconds per ESS over the "
              "scheme's (above 1: the scheme is cheaper).",
              "",
