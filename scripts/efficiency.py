@@ -40,7 +40,7 @@ from hmc import diagnostics, integrators  # noqa: E402
 CONFIGS = os.path.join(HERE, "..", "configs")
 # the oscillator again, as a sweep; the Schwinger model's pseudofermions are drawn afresh
 # every trajectory, which a NUTS energy cannot express (and each run costs minutes)
-SKIP_CONFIGS = ("sweep_oscillator.yaml", "schwinger.yaml")
+SKIP_CONFIGS = ("sweep_oscillator.yaml", "schwinger.yaml", "schwinger_fine.yaml")
 LEFT_OUT = ("magnetization",)
 #: extra sizes of the lattice models: name -> (config, model params)
 SIZES = {
