@@ -78,6 +78,10 @@ class AdaptationState(NamedTuple):
     def trajectory_length(self) -> Array:
         return jnp.exp(self.length_state[0])
 
+    @property
+    def length_jitter(self) -> Array:
+        return self.length_state[6]
+
 
 class Schedule(NamedTuple):
     """Per-iteration flags of the windowed schedule (host arrays of length ``num_warmup``):
@@ -124,9 +128,19 @@ def halton(t: Array) -> Array:
     return x.astype(jnp.float32) * jnp.float32(2.0**-32)
 
 
+def length_scale(t: Array, width: Array | None = None) -> Array:
+    """The factor on ``T`` of transition ``t``: ``2 h(t)``, uniform over (0, 2), or with a
+    half-width ``width < 1``, ``1 + width (2 h(t) - 1)``, uniform over ``1 +- width``."""
+    h = halton(t)
+    if width is None:
+        return 2.0 * h
+    return jnp.where(width < 1.0, 1.0 + width * (2.0 * h - 1.0), 2.0 * h)
+
+
 def jittered_length(state: AdaptationState, t: Array) -> Array:
-    """The trajectory length of transition ``t``: ``T * 2 h(t)``, uniform over (0, 2T)."""
-    return (state.trajectory_length * 2.0 * halton(t)).astype(state.step_size.dtype)
+    """The trajectory length of transition ``t``: ``T`` times :func:`length_scale`."""
+    scale = length_scale(t, state.length_jitter)
+    return (state.trajectory_length * scale).astype(state.step_size.dtype)
 
 
 #: Adam on log T for ChEES (Hoffman, Radul & Sountsov 2021): learning rate, beta2. The rate is
@@ -173,7 +187,7 @@ def chees_signal(start: Array, proposal: Array, tangent: Array, acceptance: Arra
 
 def _length_init(length: Array) -> tuple:
     zero = jnp.zeros((), length.dtype)
-    return (jnp.log(length), zero, zero, zero, zero, zero)
+    return (jnp.log(length), zero, zero, zero, zero, zero, jnp.ones((), length.dtype))
 
 
 #: ``trajectory_length="auto"``: the length, in steps, of the first (fast) warmup window,
@@ -206,7 +220,7 @@ def update_length(state: AdaptationState, signal: Array, averaged: Array, is_las
     into (4 chains of phi4 32x32 in its broken phase kept stripes of both vacua, R-hat 3-4,
     when ChEES started from one step at the first iteration). At ``restart`` it drops to
     one step, from which ChEES grows it to its first maximum."""
-    log_length, m, v, n, total, count = state.length_state
+    log_length, m, v, n, total, count, width = state.length_state
     dtype = log_length.dtype
     zero = jnp.zeros((), dtype)
     held = jnp.log(step_size * EQUILIBRATION_LENGTH_STEPS).astype(dtype)
@@ -217,7 +231,10 @@ def update_length(state: AdaptationState, signal: Array, averaged: Array, is_las
     v = LENGTH_BETA2 * v + (1.0 - LENGTH_BETA2) * signal**2
     v_hat = v / (1.0 - LENGTH_BETA2**n)
     move = LENGTH_LEARNING_RATE * signal / (jnp.sqrt(v_hat) + 1e-8)
-    log_length = jnp.clip(log_length + move, jnp.log(step_size), jnp.log(step_size * max_num_steps))
+    # a flat spectrum holds its quarter period, even below one step (a shorter step)
+    flat = width < 1.0
+    lowest = jnp.where(flat, -jnp.inf, jnp.log(step_size))
+    log_length = jnp.clip(log_length + jnp.where(flat, 0.0, move), lowest, jnp.log(step_size * max_num_steps))
     w = averaged.astype(dtype)
     total, count = total + w * log_length, count + w
     final = jnp.where(count > 0, total / jnp.maximum(count, 1.0), log_length)
@@ -225,7 +242,7 @@ def update_length(state: AdaptationState, signal: Array, averaged: Array, is_las
     fixed = jnp.asarray(hold) | jnp.asarray(restart)
     log_length = jnp.where(hold, held, jnp.where(restart, started, log_length))
     m, v, n = (jnp.where(fixed, zero, x) for x in (m, v, n))
-    return state._replace(length_state=(log_length, m, v, n, total, count))
+    return state._replace(length_state=(log_length, m, v, n, total, count, width))
 
 
 def pooled_gain(target_accept: float, order: int) -> float:
@@ -245,17 +262,12 @@ def pooled_gain(target_accept: float, order: int) -> float:
     return POOLED_DAMPING * abs(dlogmu_da) / (2.0 * order)
 
 
-def max_frequency(grad_fn: Callable[[PyTree], PyTree], position: PyTree, inverse_mass_matrix: Array | None,
-                  key: Array, iterations: int = POWER_ITERATIONS) -> Array:
-    """The largest frequency ``omega`` of the dynamics at ``position``: the square root of
-    the largest eigenvalue of ``L^T H L`` (``H`` the Hessian of the potential, ``L L^T``
-    the inverse mass matrix), by power iteration on Hessian-vector products.
-
-    The products are central differences of ``grad_fn`` (the gradient the integrator
-    uses, whatever differentiation rules the model's code carries). Power iteration
-    approaches the eigenvalue from below. Returns 0 (no limit known) where the largest
-    eigenvalue in magnitude is negative or anything is non-finite.
-    """
+def _preconditioned_hessian(grad_fn: Callable[[PyTree], PyTree], position: PyTree,
+                            inverse_mass_matrix: Array | None) -> tuple[Callable[[Array], Array], Array]:
+    """``(v -> L^T H L v, flat position)``: Hessian-vector products of the potential at
+    ``position`` in the metric's units (``L L^T`` the inverse mass matrix), as central
+    differences of ``grad_fn`` (the gradient the integrator uses, whatever differentiation
+    rules the model's code carries)."""
     flat, unravel = ravel_pytree(position)
     dtype = flat.dtype
     if inverse_mass_matrix is None:
@@ -276,14 +288,85 @@ def max_frequency(grad_fn: Callable[[PyTree], PyTree], position: PyTree, inverse
         u = scale(v)
         return scale_t((gradient(flat + h * u) - gradient(flat - h * u)) / (2.0 * h))
 
+    return product, flat
+
+
+def _top_eigenvalue(operator: Callable[[Array], Array], key: Array, like: Array, iterations: int) -> Array:
+    """The Rayleigh quotient after ``iterations`` power iterations of ``operator`` from a
+    random vector: the eigenvalue of largest magnitude, approached from below."""
+    dtype = like.dtype
+
     def normalized(v: Array) -> Array:
         return v / jnp.maximum(jnp.linalg.norm(v), jnp.finfo(dtype).tiny)
 
-    v = normalized(jax.random.normal(key, flat.shape, dtype))
-    v = jax.lax.fori_loop(0, iterations, lambda _, v: normalized(product(v)), v)
-    curvature = jnp.vdot(v, product(v))
+    v = normalized(jax.random.normal(key, like.shape, dtype))
+    v = jax.lax.fori_loop(0, iterations, lambda _, v: normalized(operator(v)), v)
+    return jnp.vdot(v, operator(v))
+
+
+def max_frequency(grad_fn: Callable[[PyTree], PyTree], position: PyTree, inverse_mass_matrix: Array | None,
+                  key: Array, iterations: int = POWER_ITERATIONS) -> Array:
+    """The largest frequency ``omega`` of the dynamics at ``position``: the square root of
+    the largest eigenvalue of ``L^T H L`` (``H`` the Hessian of the potential, ``L L^T``
+    the inverse mass matrix), by power iteration on Hessian-vector products.
+
+    The products are central differences of ``grad_fn`` (the gradient the integrator
+    uses, whatever differentiation rules the model's code carries). Power iteration
+    approaches the eigenvalue from below. Returns 0 (no limit known) where the largest
+    eigenvalue in magnitude is negative or anything is non-finite.
+    """
+    product, flat = _preconditioned_hessian(grad_fn, position, inverse_mass_matrix)
+    curvature = _top_eigenvalue(product, key, flat, iterations)
     ok = jnp.isfinite(curvature) & (curvature > 0)
-    return jnp.where(ok, jnp.sqrt(jnp.where(ok, curvature, 1.0)), 0.0).astype(dtype)
+    return jnp.where(ok, jnp.sqrt(jnp.where(ok, curvature, 1.0)), 0.0).astype(flat.dtype)
+
+
+def min_frequency(grad_fn: Callable[[PyTree], PyTree], position: PyTree, inverse_mass_matrix: Array | None,
+                  key: Array, omega_max: Array, iterations: int = POWER_ITERATIONS) -> Array:
+    """The smallest frequency of the dynamics at ``position``, by power iteration on
+    ``c - L^T H L`` with ``c = 1.05 omega_max^2`` (:func:`max_frequency`): its largest
+    eigenvalue is ``c - omega_min^2``. Approached from above (the Rayleigh quotient is
+    below that eigenvalue). Returns 0 where the smallest curvature is not positive (a
+    negative one: a saddle or a barrier top) or anything is non-finite."""
+    product, flat = _preconditioned_hessian(grad_fn, position, inverse_mass_matrix)
+    shift = (1.05 * omega_max**2).astype(flat.dtype)
+    top = _top_eigenvalue(lambda v: shift * v - product(v), key, flat, iterations)
+    curvature = shift - top
+    ok = jnp.isfinite(curvature) & (curvature > 0) & (omega_max > 0)
+    return jnp.where(ok, jnp.sqrt(jnp.where(ok, curvature, 1.0)), 0.0).astype(flat.dtype)
+
+
+#: ``trajectory_length="auto"`` on a flat spectrum (:func:`flat_spectrum`): every frequency of
+#: the preconditioned Hessian within this factor of the unit frequency of the adapted metric
+FLAT_SPREAD = 1.5
+#: the jitter's half-width on a flat spectrum: lengths uniform over ``T (1 +- FLAT_JITTER)``
+FLAT_JITTER = 0.2
+
+
+def flat_spectrum(state: AdaptationState, omega_min: Array, omega_max: Array) -> AdaptationState:
+    """The length's jitter after an estimate of the metric: narrow on a flat spectrum.
+
+    ChEES's jitter, uniform over ``(0, 2T)``, keeps every mode of a spread spectrum moving
+    (a fixed length makes some mode turn by a multiple of pi). Where every frequency of the
+    Hessian in the adapted metric's units (whose unit is the target's standard deviation)
+    is within :data:`FLAT_SPREAD` of 1 at every chain, as for a well-preconditioned
+    Gaussian, no mode can resonate at a quarter period, and the wide jitter only costs:
+    half its lengths are too short to decorrelate ``|x|^2`` and ChEES drifts to its
+    second maximum (2-3x the gradients per effective sample of the best fixed length, on
+    the gaussian and funnel configs). There the jitter narrows to
+    ``1 +- FLAT_JITTER`` and ``T`` restarts at the quarter period ``pi / (2 omega)``
+    (``omega`` the geometric mean of the two), from which ChEES carries on."""
+    log_length, m, v, n, total, count, width = state.length_state
+    dtype = log_length.dtype
+    ok = (omega_min > 0) & (omega_max > 0) & jnp.isfinite(omega_max)
+    flat = ok & (omega_min >= 1.0 / FLAT_SPREAD) & (omega_max <= FLAT_SPREAD)
+    omega = jnp.sqrt(jnp.where(ok, omega_min * omega_max, 1.0))
+    quarter = jnp.log(0.5 * np.pi / omega).astype(dtype)
+    zero = jnp.zeros((), dtype)
+    log_length = jnp.where(flat, quarter, log_length)
+    m, v, n = (jnp.where(flat, zero, x) for x in (m, v, n))
+    width = jnp.where(flat, jnp.asarray(FLAT_JITTER, dtype), jnp.ones((), dtype))
+    return state._replace(length_state=(log_length, m, v, n, total, count, width))
 
 
 def step_limit(omega: Array, integrator: str, jitter_factor: float = 1.0) -> Array:
@@ -522,6 +605,18 @@ def limit_report(warmup_stats: dict[str, np.ndarray], target_accept: float, inte
             f"(eps * omega_max = {_integrators.stability_limit(integrator):.4g} with omega_max ~ {omega:.4g}, the "
             f"stiffest curvature found: a harmonic mode that stiff is unstable beyond eps ~ {unstable:.4g}; a "
             f"non-Gaussian target may stay stable further); using eps = {step:.4g}")
+
+
+def length_report(warmup_stats: dict[str, np.ndarray]) -> str | None:
+    """A sentence for the log and the summary when warmup ended on a flat spectrum
+    (:func:`flat_spectrum`: the adapted length's jitter is narrow); ``None`` otherwise."""
+    widths = np.asarray(warmup_stats.get("length_jitter", []))
+    if widths.size == 0 or float(widths[0, -1]) >= 1.0:
+        return None
+    length = float(np.asarray(warmup_stats["trajectory_length"])[0, -1])
+    return (f"T = {length:.4g}, jittered +-{float(widths[0, -1]):.0%} (every frequency of the preconditioned "
+            f"Hessian is within {FLAT_SPREAD:g}x of the target's scale: a flat spectrum, so the quarter period "
+            f"pi / (2 omega) and not ChEES's length jittered over (0, 2T))")
 
 
 def find_reasonable_step_size(

@@ -32,6 +32,7 @@ from hmc.settings import Program
 PyTree = Any
 LIMIT_EVERY = 10  # warmup iterations between estimates of the step cap
 LIMIT_STREAM = 2**31 - 2  # an iteration index no transition uses: the step cap's random vectors
+FLAT_STREAM = 2**31 - 3  # (folded into those) the smallest frequency's random vectors
 
 
 class Chunks(NamedTuple):
@@ -145,6 +146,7 @@ def limiter(program: Program, potential: Potential) -> Callable:
         return [(jax.grad(fn), float(np.prod(split.steps[:i + 1]))) for i, fn in enumerate(split.energies)]
 
     n_levels = len(level_grads(None))
+    spectrum = flattener(program, potential, changed)
 
     def estimate(adapt_state, t, keys, states):
         minv = None if program.mass_matrix == "identity" else adapt_state.inverse_mass_matrix
@@ -162,6 +164,7 @@ def limiter(program: Program, potential: Potential) -> Callable:
             omega = jax.vmap(frequency, in_axes=in_axes)(states.position, minv, level_keys, fields)
             if program.pooled:
                 omega = jnp.max(omega)
+                adapt_state = spectrum(adapt_state, t, keys, states.position, omega)
             level_limit = _adaptation.step_limit(omega, tables[level], factor)
             substeps = level_grads(None)[level][1]
             level_limit = level_limit if substeps == 1.0 else level_limit * substeps
@@ -176,13 +179,41 @@ def limiter(program: Program, potential: Potential) -> Callable:
     return limit
 
 
+def flattener(program: Program, potential: Potential, changed: np.ndarray) -> Callable:
+    """``(adapt_state, t, keys, positions, omega_max) -> adapt_state``: with
+    ``trajectory_length="auto"``, pooled adaptation, one level and an adapted metric, at
+    the first iteration after each new metric, the smallest frequency over the chains
+    (:func:`hmc.adaptation.min_frequency`) and the length's jitter it implies
+    (:func:`hmc.adaptation.flat_spectrum`); otherwise nothing."""
+    applies = (getattr(program.kernel, "adaptive_length", False) and program.pooled
+               and not getattr(program.kernel, "timescales", None) and program.mass_matrix != "identity"
+               and not getattr(potential, "auxiliary", None))
+    if not applies:
+        return lambda adapt_state, t, keys, positions, omega_max: adapt_state
+    decide = jnp.asarray(changed & (np.arange(changed.shape[0]) > 0))
+
+    def lowest(adapt_state, keys, positions, omega_max):
+        keys = jax.vmap(_rng.fold_in, in_axes=(0, None))(keys, FLAT_STREAM)
+        minv = adapt_state.inverse_mass_matrix
+        omega = jax.vmap(lambda q, k: _adaptation.min_frequency(jax.grad(potential.energy), q, minv, k, omega_max))(
+            positions, keys)
+        # a chain with no positive curvature (0) makes the spectrum not flat
+        return _adaptation.flat_spectrum(adapt_state, jnp.min(omega), omega_max)
+
+    def run(adapt_state, t, keys, positions, omega_max):
+        return jax.lax.cond(decide[t], lowest, lambda a, k, q, o: a, adapt_state, keys, positions, omega_max)
+
+    return run
+
+
 def at_transition(params: Params, t: jax.Array) -> Params:
     """``params`` for transition ``t``: an adapted trajectory length ``T`` becomes
-    ``T * 2 h(t)`` (:func:`hmc.adaptation.halton`, the same for every chain)."""
+    ``T * 2 h(t)`` (:func:`hmc.adaptation.halton`, the same for every chain), or
+    ``T (1 + w (2 h(t) - 1))`` with a narrow jitter ``w`` (:func:`hmc.adaptation.length_scale`)."""
     if params.trajectory_length is None:
         return params
-    scale = (2.0 * _adaptation.halton(t)).astype(params.trajectory_length.dtype)
-    return params._replace(trajectory_length=params.trajectory_length * scale)
+    scale = _adaptation.length_scale(t, params.length_jitter).astype(params.trajectory_length.dtype)
+    return params._replace(trajectory_length=params.trajectory_length * scale, length_jitter=None)
 
 
 def lengthener(program: Program, potential: Potential) -> Callable:
@@ -255,8 +286,9 @@ def _warmup_chunk(step: Callable, adapt: Callable, limit: Callable, lengthen: Ca
             t = start + i
             keys = keys_at(chain_keys, t)
             adapt_state = limit(adapt_state, t, keys, states)
-            length = adapt_state.trajectory_length if adaptive_length else None
-            params = at_transition(Params(adapt_state.step_size, adapt_state.inverse_mass_matrix, length), t)
+            length, width = ((adapt_state.trajectory_length, adapt_state.length_jitter) if adaptive_length
+                             else (None, None))
+            params = at_transition(Params(adapt_state.step_size, adapt_state.inverse_mass_matrix, length, width), t)
             before = states
             states, info, trip = step(keys, states, params)
             adapt_state = adapt(adapt_state, t, info, states)
@@ -273,6 +305,8 @@ def _warmup_chunk(step: Callable, adapt: Callable, limit: Callable, lengthen: Ca
                 "adapted_step": jnp.broadcast_to(adapt_state.step_size, info.step_size.shape),
                 "trajectory_length": jnp.broadcast_to(adapt_state.trajectory_length, info.step_size.shape),
             }
+            if adaptive_length:
+                out["length_jitter"] = jnp.broadcast_to(adapt_state.length_jitter, info.step_size.shape)
             if getattr(info, "tree_depth", None) is not None:
                 out["tree_depth"] = info.tree_depth
             if getattr(info, "swap_acceptance", None) is not None:

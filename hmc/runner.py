@@ -308,13 +308,7 @@ def summarize_run(path: str, potential: Any = None, result: Any = None) -> dict[
     if kinds:
         text += "\nguard events: " + ", ".join(f"{k} x{n}" for k, n in sorted(kinds.items()))
     if warmup and np.size(warmup.get("acceptance_rate", [])):
-        acc = np.asarray(warmup["acceptance_rate"])
-        tail = acc[:, -max(1, acc.shape[1] // 10):]
-        text += f"\nwarmup: {acc.shape[1]} iterations, mean acceptance over its last tenth {float(tail.mean()):.3f}"
-        note = result.step_note if result is not None else _step_note(config, warmup)
-        if note:
-            text += f"\nstep size: {note}"
-            summary.sampler["step_size_note"] = note
+        text += _warmup_notes(summary, warmup, result.step_note if result is not None else _step_note(config, warmup))
     tempering_text, tempering = _tempering_note(run_dir, result)
     if tempering_text:
         text += "\n" + tempering_text
@@ -410,6 +404,24 @@ def _step_note(config: dict | None, warmup: dict) -> str | None:
         return None
     return adaptation.limit_report(warmup, sampler.get("target_accept", 0.8), sampler["integrator"],
                                    adaptation.jitter_factor(sampler.get("num_steps"), sampler.get("jitter")))
+
+
+def _warmup_notes(summary: Any, warmup: dict, step_note: str | None) -> str:
+    """The summary's lines on warmup: its final acceptance, and the adaptation's notes on the
+    step size (``step_note``) and the trajectory length (also put in ``summary.sampler``)."""
+    from hmc import adaptation
+
+    acc = np.asarray(warmup["acceptance_rate"])
+    tail = acc[:, -max(1, acc.shape[1] // 10):]
+    text = f"\nwarmup: {acc.shape[1]} iterations, mean acceptance over its last tenth {float(tail.mean()):.3f}"
+    if step_note:
+        text += f"\nstep size: {step_note}"
+        summary.sampler["step_size_note"] = step_note
+    length_note = adaptation.length_report(warmup)
+    if length_note:
+        text += f"\ntrajectory length: {length_note}"
+        summary.sampler["trajectory_length_note"] = length_note
+    return text
 
 
 def potential_for(path: str) -> Any:

@@ -335,6 +335,9 @@ class _Run:
                 note = self.step_note()
                 if note:
                     logger.info("warmup: %s", note)
+                length_note = _adaptation.length_report(stack_chunks(self.loop.warmup_chunks))
+                if length_note:
+                    logger.info("warmup: trajectory length %s", length_note)
 
     def step_note(self) -> str | None:
         """What :func:`hmc.adaptation.limit_report` says of this run's warmup."""
@@ -349,8 +352,9 @@ class _Run:
     def sampling(self) -> None:
         c, s = self.counters, self.settings
         state = self.loop.adapt_state
-        length = state.trajectory_length if getattr(s.kernel, "adaptive_length", False) else None
-        params = Params(state.step_size, state.inverse_mass_matrix, length)
+        adaptive = getattr(s.kernel, "adaptive_length", False)
+        length, width = (state.trajectory_length, state.length_jitter) if adaptive else (None, None)
+        params = Params(state.step_size, state.inverse_mass_matrix, length, width)
         while self.running and c.drawn < s.num_samples:
             start, n = s.num_warmup + c.drawn * s.thin, min(s.chunk_size, s.num_samples - c.drawn)
             args = (self.chain_keys, self.loop.states, params, start, n)

@@ -294,3 +294,69 @@ def test_auto_trajectory_length_refuses_what_it_cannot_adapt():
         with pytest.raises(ValueError, match=message):
             hmc.sample(pot, num_chains=2, num_samples=5, trajectory_length="auto", progress=False,
                        **{"num_warmup": 150, **extra})
+
+
+def test_min_frequency_of_a_preconditioned_quadratic():
+    # U = sum k_i x_i^2 / 2 with inverse mass m_i: omega_i^2 = k_i m_i; the smallest is 0.4 (i = 3)
+    rng = np.random.default_rng(4)
+    k = jnp.asarray(rng.uniform(1.0, 3.0, 30), jnp.float32).at[3].set(0.4)
+    minv = jnp.asarray(rng.uniform(0.8, 1.2, 30), jnp.float32).at[3].set(0.4)
+    position = {"x": jnp.asarray(rng.normal(size=30), jnp.float32)}
+    grad = jax.grad(lambda q: 0.5 * jnp.sum(k * q["x"] ** 2))
+    top = adaptation.max_frequency(grad, position, minv, jax.random.key(0))
+    low = adaptation.min_frequency(grad, position, minv, jax.random.key(1), top)
+    assert abs(float(low) - 0.4) < 0.02, float(low)
+    dense = adaptation.min_frequency(grad, position, jnp.diag(minv), jax.random.key(1), top)
+    assert abs(float(dense) - 0.4) < 0.02, float(dense)
+    # a saddle (one negative curvature) has no smallest frequency: 0, and so no flat spectrum
+    saddle = jax.grad(lambda q: 0.5 * jnp.sum(k.at[5].set(-1.0) * q["x"] ** 2))
+    assert float(adaptation.min_frequency(saddle, position, minv, jax.random.key(1), top)) == 0.0
+
+
+def test_flat_spectrum_narrows_the_jitter_and_starts_at_the_quarter_period():
+    state = adaptation.init(0.5, 4, "diagonal", pooled=True, trajectory_length=3.0)
+    assert float(state.length_jitter) == 1.0
+    flat = adaptation.flat_spectrum(state, jnp.asarray(0.9), jnp.asarray(1.1))
+    assert float(flat.length_jitter) == np.float32(adaptation.FLAT_JITTER)
+    np.testing.assert_allclose(float(flat.trajectory_length), 0.5 * np.pi / np.sqrt(0.99), rtol=1e-6)
+    # spread, unbounded or stiff relative to the metric's unit: the jitter stays uniform over (0, 2T)
+    for lo, hi in ((0.3, 1.1), (0.0, 1.0), (0.9, 1.6), (1.6, 1.7)):
+        out = adaptation.flat_spectrum(flat, jnp.asarray(lo), jnp.asarray(hi))
+        assert float(out.length_jitter) == 1.0, (lo, hi)
+        assert float(out.trajectory_length) == float(flat.trajectory_length)
+
+
+def test_length_scale_is_uniform_over_its_jitter():
+    t = jnp.arange(4095)
+    # width 1 (or none) is the full ChEES jitter, bit for bit
+    assert (np.asarray(adaptation.length_scale(t, jnp.asarray(1.0))) == np.asarray(2.0 * adaptation.halton(t))).all()
+    narrow = np.asarray(adaptation.length_scale(t, jnp.asarray(0.2)))
+    assert 0.8 < narrow.min() and narrow.max() < 1.2 and abs(narrow.mean() - 1.0) < 1e-3
+
+
+def test_auto_length_on_a_flat_spectrum_takes_the_quarter_period_with_a_narrow_jitter():
+    # A correlated Gaussian under a dense metric is a unit Gaussian in the metric's units: every
+    # frequency is 1, a trajectory of a quarter period is an independent draw, and ChEES's wide
+    # jitter (or its second maximum) cost 3-4x the gradients per effective sample there
+    import hmc
+    from hmc import diagnostics
+
+    cov = np.asarray([[4.0, 1.2, 0.0], [1.2, 1.0, 0.2], [0.0, 0.2, 0.25]])
+    prec = jnp.asarray(np.linalg.inv(cov), jnp.float32)
+    pot = hmc.Potential.from_logdensity(lambda q: -0.5 * q @ prec @ q, lambda k: jax.random.normal(k, (3,)))
+    r = hmc.sample(pot, num_chains=8, num_warmup=400, num_samples=1000, trajectory_length="auto",
+                   mass_matrix="dense", progress=False)
+    jitter, length = r.warmup_stats["length_jitter"][0], r.warmup_stats["trajectory_length"][0]
+    assert jitter[0] == 1.0 and jitter[-1] == np.float32(adaptation.FLAT_JITTER)
+    assert 0.5 * np.pi / 1.5 < length[-1] < 0.5 * np.pi * 1.5, length[-1]
+    x = np.asarray(r.draws["q"], np.float64)
+    for value, exact in ((x, np.zeros(3)), (x**2, np.diag(cov))):
+        mean = value.mean(axis=(0, 1))
+        error = value.std(axis=(0, 1)) / np.sqrt(diagnostics.ess_bulk(value))
+        assert np.all(np.abs(mean - exact) < 4.0 * error), (mean, exact, error)
+    # a spread spectrum keeps ChEES's jitter: the oscillator under a diagonal metric
+    import physics_models as pm
+
+    spread = hmc.sample(pm.harmonic_oscillator(n_sites=16), num_chains=4, num_warmup=200, num_samples=10,
+                        progress=False)
+    assert (spread.warmup_stats["length_jitter"] == 1.0).all()

@@ -43,11 +43,13 @@ GUARD_MODES = ("step", "trajectory", "off")
 class Params(NamedTuple):
     """What warmup adapts: the step size, the inverse mass matrix (``None``: identity) and,
     with ``trajectory_length="auto"``, this transition's trajectory length (the same for
-    every chain; ``None``: the kernel's own setting)."""
+    every chain; ``None``: the kernel's own setting) and, for the driver, the half-width of
+    its jitter (``None`` or 1: uniform over ``(0, 2T)``; see :func:`hmc.adaptation.length_scale`)."""
 
     step_size: Array
     inverse_mass_matrix: Array | None
     trajectory_length: Array | None = None
+    length_jitter: Array | None = None
 
 
 class Info(NamedTuple):
