@@ -60,9 +60,16 @@ CASES = {
 }
 
 
+#: the warmup record's entries when the digests were recorded: one added since (``length_jitter``)
+#: is a record of the adaptation's state, whose effect the draws and these entries carry
+WARMUP_KEYS = ("acceptance_rate", "adapted_step", "diverging", "guard_tripped", "n_steps", "step_limit", "step_size",
+               "trajectory_length")
+
+
 def digest(result: hmc.SampleResult) -> str:
     h = hashlib.sha256()
-    for group in (result.draws, result.stats, result.warmup_stats):
+    warmup = {k: v for k, v in result.warmup_stats.items() if k in WARMUP_KEYS}
+    for group in (result.draws, result.stats, warmup):
         for name in sorted(group):
             array = np.ascontiguousarray(group[name])
             h.update(f"{name}{array.dtype}{array.shape}".encode())
