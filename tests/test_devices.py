@@ -38,6 +38,10 @@ SCRIPT = textwrap.dedent('''
     auto_cases = {
         "auto_length": (pot, {}),
         "auto_length_embedding": (pm.get("u1_gauge")(L=4, beta=1.0), dict(integrator="leapfrog")),
+        # a flat spectrum (an elementwise Gaussian): the smallest frequency over chains on every device
+        "auto_length_flat": (hmc.Potential.from_logdensity(
+            lambda q: -0.5 * jax.numpy.sum((q / np.linspace(0.5, 2.0, 6).astype(np.float32)) ** 2),
+            lambda k: jax.random.normal(k, (6,))), {}),
         # replica exchange: ladder rounds pool the swap rates over chains across devices
         "tempering": (pm.get("classical_double_well")(height=8.0), dict(trajectory_length=1.0, tempering={
             "replicas": 4, "beta_min": 0.05})),
@@ -51,6 +55,8 @@ SCRIPT = textwrap.dedent('''
         out[name + "_stats"] = all(same(one.stats[k], four.stats[k]) for k in one.stats) and all(
             same(one.warmup_stats[k], four.warmup_stats[k]) for k in one.warmup_stats)
         out[name + "_devices"] = four.settings["devices"]
+        if "length_jitter" in one.warmup_stats:
+            out[name + "_jitter"] = float(one.warmup_stats["length_jitter"][0, -1])
     # a model whose gradient breaks mid-run: trips located and replayed on sharded chains
     broken = pm.broken.log_zero()
     kw = dict(seed=2, num_chains=8, num_warmup=0, step_size=0.3, num_samples=200, chunk_size=50, progress=False)
@@ -135,12 +141,18 @@ def test_four_cpu_devices_exist(four_devices):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["pooled_diagonal", "per_chain_dense", "step_guard_jitter", "ghmc", "nuts",
-                                  "auto_length", "auto_length_embedding", "tempering"])
+                                  "auto_length", "auto_length_embedding", "auto_length_flat", "tempering"])
 def test_sharded_draws_are_bit_identical(four_devices, case):
     # the pooled mean over chains is summed in chain order, so even adaptation agrees to the bit
     assert four_devices[case] == 0.0
     assert four_devices[case + "_stats"]
     assert four_devices[case + "_devices"] == 4
+
+
+@pytest.mark.slow
+def test_the_flat_case_is_flat_and_the_others_are_not(four_devices):
+    assert four_devices["auto_length_flat_jitter"] < 1.0
+    assert four_devices["auto_length_jitter"] == 1.0 and four_devices["auto_length_embedding_jitter"] == 1.0
 
 
 @pytest.mark.slow
