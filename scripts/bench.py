@@ -221,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(scripts/efficiency.py: grad/ESS and ESS/s against numpyro and blackjax NUTS)")
     parser.add_argument("--grid-check", action="store_true", help="with --efficiency: only ours (3 seeds) against "
                         "the best fixed grid point rerun with 3 fresh seeds, median to median")
+    parser.add_argument("--grid-seeds", type=int, default=3, help="--grid-check: seeds of ours and of the rerun "
+                        "grid point (other than 3: printed only)")
     parser.add_argument("--lengths", action="store_true", help="only the default-trajectory-length section "
                         "(scripts/efficiency.py: no length given, 10 steps and each config's own length)")
     parser.add_argument("--timescales", action="store_true", help="only the nested-timescales section "
@@ -261,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         memory_worker(*args.memory_worker)
         return 0
     if args.efficiency and args.grid_check:
+        if args.grid_seeds != 3:  # the table's rows are at 3 seeds: other counts are printed only
+            if not args.only:
+                parser.error("--grid-seeds other than 3 needs --only (its rows are printed, not written)")
+            return grid_check_section(args.only, args.out, False, args.grid_seeds)
         return grid_check_section(args.only, args.out, args.update)
     if args.efficiency:
         return efficiency_section(args.only, args.out, args.update)
