@@ -613,10 +613,14 @@ def length_report(warmup_stats: dict[str, np.ndarray]) -> str | None:
     widths = np.asarray(warmup_stats.get("length_jitter", []))
     if widths.size == 0 or float(widths[0, -1]) >= 1.0:
         return None
-    length = float(np.asarray(warmup_stats["trajectory_length"])[0, -1])
-    return (f"T = {length:.4g}, jittered +-{float(widths[0, -1]):.0%} (every frequency of the preconditioned "
+    length, width = float(np.asarray(warmup_stats["trajectory_length"])[0, -1]), float(widths[0, -1])
+    text = (f"T = {length:.4g}, jittered +-{width:.0%} (every frequency of the preconditioned "
             f"Hessian is within {FLAT_SPREAD:g}x of the target's scale: a flat spectrum, so the quarter period "
             f"pi / (2 omega) and not ChEES's length jittered over (0, 2T))")
+    step = np.asarray(warmup_stats.get("adapted_step", []))
+    if step.size and length * (1.0 + width) <= float(step[0, -1]):
+        text += f"; every trajectory is one step of its own length, shorter than the adapted eps = {float(step[0, -1]):.4g}"
+    return text
 
 
 def find_reasonable_step_size(

@@ -349,6 +349,7 @@ def test_auto_length_on_a_flat_spectrum_takes_the_quarter_period_with_a_narrow_j
     jitter, length = r.warmup_stats["length_jitter"][0], r.warmup_stats["trajectory_length"][0]
     assert jitter[0] == 1.0 and jitter[-1] == np.float32(adaptation.FLAT_JITTER)
     assert 0.5 * np.pi / 1.5 < length[-1] < 0.5 * np.pi * 1.5, length[-1]
+    assert "a flat spectrum" in adaptation.length_report(r.warmup_stats)
     x = np.asarray(r.draws["q"], np.float64)
     for value, exact in ((x, np.zeros(3)), (x**2, np.diag(cov))):
         mean = value.mean(axis=(0, 1))
@@ -360,3 +361,4 @@ def test_auto_length_on_a_flat_spectrum_takes_the_quarter_period_with_a_narrow_j
     spread = hmc.sample(pm.harmonic_oscillator(n_sites=16), num_chains=4, num_warmup=200, num_samples=10,
                         progress=False)
     assert (spread.warmup_stats["length_jitter"] == 1.0).all()
+    assert adaptation.length_report(spread.warmup_stats) is None
