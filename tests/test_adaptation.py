@@ -362,3 +362,16 @@ def test_auto_length_on_a_flat_spectrum_takes_the_quarter_period_with_a_narrow_j
                         progress=False)
     assert (spread.warmup_stats["length_jitter"] == 1.0).all()
     assert adaptation.length_report(spread.warmup_stats) is None
+
+
+def test_transitions_take_the_narrow_jitter_the_warmup_chose():
+    from hmc.chunks import at_transition
+    from hmc.kernels.base import Params
+
+    t = jnp.arange(256)
+    narrow = jax.vmap(lambda i: at_transition(Params(jnp.float32(0.1), None, jnp.float32(2.0), jnp.float32(0.2)),
+                                              i).trajectory_length)(t)
+    assert 1.6 <= float(narrow.min()) and float(narrow.max()) <= 2.4
+    wide = jax.vmap(lambda i: at_transition(Params(jnp.float32(0.1), None, jnp.float32(2.0), jnp.float32(1.0)),
+                                            i).trajectory_length)(t)
+    assert (np.asarray(wide) == np.asarray(2.0 * 2.0 * adaptation.halton(t))).all()
