@@ -85,13 +85,19 @@ def test_stability_limits_of_the_integrators():
     assert abs(integrators.stability_limit("force_gradient") - 12.0 ** 0.5) < 1e-4
 
 
+def _quadratic(seed, n, k_range, m_range, index, k_value, m_value):
+    """``U = sum k_i x_i^2 / 2`` with inverse mass ``m_i`` (``omega_i^2 = k_i m_i``), one
+    coordinate set apart: ``(gradient, a position, m)``."""
+    rng = np.random.default_rng(seed)
+    k = jnp.asarray(rng.uniform(*k_range, n), jnp.float32).at[index].set(k_value)
+    minv = jnp.asarray(rng.uniform(*m_range, n), jnp.float32).at[index].set(m_value)
+    position = {"x": jnp.asarray(rng.normal(size=n), jnp.float32)}
+    return jax.grad(lambda q: 0.5 * jnp.sum(k * q["x"] ** 2)), position, minv
+
+
 def test_max_frequency_of_a_preconditioned_quadratic():
-    # U = sum k_i x_i^2 / 2 with inverse mass m_i: omega_i^2 = k_i m_i, the largest 25
-    rng = np.random.default_rng(3)
-    k = jnp.asarray(rng.uniform(0.5, 5.0, 50), jnp.float32).at[7].set(50.0)
-    minv = jnp.asarray(rng.uniform(0.5, 2.0, 50), jnp.float32).at[7].set(12.5)
-    position = {"x": jnp.asarray(rng.normal(size=50), jnp.float32)}
-    grad = jax.grad(lambda q: 0.5 * jnp.sum(k * q["x"] ** 2))
+    # the largest omega is 25 (i = 7)
+    grad, position, minv = _quadratic(3, 50, (0.5, 5.0), (0.5, 2.0), 7, 50.0, 12.5)
     omega = adaptation.max_frequency(grad, position, minv, jax.random.key(0))
     assert abs(float(omega) - 25.0) < 0.25, float(omega)
     dense = adaptation.max_frequency(grad, position, jnp.diag(minv), jax.random.key(0))
@@ -297,19 +303,15 @@ def test_auto_trajectory_length_refuses_what_it_cannot_adapt():
 
 
 def test_min_frequency_of_a_preconditioned_quadratic():
-    # U = sum k_i x_i^2 / 2 with inverse mass m_i: omega_i^2 = k_i m_i; the smallest is 0.4 (i = 3)
-    rng = np.random.default_rng(4)
-    k = jnp.asarray(rng.uniform(1.0, 3.0, 30), jnp.float32).at[3].set(0.4)
-    minv = jnp.asarray(rng.uniform(0.8, 1.2, 30), jnp.float32).at[3].set(0.4)
-    position = {"x": jnp.asarray(rng.normal(size=30), jnp.float32)}
-    grad = jax.grad(lambda q: 0.5 * jnp.sum(k * q["x"] ** 2))
+    # the smallest omega is 0.4 (i = 3)
+    grad, position, minv = _quadratic(4, 30, (1.0, 3.0), (0.8, 1.2), 3, 0.4, 0.4)
     top = adaptation.max_frequency(grad, position, minv, jax.random.key(0))
     low = adaptation.min_frequency(grad, position, minv, jax.random.key(1), top)
     assert abs(float(low) - 0.4) < 0.02, float(low)
     dense = adaptation.min_frequency(grad, position, jnp.diag(minv), jax.random.key(1), top)
     assert abs(float(dense) - 0.4) < 0.02, float(dense)
     # a saddle (one negative curvature) has no smallest frequency: 0, and so no flat spectrum
-    saddle = jax.grad(lambda q: 0.5 * jnp.sum(k.at[5].set(-1.0) * q["x"] ** 2))
+    saddle = _quadratic(4, 30, (1.0, 3.0), (0.8, 1.2), 5, -1.0, 1.0)[0]
     assert float(adaptation.min_frequency(saddle, position, minv, jax.random.key(1), top)) == 0.0
 
 

@@ -504,16 +504,16 @@ def test_shipped_configs_are_valid_cover_every_model_and_pass_preflight(capsys):
 def test_flat_spectrum_length_is_in_the_summary_and_the_run_directory(tmp_path, capsys):
     # a well-preconditioned Gaussian: warmup takes the quarter period with a narrow jitter, and
     # the summary, summary.json and the run directory's warmup record say so
-    cfg = tmp_path / "flat.yaml"
-    cfg.write_text("model: {name: gaussian, params: {dim: 3, condition_number: 4.0, correlation: 0.3}}\n"
-                   "sampler: {mass_matrix: dense, trajectory_length: auto, num_chains: 4, num_warmup: 200, "
-                   "num_samples: 50}\n"
-                   f"output: {{dir: {tmp_path / 'out'}}}\n")
-    assert cli.main(["run", str(cfg), "--no-progress"]) == 0
+    out = str(tmp_path / "out")
+    text = f"""
+        model: {{name: gaussian, params: {{dim: 3, condition_number: 4.0, correlation: 0.3}}}}
+        sampler: {{mass_matrix: dense, trajectory_length: auto, num_chains: 4, num_warmup: 200, num_samples: 50}}
+        output: {{dir: {out}}}
+        """
+    assert cli.main(["run", write_config(tmp_path, name="flat.yaml", text=text), "--no-progress"]) == 0
     capsys.readouterr()
-    assert cli.main(["summary", str(tmp_path / "out")]) == 0
-    assert "trajectory length: T = " in capsys.readouterr().out
-    with open(tmp_path / "out" / "summary.json") as f:
+    assert cli.main(["summary", out]) == 0 and "trajectory length: T = " in capsys.readouterr().out
+    with open(os.path.join(out, "summary.json")) as f:
         assert "a flat spectrum" in json.load(f)["sampler"]["trajectory_length_note"]
-    warmup = nc(str(tmp_path / "out"))["warmup_stats"]
+    warmup = nc(out)["warmup_stats"]
     assert float(np.asarray(warmup["length_jitter"])[0, -1]) < 1.0
