@@ -352,10 +352,12 @@ def flat_spectrum(state: AdaptationState, omega_min: Array, omega_max: Array) ->
     is within :data:`FLAT_SPREAD` of 1 at every chain, as for a well-preconditioned
     Gaussian, no mode can resonate at a quarter period, and the wide jitter only costs:
     half its lengths are too short to decorrelate ``|x|^2`` and ChEES drifts to its
-    second maximum (2-3x the gradients per effective sample of the best fixed length, on
-    the gaussian and funnel configs). There the jitter narrows to
-    ``1 +- FLAT_JITTER`` and ``T`` restarts at the quarter period ``pi / (2 omega)``
-    (``omega`` the geometric mean of the two), from which ChEES carries on."""
+    second maximum (3-4x the gradients per effective sample of the quarter period, on the
+    gaussian and funnel configs). There the jitter narrows to ``1 +- FLAT_JITTER`` and
+    ``T`` is the quarter period ``pi / (2 omega)`` (``omega`` the geometric mean of the
+    two), held there: :func:`update_length` skips ChEES's step while the jitter is narrow
+    (with large steps ChEES's optimum moves past the quarter period, where a trajectory
+    takes two steps instead of one)."""
     log_length, m, v, n, total, count, width = state.length_state
     dtype = log_length.dtype
     ok = (omega_min > 0) & (omega_max > 0) & jnp.isfinite(omega_max)
