@@ -47,8 +47,8 @@ SIZES = {
     "harmonic_oscillator 256": ("harmonic_oscillator.yaml", {"n_sites": 256}),
     "phi4 8x8": ("phi4.yaml", {"shape": [8, 8]}),
     "phi4 64x64": ("phi4.yaml", {"shape": [64, 64]}),
-    # the same from a cold start (one vacuum per chain): the hot start's domain walls outlive the run
-    "phi4 64x64 cold": ("phi4.yaml", {"shape": [64, 64], "start": "cold"}),
+    # the same from a hot start (the config's is cold, one vacuum per chain): domain walls outlive the run
+    "phi4 64x64 hot": ("phi4.yaml", {"shape": [64, 64], "start": "hot"}),
 }
 
 
