@@ -223,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
                         "the best fixed grid point rerun with 3 fresh seeds, median to median")
     parser.add_argument("--grid-seeds", type=int, default=3, help="--grid-check: seeds of ours and of the rerun "
                         "grid point (other than 3: printed only)")
+    parser.add_argument("--draws", type=int, default=1000, help="--grid-check: draws per run (other than 1000: "
+                        "printed only; for rows whose 1000 draws do not sample their slowest process)")
     parser.add_argument("--lengths", action="store_true", help="only the default-trajectory-length section "
                         "(scripts/efficiency.py: no length given, 10 steps and each config's own length)")
     parser.add_argument("--timescales", action="store_true", help="only the nested-timescales section "
@@ -263,10 +265,11 @@ def main(argv: list[str] | None = None) -> int:
         memory_worker(*args.memory_worker)
         return 0
     if args.efficiency and args.grid_check:
-        if args.grid_seeds != 3:  # the table's rows are at 3 seeds: other counts are printed only
+        if args.grid_seeds != 3 or args.draws != 1000:  # the table's rows are at 3 seeds x 1000 draws
             if not args.only:
-                parser.error("--grid-seeds other than 3 needs --only (its rows are printed, not written)")
-            return grid_check_section(args.only, args.out, False, args.grid_seeds)
+                parser.error("--grid-seeds other than 3 or --draws other than 1000 needs --only (its rows are "
+                             "printed, not written)")
+            return grid_check_section(args.only, args.out, False, args.grid_seeds, args.draws)
         return grid_check_section(args.only, args.out, args.update)
     if args.efficiency:
         return efficiency_section(args.only, args.out, args.update)
@@ -428,13 +431,13 @@ def put_table(out: str, rows: list[str], only: str | None, update: bool, flag: s
 GRIDCHECK_BEGIN, GRIDCHECK_END = "<!-- bench.py --grid-check:begin -->", "<!-- bench.py --grid-check:end -->"
 
 
-def grid_check_section(only: str | None, out: str, update: bool = False, seeds: int = 3) -> int:
+def grid_check_section(only: str | None, out: str, update: bool = False, seeds: int = 3, draws: int = 1000) -> int:
     """The table of :func:`efficiency.grid_check_table` (into BENCHMARKS.md; ``--only``: printed
     only, or with ``update`` put in place of the same cases' rows, the section made if absent)."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import efficiency
 
-    chains, warmup, draws = 8, 500, 1000
+    chains, warmup = 8, 500
     print(versions())
     rows = efficiency.grid_check_table(only, chains, warmup, draws, seeds)
     about = (f"{chains} chains, {warmup} warmup + {draws} draws, every shipped config at its own settings, {seeds} "
