@@ -278,7 +278,7 @@ def _tempering_round_ends(num_warmup: int, first: int = 8) -> list[int]:
 
 
 def _warmup_chunk(step: Callable, adapt: Callable, limit: Callable, lengthen: Callable, temper: Callable,
-                  chunk_size: int, adaptive_length: bool) -> Callable:
+                  chunk_size: int, adaptive_length: bool, warmup_length: float | None = None) -> Callable:
     @jax.jit
     def warmup_chunk(chain_keys, states, adapt_state, start, n_valid):
         def one(carry, i):
@@ -286,9 +286,12 @@ def _warmup_chunk(step: Callable, adapt: Callable, limit: Callable, lengthen: Ca
             t = start + i
             keys = keys_at(chain_keys, t)
             adapt_state = limit(adapt_state, t, keys, states)
-            length, width = ((adapt_state.trajectory_length, adapt_state.length_jitter) if adaptive_length
-                             else (None, None))
-            params = at_transition(Params(adapt_state.step_size, adapt_state.inverse_mass_matrix, length, width), t)
+            if adaptive_length:
+                params = at_transition(Params(adapt_state.step_size, adapt_state.inverse_mass_matrix,
+                                              adapt_state.trajectory_length, adapt_state.length_jitter), t)
+            else:  # a fixed length: warmup's own, if given, jittered by the kernel
+                length = None if warmup_length is None else jnp.asarray(warmup_length, adapt_state.step_size.dtype)
+                params = Params(adapt_state.step_size, adapt_state.inverse_mass_matrix, length)
             before = states
             states, info, trip = step(keys, states, params)
             adapt_state = adapt(adapt_state, t, info, states)
@@ -394,7 +397,8 @@ def _build(potential: Potential, program: Program, with_replay: bool) -> Chunks:
     step = all_chains(kernel, program, with_replay)
     warmup = _warmup_chunk(step, adapter(program), limiter(program, potential),
                            lengthener(program, potential), tempering_rounds(program, potential), program.chunk_size,
-                           getattr(program.kernel, "adaptive_length", False))
+                           getattr(program.kernel, "adaptive_length", False),
+                           getattr(program.kernel, "warmup_trajectory_length", None))
     return Chunks(warmup,
                   _sample_chunk(potential, program, step))
 

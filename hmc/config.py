@@ -79,6 +79,7 @@ class SamplerConfig(_Section):
     num_steps: PositiveInt | None = None  # null: kernel hmc adapts the length (auto), ghmc takes 1
     trajectory_length: PositiveFloat | Literal["auto"] | None = None  # auto: adapted in warmup (ChEES)
     jitter: float = Field(0.0, ge=0.0, lt=1.0)
+    warmup_trajectory_length: PositiveFloat | None = None  # warmup's own length (with a float trajectory_length)
     max_num_steps: PositiveInt = 1000  # the most steps of a trajectory_length trajectory
     max_tree_depth: Annotated[int, Field(ge=1, le=30)] | None = None  # kernel nuts: at most 2**depth - 1 leaves (10)
     persistence: float | None = Field(None, ge=0.0, lt=1.0)  # kernel ghmc: c in p <- c p + sqrt(1 - c^2) xi
@@ -100,7 +101,8 @@ class SamplerConfig(_Section):
         if self.kernel == "nuts":
             if "integrator" not in self.model_fields_set:
                 self.integrator = "leapfrog"  # one gradient per leaf: cheaper per effective sample (BENCHMARKS.md)
-            given = sorted({"num_steps", "trajectory_length", "jitter", "timescales"} & self.model_fields_set)
+            given = sorted({"num_steps", "trajectory_length", "jitter", "timescales", "warmup_trajectory_length"}
+                           & self.model_fields_set)
             given = [k for k in given if getattr(self, k) not in (None, 0.0)]
             if given:
                 raise ValueError(f"{given[0]} does not apply to kernel nuts (the tree sets the trajectory's length; "
@@ -114,6 +116,9 @@ class SamplerConfig(_Section):
             raise ValueError(f"tempering needs kernel hmc (kernel is {self.kernel!r})")
         if self.trajectory_length == "auto" and self.kernel != "hmc":
             raise ValueError(f"trajectory_length: auto applies to kernel hmc only (kernel is {self.kernel!r})")
+        if self.warmup_trajectory_length is not None and not isinstance(self.trajectory_length, float):
+            raise ValueError("warmup_trajectory_length needs a float trajectory_length (the draws' length; "
+                             f"trajectory_length is {self.trajectory_length!r})")
         return self
 
 
@@ -482,6 +487,7 @@ def sample_kwargs(config: RunConfig) -> dict[str, Any]:
         num_steps=s.num_steps,
         trajectory_length=s.trajectory_length,
         jitter=s.jitter,
+        warmup_trajectory_length=s.warmup_trajectory_length,
         max_num_steps=None if s.kernel == "nuts" else s.max_num_steps,
         max_tree_depth=s.max_tree_depth,
         timescales=None if s.timescales is None else [level.model_dump(exclude_none=True) for level in s.timescales],

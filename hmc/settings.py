@@ -85,6 +85,7 @@ class Settings:
     @classmethod
     def from_arguments(cls, kernel: Any = "hmc", *, integrator: str | None, num_steps: int | None,
                        trajectory_length: float | None, jitter: float, divergence_threshold: float,
+                       warmup_trajectory_length: float | None = None,
                        persistence: float | None = None, max_num_steps: int | None = None,
                        max_tree_depth: int | None = None,
                        timescales: Any = None, tempering: Any = None, **rest: Any) -> Settings:
@@ -97,6 +98,11 @@ class Settings:
             if kernel != "nuts":
                 raise ValueError(f"max_tree_depth applies to kernel='nuts' only, not to kernel={kernel!r}")
             extra["max_tree_depth"] = max_tree_depth
+        if warmup_trajectory_length is not None:
+            if kernel not in ("hmc", "ghmc"):
+                raise ValueError(f"warmup_trajectory_length applies to kernels 'hmc' and 'ghmc' with a float "
+                                 f"trajectory_length, not to kernel={kernel!r}")
+            extra["warmup_trajectory_length"] = warmup_trajectory_length
         if kernel == "hmc" and num_steps is None and trajectory_length is None:
             trajectory_length = default_length(jitter, tempering, rest)
         spec = _kernels.resolve(kernel, integrator=integrator, num_steps=num_steps,

@@ -283,7 +283,7 @@ LENGTHS_HEADER = ("| case | config's length: grad/ESS | 10 steps, no jitter (the
 def length_run(case: Case, **trajectory: Any) -> tuple[hmc.SampleResult, float, float]:
     """One run of ``case`` with its trajectory settings replaced: the result, gradients per
     effective sample and the largest R-hat over the observables."""
-    kwargs = dict(case.kwargs, num_steps=None, trajectory_length=None, jitter=0.0)
+    kwargs = dict(case.kwargs, num_steps=None, trajectory_length=None, jitter=0.0, warmup_trajectory_length=None)
     kwargs.update(trajectory)
     r = hmc.sample(case.potential, progress=False, init_positions=case.positions, **kwargs)
     grads = hmc.sampler.num_gradient_evaluations(r.settings, r.stats["n_steps"]) * r.settings["thin"]

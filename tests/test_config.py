@@ -47,6 +47,16 @@ def test_overrides_and_yaml_1_1_floats(tmp_path):
         config.load(path, ["sampler.step_size"])
 
 
+def test_warmup_trajectory_length_goes_to_sample_and_needs_a_float_length(tmp_path):
+    path = write(tmp_path, "model: {name: gaussian}\nsampler: {trajectory_length: 0.25, warmup_trajectory_length: 0.5}\n")
+    assert config.sample_kwargs(config.load(path))["warmup_trajectory_length"] == 0.5
+    assert config.sample_kwargs(config.load(write(tmp_path, "model: {name: gaussian}\n", "plain.yaml"))
+                                )["warmup_trajectory_length"] is None
+    for override in ("sampler.trajectory_length=auto", "sampler.trajectory_length=null", "sampler.kernel=nuts"):
+        with pytest.raises(config.ConfigError, match="warmup_trajectory_length"):
+            config.load(path, [override])
+
+
 def test_model_sources_and_their_errors(tmp_path):
     (tmp_path / "mymodel.py").write_text(textwrap.dedent("""
         import jax, jax.numpy as jnp

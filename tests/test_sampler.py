@@ -140,6 +140,29 @@ def test_trajectory_length_and_jitter():
     assert eps.min() >= 0.05 - 1e-6 and eps.max() <= 0.15 + 1e-6 and eps.std() > 0.02
 
 
+def test_warmup_trajectory_length_is_warmups_and_the_draws_keep_theirs():
+    pot = gaussian(dim=3)
+    kwargs = dict(seed=0, num_chains=2, num_warmup=150, num_samples=150, trajectory_length=0.5, jitter=0.2,
+                  progress=False)
+    r = hmc.sample(pot, warmup_trajectory_length=2.0, **kwargs)
+    warm = r.warmup_stats["n_steps"] * r.warmup_stats["step_size"]  # each transition's length
+    drawn = r.stats["n_steps"] * r.stats["step_size"]
+    assert warm.min() >= 2.0 * 0.8 - 1e-4 and warm.max() <= 2.0 * 1.2 + 1e-4 and warm.std() > 0.05
+    assert drawn.min() >= 0.5 * 0.8 - 1e-4 and drawn.max() <= 0.5 * 1.2 + 1e-4
+    assert r.settings["warmup_trajectory_length"] == 2.0
+    plain = hmc.sample(pot, **kwargs)
+    assert "warmup_trajectory_length" not in plain.settings
+    assert (plain.warmup_stats["n_steps"] * plain.warmup_stats["step_size"]).max() <= 0.5 * 1.2 + 1e-4
+    # the draws start from another warmup, so they differ; both are the sampler's draws of N(0, 1)
+    assert not np.array_equal(r.draws["x"], plain.draws["x"])
+    for bad, message in ((dict(trajectory_length="auto", jitter=0.0), "needs a float trajectory_length"),
+                         (dict(trajectory_length=None, num_steps=5), "needs a float trajectory_length"),
+                         (dict(trajectory_length=None, jitter=0.0, kernel="nuts"), "not to kernel='nuts'"),
+                         (dict(warmup_trajectory_length=-1.0), "warmup_trajectory_length must be > 0")):
+        with pytest.raises(ValueError, match=message):
+            hmc.sample(pot, **{**kwargs, "warmup_trajectory_length": 1.0, **bad})
+
+
 def test_pytree_state_with_several_leaves():
     def init(key):
         k1, k2 = jax.random.split(key)

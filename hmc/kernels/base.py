@@ -117,7 +117,10 @@ class Trajectory:
     :mod:`hmc.adaptation`) and passes each transition's length in :class:`Params`. ``max_num_steps``
     caps the steps of a ``trajectory_length`` trajectory (it is then shorter than asked
     for): from a poor start the first step size can be tiny, and an uncapped trajectory
-    takes so many steps that the run looks hung.
+    takes so many steps that the run looks hung. ``warmup_trajectory_length`` (with a
+    float ``trajectory_length``): the length of warmup's transitions, jittered alike; the
+    draws take ``trajectory_length``. Equilibrating from the start wants longer
+    trajectories than drawing does where the start is far from typical.
     """
 
     integrator: str = "minimum_norm"
@@ -127,6 +130,7 @@ class Trajectory:
     divergence_threshold: float = 1000.0
     max_num_steps: int = 1000
     timescales: tuple | None = None
+    warmup_trajectory_length: float | None = None
 
     def __post_init__(self) -> None:
         _integrators.coefficients(self.integrator)
@@ -142,6 +146,12 @@ class Trajectory:
         elif self.trajectory_length is not None and (isinstance(self.trajectory_length, str)
                                                      or not self.trajectory_length > 0):
             raise ValueError(f"trajectory_length must be > 0 or 'auto', got {self.trajectory_length!r}")
+        if self.warmup_trajectory_length is not None:
+            if self.trajectory_length is None or self.adaptive_length:
+                raise ValueError("warmup_trajectory_length needs a float trajectory_length (with num_steps or "
+                                 "trajectory_length='auto' the warmup's length is not set by hand)")
+            if isinstance(self.warmup_trajectory_length, str) or not self.warmup_trajectory_length > 0:
+                raise ValueError(f"warmup_trajectory_length must be > 0, got {self.warmup_trajectory_length!r}")
         if int(self.max_num_steps) != self.max_num_steps or self.max_num_steps < 1:
             raise ValueError(f"max_num_steps must be an integer >= 1, got {self.max_num_steps!r}")
         if not 0.0 <= self.jitter < 1.0:

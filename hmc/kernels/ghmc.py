@@ -55,7 +55,8 @@ def _transition(potential_fn: Callable, settings: GHMC, guard: str, refresh: boo
     def step(rng_key: Array, state: GHMCState, params: Params) -> tuple[GHMCState, HMCInfo]:
         key_momentum, key_jitter, key_accept = _rng.split(rng_key, 3)
         dtype = state.potential_energy.dtype
-        eps, n_steps = jittered(settings, key_jitter, jnp.asarray(params.step_size, dtype), dtype)
+        eps, n_steps = jittered(settings, key_jitter, jnp.asarray(params.step_size, dtype), dtype,
+                                params.trajectory_length)
         metric = _integrators.euclidean_metric(params.inverse_mass_matrix, state.position)
         if refresh:
             c = jnp.asarray(settings.persistence, dtype)

@@ -86,15 +86,18 @@ def jittered(settings: Trajectory, key: Array, step_size: Array, dtype: Any,
     trajectory the jitter then leaves every trajectory the same, and a mode whose
     rotation per trajectory is near a multiple of pi stops mixing (measured on the
     oscillator, 64 sites: 12x fewer effective samples per gradient at 1.75x the adapted step).
-    ``length``: this transition's length, given by the driver (``trajectory_length="auto"``).
+    ``length``: this transition's length, given by the driver (``trajectory_length="auto"``,
+    already jittered), or with a fixed length the one to jitter in its place (warmup's
+    ``warmup_trajectory_length``).
     """
     u = _rng.uniform(key, dtype, -1.0, 1.0) if settings.jitter > 0 else jnp.zeros((), dtype)
     if settings.num_steps is not None:
         return step_size * (1.0 + settings.jitter * u), int(settings.num_steps)
-    if length is None:
-        if settings.adaptive_length:
+    if settings.adaptive_length:
+        if length is None:
             raise ValueError("trajectory_length='auto' needs the length in Params (the driver passes it)")
-        length = settings.trajectory_length * (1.0 + settings.jitter * u)
+    else:
+        length = (settings.trajectory_length if length is None else length) * (1.0 + settings.jitter * u)
     length = jnp.asarray(length, dtype)
     n_steps = _num_steps_for(length, step_size, settings.max_num_steps)
     return jnp.minimum(length / n_steps, step_size).astype(dtype), n_steps
