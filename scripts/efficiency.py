@@ -305,7 +305,7 @@ def lengths_table(only: str | None, chains: int, warmup: int, draws: int) -> lis
         case = Case(config_file, params, chains, warmup, draws)
         if case.kwargs.get("kernel", "hmc") != "hmc" or case.kwargs.get("tempering"):
             continue
-        own = {k: case.kwargs.get(k) for k in ("num_steps", "trajectory_length", "jitter")}
+        own = {k: case.kwargs.get(k) for k in ("num_steps", "trajectory_length", "jitter", "warmup_trajectory_length")}
         _, own_cost, _ = length_run(case, **{k: v for k, v in own.items() if v is not None})
         _, old_cost, old_rhat = length_run(case, num_steps=10)
         r, new_cost, new_rhat = length_run(case)
