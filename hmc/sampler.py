@@ -274,7 +274,8 @@ def sample(
             tempering = _tempering.choose_replicas(tempering, pilot)
     settings = Settings.from_arguments(
         kernel, integrator=integrator, num_steps=num_steps, trajectory_length=trajectory_length, jitter=jitter,
-        warmup_trajectory_length=warmup_trajectory_length, persistence=persistence, divergence_threshold=divergence_threshold, max_num_steps=max_num_steps,
+        warmup_trajectory_length=warmup_trajectory_length, persistence=persistence,
+        divergence_threshold=divergence_threshold, max_num_steps=max_num_steps,
         max_tree_depth=max_tree_depth,
         timescales=timescales, tempering=tempering, seed=seed, num_chains=num_chains,
         num_warmup=num_warmup, num_samples=num_samples, thin=thin, step_size=step_size, mass_matrix=mass_matrix,
