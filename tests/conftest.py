@@ -38,3 +38,48 @@ def once_per_session(tmp_path_factory, name, compute):
             folder.mkdir(exist_ok=True)
             result.write_text(json.dumps(compute(folder)))
     return json.loads(result.read_text())
+
+
+# -- where the test tier's time goes ----------------------------------------------------------
+# With HMC_TEST_TIMINGS=FOLDER each test process writes one JSON line per test: its wall time
+# and the seconds JAX spent tracing, lowering and compiling in this process (JAX's own
+# duration events), with the number of XLA compilations. scripts/test_timings.py reads them.
+_COMPILE_EVENTS = {
+    "/jax/core/compile/jaxpr_trace_duration": "trace",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",
+    "/jax/core/compile/backend_compile_duration": "compile",
+}
+_compile_seconds = {"trace": 0.0, "lower": 0.0, "compile": 0.0, "programs": 0}
+
+
+def _on_duration(event, seconds, **_):
+    kind = _COMPILE_EVENTS.get(event)
+    if kind is not None:
+        _compile_seconds[kind] += seconds
+        if kind == "compile":
+            _compile_seconds["programs"] += 1
+
+
+if os.environ.get("HMC_TEST_TIMINGS"):
+    import jax.monitoring
+
+    jax.monitoring.register_event_duration_secs_listener(_on_duration)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    folder = os.environ.get("HMC_TEST_TIMINGS")
+    if not folder:
+        yield
+        return
+    import time
+
+    before = dict(_compile_seconds)
+    start = time.perf_counter()
+    yield
+    wall = time.perf_counter() - start
+    record = {"test": item.nodeid, "wall": wall,
+              **{k: _compile_seconds[k] - before[k] for k in _compile_seconds}}
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}.jsonl"), "a") as out:
+        out.write(json.dumps(record) + "\n")

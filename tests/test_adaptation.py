@@ -201,6 +201,7 @@ def test_chees_signal_points_up_for_short_trajectories_and_down_for_long_ones():
     assert signal(2.2) < 0 and signal(2.8) < 0
 
 
+@pytest.mark.slow
 def test_auto_trajectory_length_scales_with_the_target_and_keeps_chains_in_lockstep():
     import hmc
 
@@ -232,6 +233,7 @@ def test_a_new_metric_rescales_the_adapted_length_by_its_slowest_frequency():
     np.testing.assert_allclose(float(jnp.exp(dense[0])), 8.0 / np.sqrt(1.9), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_auto_length_comes_back_to_the_whitened_scale_after_the_metric_adapts():
     # Scales 1..10 and a diagonal metric: warmup starts with the identity, where the slow
     # mode wants a length of about 10, and ends whitened, where the first ChEES maximum is
@@ -336,6 +338,7 @@ def test_length_scale_is_uniform_over_its_jitter():
     assert 0.8 < narrow.min() and narrow.max() < 1.2 and abs(narrow.mean() - 1.0) < 1e-3
 
 
+@pytest.mark.slow
 def test_auto_length_on_a_flat_spectrum_takes_the_quarter_period_with_a_narrow_jitter():
     # A correlated Gaussian under a dense metric is a unit Gaussian in the metric's units: every
     # frequency is 1, a trajectory of a quarter period is an independent draw, and ChEES's wide

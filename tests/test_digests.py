@@ -88,7 +88,12 @@ def _recorded() -> dict:
     return json.loads(DIGESTS.read_text()) if DIGESTS.exists() else {}
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+# two cases in the default tier, all four in the slow tier (each compiles its own sampler)
+DEFAULT_TIER = {"oscillator_default", "where_trap_trips_step_guard"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=[] if name in DEFAULT_TIER else [pytest.mark.slow])
+                                  for name in sorted(CASES)])
 def test_draws_match_the_recorded_digest(name):
     recorded = _recorded().get(platform_key())
     if recorded is None or name not in recorded:

@@ -58,6 +58,7 @@ def free_pion_correlator(size, mass):
     return np.sum(np.abs(prop) ** 2, axis=(1, 2, 3))
 
 
+@pytest.mark.slow
 def test_pion_correlator_is_the_free_field_value_and_agrees_with_the_dense_inverse():
     with jax.enable_x64(True):
         size = 6
@@ -166,6 +167,7 @@ def test_model_checks_its_parameters():
         schwinger(n_flavors=1)
 
 
+@pytest.mark.slow
 def test_auxiliary_fields_are_redrawn_each_trajectory_kept_apart_and_resumed_bit_exact(x64_off_after):
     pot = schwinger(L=L, mass=0.5, beta=1.0)
     kw = dict(seed=2, num_chains=2, num_warmup=0, num_samples=24, chunk_size=8, num_steps=3, step_size=0.2,

@@ -235,6 +235,7 @@ def test_a_model_that_never_trips_never_compiles_the_replay():
     assert _replay_builds(healthy) == [False]
 
 
+@pytest.mark.slow
 def test_trajectory_and_step_checks_agree():
     """The default end-of-trajectory check with replay rejects exactly the trajectories the
     per-step check rejects, and locates the same leapfrog step, chain and draw."""

@@ -80,6 +80,7 @@ def test_ghmc_acceptance_keeps_the_direction_of_motion():
     assert float(jnp.dot(new.momentum["x"], p0["x"])) > 0.9 * float(jnp.dot(p0["x"], p0["x"]))
 
 
+@pytest.mark.slow
 def test_ghmc_oscillator_exact_values():
     """A cheap stand-in for the validation script's ghmc row: x2, x4 and the action of
     the lattice oscillator against their exact values."""

@@ -122,6 +122,19 @@ def test_sampling_gives_constrained_draws_under_site_names():
                                * r.draws["eta"], rtol=1e-5, atol=1e-5)
 
 
+def _unit_gaussian_logdensity(x):
+    return -0.5 * jnp.sum((x - 1.0) ** 2)
+
+
+@pytest.mark.slow
+def test_from_logdensity_samples_its_target_with_nuts():
+    pot = hmc.Potential.from_logdensity(_unit_gaussian_logdensity, lambda key: jax.random.normal(key, (3,)))
+    r = hmc.sample(pot, kernel="nuts", seed=0, num_chains=4, num_warmup=200, num_samples=400, progress=False)
+    s = r.summary()
+    mean, err = np.asarray(s.observables["q"].mean), np.asarray(s.observables["q"].mcse)
+    assert np.all(np.abs(mean - 1.0) < 4.5 * err)
+
+
 def test_from_logdensity():
     def logdensity(x):
         return -0.5 * jnp.sum((x - 1.0) ** 2)
@@ -130,10 +143,6 @@ def test_from_logdensity():
     assert list(pot.terms) == ["log_density"] and list(pot.observables) == ["q"]
     x = jnp.array([0.5, 2.0, -1.0])
     np.testing.assert_allclose(pot.energy(x), -logdensity(x))
-    r = hmc.sample(pot, kernel="nuts", seed=0, num_chains=4, num_warmup=200, num_samples=400, progress=False)
-    s = r.summary()
-    mean, err = np.asarray(s.observables["q"].mean), np.asarray(s.observables["q"].mcse)
-    assert np.all(np.abs(mean - 1.0) < 4.5 * err)
     # states with a chain axis: chain c starts from row c
     starts = np.array([[10.0, 0, 0], [0, 10.0, 0]], np.float32)
     pot = hmc.Potential.from_logdensity(logdensity, starts)
@@ -172,6 +181,11 @@ def test_config_numpyro_model_with_data_files(tmp_path):
     assert list(pot.terms) == ["mu", "tau", "theta", "y"]
     resolved = config.resolved(cfg, str(tmp_path))  # saved with the run: absolute data paths
     assert resolved["model"]["params"]["y"] == f"{tmp_path / 'data' / 'schools.csv'}:y"
+
+
+@pytest.mark.slow
+def test_config_numpyro_model_with_data_files_runs(tmp_path):
+    path = _write_config(tmp_path, {"sigma": "data/schools.npz", "y": "data/schools.csv:y"})
     from hmc import cli
 
     assert cli.main(["run", str(path), "--no-progress"]) == 0
@@ -228,6 +242,7 @@ def test_rounded_site_is_disconnected_before_the_first_step():
     assert not [e for e in refused.value.events if e.kind == "orphan_leaf"]  # used, only its force is cut
 
 
+@pytest.mark.slow
 def test_factor_where_trap_trips_mid_run_named_by_site():
     pot = broken_bayes.factor_where_trap()
     assert guard.preflight(pot, pot.init(jax.random.key(0))).ok

@@ -24,6 +24,7 @@ def _z_ok(result, names):
         assert np.all(np.isfinite(z)) and np.all(np.abs(z) < Z_MAX), (name, s[name].mean, s[name].exact, z)
 
 
+@pytest.mark.slow
 def test_nuts_samples_a_correlated_gaussian():
     pot = gaussian(dim=5, condition_number=10.0, correlation=0.5)
     r = hmc.sample(pot, kernel="nuts", seed=0, num_chains=4, num_warmup=300, num_samples=600, mass_matrix="dense",
@@ -98,6 +99,7 @@ def test_a_blow_up_is_a_divergence_not_a_trip():
     assert not any(bool(i.guard_tripped) for i in infos)
 
 
+@pytest.mark.slow
 def test_nuts_draws_do_not_depend_on_the_chunk_size():
     pot = gaussian(dim=3)
     runs = [hmc.sample(pot, kernel="nuts", seed=4, num_chains=2, num_warmup=30, num_samples=25, chunk_size=c,
@@ -108,6 +110,7 @@ def test_nuts_draws_do_not_depend_on_the_chunk_size():
         np.testing.assert_array_equal(runs[0].stats[k], runs[1].stats[k])
 
 
+@pytest.mark.slow
 def test_nuts_resume_is_bit_exact():
     pot = gaussian(dim=3)
     kw = dict(kernel="nuts", seed=7, num_chains=2, num_warmup=50, num_samples=60, chunk_size=20, progress=False)

@@ -169,6 +169,7 @@ def test_tfp_eight_schools_divergences_are_divergences():
 
 
 # -- warmup policy ------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_warmup_trips_are_reported_not_halted_on():
     """Chains started next to a where-trap far out (x = 7.9, the wall at 8) cross it in
     their first warmup trajectories; the settled sampler never goes there. The warmup

@@ -18,6 +18,7 @@ def assert_z(result, name, z_max=Z_MAX):
     return s
 
 
+@pytest.mark.slow
 def test_correlated_gaussian_dense_mass():
     cov = gaussian_covariance(10, condition_number=100.0, correlation=0.7)
     pot = gaussian(dim=10, condition_number=100.0, correlation=0.7)
@@ -140,6 +141,7 @@ def test_trajectory_length_and_jitter():
     assert eps.min() >= 0.05 - 1e-6 and eps.max() <= 0.15 + 1e-6 and eps.std() > 0.02
 
 
+@pytest.mark.slow
 def test_warmup_trajectory_length_is_warmups_and_the_draws_keep_theirs():
     pot = gaussian(dim=3)
     kwargs = dict(seed=0, num_chains=2, num_warmup=150, num_samples=150, trajectory_length=0.5, jitter=0.2,
@@ -163,6 +165,7 @@ def test_warmup_trajectory_length_is_warmups_and_the_draws_keep_theirs():
             hmc.sample(pot, **{**kwargs, "warmup_trajectory_length": 1.0, **bad})
 
 
+@pytest.mark.slow
 def test_pytree_state_with_several_leaves():
     def init(key):
         k1, k2 = jax.random.split(key)
@@ -204,18 +207,23 @@ def test_nonfinite_initial_state_is_refused():
     assert any(e.chain == 1 and e.leaf == "x" and e.indices == [[1]] for e in err.value.events)
 
 
-def test_midrun_trap_rejected_draws_finite_and_named():
-    """A where-trap beyond x = 2.5: trajectories that reach it trip, are rejected and attributed."""
+def _trapped_potential():
+    """A where-trap beyond x = 2.5."""
 
     def trap(q):
         x = q["x"]
         return jnp.sum(jnp.where(x < 2.5, 0.05 * jnp.sqrt(2.5 - x), 0.0))
 
-    pot = hmc.Potential(
+    return hmc.Potential(
         terms={"quadratic": lambda q: 0.5 * jnp.sum(q["x"] ** 2), "barrier": trap},
         init=lambda key: {"x": 0.3 * jax.random.normal(key, (4,))},
         observables={"x": lambda q: q["x"]},
     )
+
+
+def test_midrun_trap_rejected_draws_finite_and_named():
+    """Trajectories that reach the trap trip, are rejected and attributed."""
+    pot = _trapped_potential()
     r = hmc.sample(pot, seed=0, num_chains=4, num_warmup=100, num_samples=300, max_trip_fraction=0.5, progress=False)
     assert not r.halted
     trips = int(r.stats["guard_tripped"].sum() + r.warmup_stats["guard_tripped"].sum())
@@ -225,7 +233,12 @@ def test_midrun_trap_rejected_draws_finite_and_named():
     named = [e for e in r.guard_events if e.kind == "nonfinite_gradient"]
     assert named and all(e.term == "barrier" and e.leaf == "x" for e in named)
     assert all(e.action == "rejected" and e.leapfrog_step is not None and e.leapfrog_step >= 0 for e in named)
-    # the halt policy stops at the end of the first chunk with a trip
+
+
+@pytest.mark.slow
+def test_midrun_trap_halts_under_the_halt_policy():
+    """The halt policy stops at the end of the first chunk with a trip."""
+    pot = _trapped_potential()
     h = hmc.sample(pot, seed=0, num_chains=4, num_warmup=100, num_samples=300, guard="halt", progress=False)
     assert h.halted and "halt" in h.halt_reason
     assert all(e.action == "halted" for e in h.guard_events)
@@ -279,6 +292,7 @@ def test_stop_and_resume_in_process_is_bit_exact():
         np.testing.assert_array_equal(whole.step_size, again.step_size)
 
 
+@pytest.mark.slow
 def test_max_num_steps_caps_a_long_trajectory_and_says_so(caplog):
     # a fixed step 1000 times shorter than the trajectory: 1000 steps asked, 50 taken
     import logging
@@ -300,6 +314,7 @@ def test_max_num_steps_caps_a_long_trajectory_and_says_so(caplog):
     assert sum("max_num_steps=2 " in m and "trajectory_length=auto (adapted)" in m for m in caplog.messages) == 1
 
 
+@pytest.mark.slow
 def test_record_auto_keeps_small_leaves_and_drops_large_ones_with_a_log_line(caplog):
     import logging
 

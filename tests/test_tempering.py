@@ -74,10 +74,12 @@ def test_one_transition_swaps_the_pairs_of_its_parity_by_label():
     np.testing.assert_allclose(state.replicas.potential_energy, np.asarray(spec.initial_ladder) * pot.energy(x0),
                                rtol=1e-6)
     params = Params(jnp.asarray(0.2), None)
+    step = jax.jit(kernel.step)  # compiled once, as the driver does: not op by op
+    energy = jax.jit(jax.vmap(lambda x: pot.energy({"x": x})))
     seen = set()
     for t in range(8):
         before = state
-        state, info = kernel.step(jax.random.key(t), state, params)
+        state, info = step(jax.random.key(t), state, params)
         tried = ~np.isnan(np.asarray(info.swap_acceptance))
         np.testing.assert_array_equal(tried, np.arange(3) % 2 == t % 2)
         # labels: a permutation; the target slot is the chain's position
@@ -85,7 +87,7 @@ def test_one_transition_swaps_the_pairs_of_its_parity_by_label():
         np.testing.assert_array_equal(state.position["x"], state.replicas.position["x"][state.slot_of[0]])
         # every stored energy is that of the replica's position at its current temperature
         betas = np.asarray(state.ladder)[np.asarray(info.beta_index)]
-        u = np.array([float(pot.energy({"x": state.replicas.position["x"][s]})) for s in range(4)])
+        u = np.asarray(energy(state.replicas.position["x"]))
         np.testing.assert_allclose(state.replicas.potential_energy, betas * u, rtol=1e-5, atol=1e-6)
         moved = np.asarray(state.slot_of) != np.asarray(before.slot_of)
         seen.update(np.flatnonzero(moved).tolist())
@@ -93,6 +95,7 @@ def test_one_transition_swaps_the_pairs_of_its_parity_by_label():
     assert seen, "no swap was accepted in 8 transitions at these temperatures"
 
 
+@pytest.mark.slow
 def test_tempering_crosses_the_barrier_plain_hmc_cannot():
     pot = double_well(12.0)
     kw = dict(seed=3, num_chains=4, num_warmup=200, num_samples=400, trajectory_length=1.0, progress=False)
@@ -126,6 +129,7 @@ def test_tempering_crosses_the_barrier_plain_hmc_cannot():
     assert np.all(tempered.stats["n_steps"] >= 6)
 
 
+@pytest.mark.slow
 def test_a_prior_kept_at_beta_one_is_not_tempered():
     """``terms``: the likelihood is tempered, the prior is not; the target is still exact.
     U = prior + likelihood with a Gaussian prior and a bimodal likelihood."""
@@ -144,6 +148,7 @@ def test_a_prior_kept_at_beta_one_is_not_tempered():
     assert abs(float(s["x2"].mean) - x2) < 4 * float(s["x2"].mcse)
 
 
+@pytest.mark.slow
 def test_a_trip_in_a_hot_replica_is_named_with_the_replica():
     """A term whose gradient is NaN beyond |x| = 1.8, where only hot replicas go: the
     event names the term, the primitive and the replica's temperature index."""
@@ -164,6 +169,7 @@ def test_a_trip_in_a_hot_replica_is_named_with_the_replica():
     assert "replica" in str(events[0])
 
 
+@pytest.mark.slow
 def test_resume_is_bit_exact_and_the_ladder_is_part_of_the_state():
     pot = double_well(8.0)
     kw = dict(seed=4, num_chains=2, num_warmup=40, num_samples=30, chunk_size=10, num_steps=4, progress=False,
@@ -213,6 +219,7 @@ def test_config_section_and_its_errors(tmp_path):
         load("model: {name: classical_double_well}\nsampler: {kernel: ghmc, tempering: {replicas: 4}}\n")
 
 
+@pytest.mark.slow
 def test_a_tempered_run_directory_has_the_report_and_the_plot(tmp_path):
     from hmc import config, plots, runner
 
@@ -228,6 +235,7 @@ def test_a_tempered_run_directory_has_the_report_and_the_plot(tmp_path):
     assert any(p.endswith("tempering.png") for p in written)
 
 
+@pytest.mark.slow
 def test_replicas_auto_runs_two_lambda_plus_one_from_a_pilot(caplog):
     import logging
 
@@ -243,6 +251,7 @@ def test_replicas_auto_runs_two_lambda_plus_one_from_a_pilot(caplog):
         hmc.sample(pot, **kw, tempering={"replicas": "auto", "ladder": [1.0, 0.1]})
 
 
+@pytest.mark.slow
 def test_other_replicas_are_recorded_on_request_in_temperature_order():
     pot = double_well(6.0)
     kw = dict(seed=7, num_chains=2, num_warmup=30, num_samples=40, num_steps=4, progress=False)
@@ -257,6 +266,7 @@ def test_other_replicas_are_recorded_on_request_in_temperature_order():
     np.testing.assert_array_equal(plain.draws["x2"], r.draws["x2"])  # recording changes no draw
 
 
+@pytest.mark.slow
 def test_tempering_composes_with_nested_timescales():
     """Two wells, one term per timescale level, tempered: every replica runs the nested
     integrator at its own temperature, and the target's moments are exact."""
@@ -342,6 +352,17 @@ def test_beta_min_auto_takes_the_hottest_candidate_while_heating_keeps_helping(c
         T.choose_beta_min({"beta_min": "auto", "ladder": [1.0, 0.1]}, pilot)
 
 
+def test_beta_min_auto_in_the_config():
+    from hmc import config
+
+    data = {"model": {"name": "classical_double_well", "params": {"height": 12.0, "dim": 1}},
+            "sampler": {"tempering": {"replicas": 4, "beta_min": "auto"}}}
+    assert config.sample_kwargs(config.RunConfig.model_validate(data))["tempering"]["beta_min"] == "auto"
+    with pytest.raises(Exception, match="beta_min"):
+        config.RunConfig.model_validate({**data, "sampler": {"tempering": {"beta_min": "hot"}}})
+
+
+@pytest.mark.slow
 def test_beta_min_auto_in_a_run_and_its_run_directory(tmp_path):
     from hmc import config, runner
 
@@ -413,24 +434,33 @@ def test_a_swap_moves_a_pseudofermion_replicas_energy_by_its_tempered_share():
     pot = physics_models.schwinger(L=4, beta=2.0, mass=0.2)
     spec = T.Tempered(HMC(num_steps=2), ladder=(1.0, 0.5), terms=("gauge",))
     kernel = spec.build(pot, "step")
-    state = kernel.init(pot.init(jax.random.key(0)))
+    state = jax.jit(kernel.init)(pot.init(jax.random.key(0)))
     params = Params(jnp.asarray(0.1), None)
+    step = jax.jit(kernel.step)  # compiled once, as the driver does: not op by op
+
+    @jax.jit
+    def tempered(beta, full):
+        """The replica's energy at ``beta`` and its gradient in ``theta``."""
+        def energy(theta):
+            return beta * pot.terms["gauge"]({**full, "theta": theta}) + pot.terms["fermion"]({**full, "theta": theta})
+
+        return jax.value_and_grad(energy)(full["theta"])
+
+    fresh_fields = jax.jit(pot.with_auxiliary)
     swapped = 0
     for t in range(12):
         before = state
-        state, info = kernel.step(jax.random.key(t), state, params)
+        state, info = step(jax.random.key(t), state, params)
         betas = np.asarray(state.ladder)[np.asarray(info.beta_index)]
         for s in range(2):
             q = jax.tree_util.tree_map(lambda x: x[s], state.replicas.position)
             fields = jax.tree_util.tree_map(lambda x: x[s], state.replicas.auxiliary)
             full = {**q, **fields}
-            expected = betas[s] * float(pot.terms["gauge"](full)) + float(pot.terms["fermion"](full))
-            np.testing.assert_allclose(float(state.replicas.potential_energy[s]), expected, rtol=2e-5)
-            grad = jax.grad(lambda th: betas[s] * pot.terms["gauge"]({**full, "theta": th})
-                            + pot.terms["fermion"]({**full, "theta": th}))(q["theta"])
+            expected, grad = tempered(jnp.asarray(betas[s], state.replicas.potential_energy.dtype), full)
+            np.testing.assert_allclose(float(state.replicas.potential_energy[s]), float(expected), rtol=2e-5)
             np.testing.assert_allclose(state.replicas.potential_energy_grad["theta"][s], grad, rtol=2e-4, atol=2e-5)
             # a swapped replica keeps the fields its trajectory used (not a fresh fixed-key draw)
-            drawn = pot.with_auxiliary(dict(q))["phi"]
+            drawn = fresh_fields(dict(q))["phi"]
             assert not np.allclose(fields["phi"], drawn)
         swapped += int(np.any(np.asarray(state.slot_of) != np.asarray(before.slot_of)))
     assert swapped, "no swap in 12 transitions"

@@ -71,8 +71,14 @@ def textbook(name, energies, steps, q, p, eps, n, tables=None):
     return q, p
 
 
-@pytest.mark.parametrize("name", sorted(integrators.COEFFICIENTS))
-@pytest.mark.parametrize("steps", [(1, 3), (2, 2), (1, 2, 3)])
+# the largest fourth-order schedules compile for seconds each: the slow tier checks them
+HEAVY_SCHEDULES = {("yoshida4", (2, 2)), ("yoshida4", (1, 2, 3)), ("force_gradient", (1, 2, 3))}
+
+
+@pytest.mark.parametrize("name, steps", [
+    pytest.param(name, steps, marks=[pytest.mark.slow] if (name, steps) in HEAVY_SCHEDULES else [],
+                 id=f"{name}-{'x'.join(map(str, steps))}")
+    for steps in [(1, 3), (2, 2), (1, 2, 3)] for name in sorted(integrators.COEFFICIENTS)])
 def test_flattened_schedule_is_the_nested_scheme(name, steps):
     energies = [soft, stiff, middle][: len(steps)]
     with jax.enable_x64(True):
@@ -102,7 +108,7 @@ MIXED = [("minimum_norm", "leapfrog", "minimum_norm"), ("leapfrog", "yoshida4", 
          ("force_gradient", "minimum_norm", "force_gradient")]
 
 
-@pytest.mark.parametrize("tables", MIXED)
+@pytest.mark.parametrize("tables", [MIXED[0], *(pytest.param(t, marks=pytest.mark.slow) for t in MIXED[1:])])
 def test_a_level_with_its_own_integrator_is_the_nested_scheme(tables):
     with jax.enable_x64(True):
         q0, p0 = start()
@@ -138,6 +144,7 @@ def test_a_leapfrog_middle_level_makes_one_force_per_call():
     assert integrators.gradient_evaluations_per_step("leapfrog", levels) == 1  # the outer level's table is leapfrog
 
 
+@pytest.mark.slow
 def test_energy_error_order_of_a_leapfrog_level_under_2mn():
     """A leapfrog inner level under a 2MN outer one: both errors fall as the second power
     (the inner one measured as in :func:`test_energy_error_order_of_each_level`)."""
@@ -158,7 +165,8 @@ def test_energy_error_order_of_a_leapfrog_level_under_2mn():
     assert abs(np.polyfit(np.log(1.0 / ks), np.log(inner), 1)[0] - 2) < 0.3, inner
 
 
-@pytest.mark.parametrize("name", sorted(integrators.COEFFICIENTS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if n == "yoshida4" else [])
+                                  for n in sorted(integrators.COEFFICIENTS)])
 def test_nested_is_time_reversible(name):
     energies, steps = [soft, stiff, middle], (1, 2, 3)
     with jax.enable_x64(True):
@@ -170,7 +178,8 @@ def test_nested_is_time_reversible(name):
     np.testing.assert_allclose(-back.momentum["x"], P0, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", sorted(integrators.COEFFICIENTS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if n == "yoshida4" else [])
+                                  for n in sorted(integrators.COEFFICIENTS)])
 def test_nested_has_unit_jacobian(name):
     energies, steps = [soft, stiff], (1, 4)
 
@@ -192,7 +201,8 @@ def _dh(name, steps, eps, n):
     return np.asarray(run(jnp.asarray(STARTS[:, 0]), jnp.asarray(STARTS[:, 1])))
 
 
-@pytest.mark.parametrize("name", ["leapfrog", "minimum_norm", "force_gradient",
+@pytest.mark.parametrize("name", ["leapfrog", pytest.param("minimum_norm", marks=pytest.mark.slow),
+                                  pytest.param("force_gradient", marks=pytest.mark.slow),
                                   pytest.param("yoshida4", marks=pytest.mark.slow)])
 def test_energy_error_order_of_each_level(name):
     """The outer level: |dH| at a fixed time against the outer step (with a fixed number of
@@ -214,6 +224,7 @@ def test_energy_error_order_of_each_level(name):
     assert abs(inner_slope - order) < 0.3, (inner_slope, inner)
 
 
+@pytest.mark.slow
 def test_one_level_with_every_term_is_the_flat_sampler_bit_for_bit():
     pot = phi4(shape=(4, 4))
     kw = dict(seed=3, num_chains=4, num_warmup=60, num_samples=40, chunk_size=25, progress=False)
@@ -226,6 +237,7 @@ def test_one_level_with_every_term_is_the_flat_sampler_bit_for_bit():
     assert one.settings["timescales"] == [{"terms": list(pot.terms), "steps": 1}]
 
 
+@pytest.mark.slow
 def test_a_level_naming_the_samplers_own_integrator_changes_nothing():
     pot = phi4(shape=(4, 4))
     kw = dict(seed=5, num_chains=4, num_warmup=40, num_samples=30, chunk_size=25, progress=False)
@@ -319,6 +331,7 @@ def test_a_trip_names_the_term_and_its_level():
     assert "in term 'barrier' (timescale level 0)" in str(trips[0])
 
 
+@pytest.mark.slow
 def test_force_monitoring_in_the_log_the_summary_and_a_plot(tmp_path, capsys):
     """A nested run from a config: every chunk's log record has each term's and each
     level's |F| and eps_level * |F|; ``hmc summary`` prints them with the step counts
@@ -362,6 +375,7 @@ def test_suggested_steps_balance_eps_times_force():
     assert suggest_steps(levels) == [1, 6, 4]
 
 
+@pytest.mark.slow
 def test_a_leapfrog_middle_level_samples_the_anharmonic_oscillator():
     """Three levels with mixed integrators (2MN outside and inside, leapfrog in the middle)
     sample the exact distribution: <x^2> and <x^4> within 4 MCSE of the transfer-matrix
@@ -405,6 +419,7 @@ def test_a_force_gradient_outer_level_counts_its_shifted_force():
     assert calls == {"soft": 3 * 3, "stiff": 3 * 8}
 
 
+@pytest.mark.slow
 def test_force_gradient_samples_the_anharmonic_oscillator():
     """Flat and as the outer level of a nested scheme, the force-gradient integrator samples
     the exact distribution: <x^2> and <x^4> within 4 MCSE of the transfer-matrix values."""
