@@ -294,15 +294,46 @@ def test_cut_inside_nested_jit_is_located():
     assert (event.kind, event.primitive, event.source) == ("disconnected", "floor", line)
 
 
-def test_cut_in_one_branch_of_cond():
+def test_cut_in_one_branch_of_cond_is_a_cut_where_that_branch_is_taken():
     def term(q):
         x = q["x"]
-        return jax.lax.cond(jnp.sum(x) > 100.0, lambda v: jnp.sum(jax.lax.stop_gradient(v)), jnp.sum, x)
+        return jax.lax.cond(jnp.sum(x) > 1.0, lambda v: jnp.sum(jax.lax.stop_gradient(v)), jnp.sum, x)
+
+    # at sum(x) = 0 the cut branch is not taken: no force is lost there
+    report = _report_for(term)
+    assert report.ok and report.status[("t", "x")] == "connected" and not report.events, str(report)
+    # where it is taken, it is a cut, named with its line
+    pot = hmc.Potential(terms={"spring": lambda q: 0.5 * jnp.sum(q["x"] ** 2), "t": term},
+                        init=lambda key: {"x": jnp.ones(3)})
+    report = guard.preflight(pot, pot.init(jax.random.key(0)))
+    assert not report.ok and report.status[("t", "x")] == "partially_detached"  # the other branch connects
+    assert [e.primitive for e in report.events] == ["stop_gradient"]
+
+
+def test_a_stop_gradient_on_the_unselected_side_of_a_where_is_no_cut_there():
+    """numpyro's Beta.log_prob pattern: a detached value kept for a boundary the state is
+    not at. Judged at the state: a cut only where the where selects it."""
+    def term(q):
+        x = q["x"]
+        edge = x < -5.0
+        return jnp.sum(jnp.where(edge, jax.lax.stop_gradient(x ** 2), x ** 2))  # cut
+
+    assert _report_for(term).ok
+    pot = hmc.Potential(terms={"t": term}, init=lambda key: {"x": jnp.array([-6.0, 0.5, 1.0])})
+    report = guard.preflight(pot, pot.init(jax.random.key(0)))
+    assert not report.ok and report.status[("t", "x")] == "partially_detached"
+    assert [(e.primitive, e.source) for e in report.events] == [("stop_gradient", _marked_line(term))]
+
+
+def test_a_term_is_judged_on_its_own_computation_not_on_dead_code_beside_it():
+    def term(q):
+        x = q["x"]
+        unused = jnp.sum(jax.lax.stop_gradient(x) * x)  # traced, never used: not this term's
+        del unused
+        return jnp.sum(x ** 2)
 
     report = _report_for(term)
-    # a cond is read as "some branch connects": connected, with the cut branch named
-    assert report.status[("t", "x")] == "partially_detached"
-    assert [e.primitive for e in report.events] == ["stop_gradient"]
+    assert report.ok and not report.events, str(report)
 
 
 def test_term_that_cannot_be_reverse_differentiated():

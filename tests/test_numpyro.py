@@ -309,3 +309,39 @@ def test_classic_models_agree_with_numpyros_nuts():
     assert len(rows) == 136  # 2 kernels x (10 + 18 + 2 + 38) site elements
     worst = max(rows, key=lambda r: max(abs(r["z_mean"]), abs(r["z_sd"])))
     assert max(abs(worst["z_mean"]), abs(worst["z_sd"])) < 4.1, worst
+
+
+def _beta_binomial(n=20, k=None):
+    p = numpyro.sample("p", dist.Beta(2.0, 3.0))
+    numpyro.sample("k", dist.Binomial(n, p), obs=k)
+
+
+def test_a_beta_prior_is_not_refused_for_the_stop_gradient_it_keeps_for_its_boundaries():
+    """numpyro's Beta.log_prob detaches a value used only at p = 0 or 1 (a double where);
+    the likelihood's term traces the prior's code too, but does not use it."""
+    pot = hmc.Potential.from_numpyro(_beta_binomial, k=7)
+    report = guard.preflight(pot, pot.init(jax.random.key(0)))
+    assert report.ok and not report.events, str(report)
+    assert report.status[("p", "p")] == report.status[("k", "p")] == "connected"
+
+    def proportion():
+        numpyro.sample("p", dist.BetaProportion(0.3, 8.0))
+
+    pot = hmc.Potential.from_numpyro(proportion)
+    report = guard.preflight(pot, pot.init(jax.random.key(1)))
+    assert report.ok and not report.events, str(report)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kernel", ["hmc", "nuts"])
+def test_beta_binomial_posterior_against_its_closed_form(kernel):
+    """p ~ Beta(2, 3), k = 7 of n = 20: the posterior is Beta(9, 16)."""
+    pot = hmc.Potential.from_numpyro(_beta_binomial, k=7)
+    r = hmc.sample(pot, kernel=kernel, seed=3, num_chains=4, num_warmup=300, num_samples=1000, progress=False)
+    assert not r.guard_events
+    a, b = 9.0, 16.0
+    p = np.asarray(r.draws["p"], np.float64)
+    mean, var = a / (a + b), a * b / ((a + b) ** 2 * (a + b + 1))
+    for values, exact in ((p, mean), ((p - mean) ** 2, var)):
+        z = (values.mean() - exact) / float(hmc.diagnostics.mcse(values))
+        assert abs(z) < 4, (kernel, values.mean(), exact, z)

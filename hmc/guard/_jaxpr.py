@@ -342,10 +342,16 @@ class Cuts:
     jumps: dict[CutSite, list[tuple] | None] = dataclasses.field(default_factory=dict)
     named: dict[int, set[CutSite]] = dataclasses.field(default_factory=dict)
     wrapped: dict[int, set[CutSite]] = dataclasses.field(default_factory=dict)  # dropped: wraps
+    # where each site sits (paths as in ``jumps``; None inside a loop or a branch), to test
+    # whether the energy reads the cut value at a state (:func:`reads_at`)
+    located: dict[CutSite, list[tuple] | None] = dataclasses.field(default_factory=dict)
+    unselected: dict[int, set[CutSite]] = dataclasses.field(default_factory=dict)  # dropped: not read
 
-    def record(self, leaves: Labels, site: CutSite, path: tuple | None) -> None:
+    def record(self, leaves: Labels, site: CutSite, path: tuple | None, at: tuple | None = None) -> None:
         for leaf in leaves:
             self.sites.setdefault(leaf, set()).add(site)
+        if site not in self.located or self.located[site] is not None:
+            self.located[site] = None if at is None else [*(self.located.get(site) or []), at]
         if site in self.jumps and self.jumps[site] is None:
             return
         if path is None:
@@ -353,12 +359,13 @@ class Cuts:
         else:
             self.jumps.setdefault(site, []).append(path)
 
-    def drop(self, site: CutSite) -> None:
-        """``site`` is a wrap, not a cut."""
+    def drop(self, site: CutSite, why: str = "wrapped") -> None:
+        """``site`` is not a cut: a wrap (``why="wrapped"``) or a value the energy does
+        not read at the state checked (``why="unselected"``)."""
         for leaf, sites in self.sites.items():
             if site in sites:
                 sites.discard(site)
-                self.wrapped.setdefault(leaf, set()).add(site)
+                getattr(self, why).setdefault(leaf, set()).add(site)
         self.jumps.pop(site, None)
 
 
@@ -367,16 +374,27 @@ class _Context:
     cuts: Cuts
     call_site: tuple | None = None
     path: tuple | None = ()  # enclosing call equations; None inside a loop or branch
+    # the same, continued into the branches of a ``cond`` as ``(eqn, branch)`` (a branch
+    # not taken at a state is not read there); None inside a loop
+    located: tuple | None = ()
 
     def enter(self, eqn: Any) -> "_Context":
         path = None if self.path is None else self.path + (eqn,)
-        return dataclasses.replace(self, call_site=_enter_call(eqn, self.call_site), path=path)
+        located = None if self.located is None else self.located + (eqn,)
+        return dataclasses.replace(self, call_site=_enter_call(eqn, self.call_site), path=path, located=located)
 
     def opaque(self) -> "_Context":
-        return dataclasses.replace(self, path=None)
+        return dataclasses.replace(self, path=None, located=None)
+
+    def branch(self, eqn: Any, index: int) -> "_Context":
+        located = None if self.located is None else self.located + ((eqn, index),)
+        return dataclasses.replace(self, path=None, located=located)
 
     def at(self, eqn: Any) -> tuple | None:
         return None if self.path is None else self.path + (eqn,)
+
+    def where(self, eqn: Any) -> tuple | None:
+        return None if self.located is None else self.located + (eqn,)
 
 
 def locate_cuts(closed: Any, leaf_labels: Sequence[Labels]) -> tuple[list[_Flow], Cuts]:
@@ -445,7 +463,7 @@ def _walk_eqn(eqn: Any, flows: list[_Flow], ctx: _Context) -> list[_Flow]:
     if name == "scan":
         return _walk_scan(eqn, flows, ctx.opaque())
     if name == "cond":
-        return _walk_cond(eqn, flows, ctx.opaque())
+        return _walk_cond(eqn, flows, ctx)
 
     value = _union([f.value for f in flows])
     index_ops = _index_operands(eqn)
@@ -469,12 +487,12 @@ def _walk_eqn(eqn: Any, flows: list[_Flow], ctx: _Context) -> list[_Flow]:
         missing = grad_in - grad
         if missing:
             site = site or _site(eqn, ctx.call_site)
-            ctx.cuts.record(missing, site, ctx.at(eqn) if name in PIECEWISE_CONSTANT else None)
+            ctx.cuts.record(missing, site, ctx.at(eqn) if name in PIECEWISE_CONSTANT else None, ctx.where(eqn))
         if name == "convert_element_type" and not is_float_var(eqn.invars[0]):
             # a comparison or an int cast used as a number: the lost gradient is a cut,
             # a jump of this (piecewise constant) output
             for leaf, lost_site in flows[0].lost:
-                ctx.cuts.record(Labels({leaf}), lost_site, ctx.at(eqn))
+                ctx.cuts.record(Labels({leaf}), lost_site, ctx.at(eqn), ctx.where(eqn))
         outs.append(_Flow(value, grad, frozenset(), named_in | lost_in))
     return outs
 
@@ -504,12 +522,84 @@ def _walk_scan(eqn: Any, flows: list[_Flow], ctx: _Context) -> list[_Flow]:
 def _walk_cond(eqn: Any, flows: list[_Flow], ctx: _Context) -> list[_Flow]:
     index, ops = flows[0], flows[1:]
     outs: list[_Flow] | None = None
-    for branch in eqn.params["branches"]:
-        got = _walk(branch, ops, ctx)
+    for k, branch in enumerate(eqn.params["branches"]):
+        got = _walk(branch, ops, ctx.branch(eqn, k))
         outs = got if outs is None else [_merge(a, b) for a, b in zip(outs, got)]
     assert outs is not None
     return [_Flow(o.value | index.value, o.grad, o.lost | index.lost, o.named | index.named | index.lost)
             for o in outs]
+
+
+def without_dead_code(closed: Any) -> Any:
+    """``closed`` with the equations its outputs do not depend on removed (JAX's own dead
+    code elimination, into calls too). A term traced from a whole model (a numpyro site's
+    log density) carries the other sites' code, which must not be judged as the term's."""
+    try:
+        from jax._src.interpreters import partial_eval as pe
+
+        jaxpr = pe.convert_constvars_jaxpr(closed.jaxpr)
+        kept, _ = pe.dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars), instantiate=True)
+        kept = pe.convert_invars_to_constvars(kept, len(closed.jaxpr.constvars))
+        return jcore.ClosedJaxpr(kept, closed.consts)
+    except Exception:  # pragma: no cover - a private API moved: judge the whole program
+        return closed
+
+
+def _eval_perturbed(closed: Any, args: Sequence[Any], paths: Sequence[tuple], deltas: Sequence[Any]) -> list[Any]:
+    """Evaluate ``closed`` at ``args`` with ``deltas[k]`` added to the (float) outputs of
+    the equation at ``paths[k]`` (the enclosing call equations, then the equation)."""
+    jaxpr, consts = _closed(closed)
+    env: dict[Any, Any] = dict(zip(jaxpr.constvars, consts))
+    env.update(zip(jaxpr.invars, args))
+    heads: dict[int, list[tuple[int, Any, tuple]]] = {}
+    for k, path in enumerate(paths):
+        head = path[0]
+        eqn, branch = head if isinstance(head, tuple) else (head, None)
+        heads.setdefault(id(eqn), []).append((k, branch, path[1:]))
+
+    def read(v: Any) -> Any:
+        return v.val if is_literal(v) else env[v]
+
+    for eqn in jaxpr.eqns:
+        invals = [read(v) for v in eqn.invars]
+        entries = [(k, tail) for k, _, tail in heads.get(id(eqn), [])]
+        deeper = [(k, branch, tail) for k, branch, tail in heads.get(id(eqn), []) if tail]
+        if deeper and deeper[0][1] is not None:  # into a branch of a cond: only the one taken is read
+            taken = int(np.clip(int(invals[0]), 0, len(eqn.params["branches"]) - 1))
+            inside = [(k, tail) for k, branch, tail in deeper if branch == taken]
+            if inside:
+                outs = _eval_perturbed(eqn.params["branches"][taken], invals[1:], [tail for _, tail in inside],
+                                       [deltas[k] for k, _ in inside])
+            else:
+                outs = _bind_eqn(eqn, invals)
+        elif deeper:
+            sub = _sub_jaxpr_of_call(eqn)
+            inner, _ = _closed(sub)
+            offset = len(invals) - len(inner.invars)
+            outs = _eval_perturbed(sub, invals[offset:], [tail for _, _, tail in deeper],
+                                   [deltas[k] for k, _, _ in deeper])
+        else:
+            outs = _bind_eqn(eqn, invals)
+        for k, tail in entries:
+            if not tail:
+                outs = [o if d is None else o + d for o, d in zip(outs, deltas[k])]
+        for v, o in zip(eqn.outvars, outs):
+            env[v] = o
+    return [read(v) for v in jaxpr.outvars]
+
+
+def reads_at(closed: Any, args: Sequence[Any], paths: Sequence[tuple]) -> bool:
+    """Whether the output of ``closed`` at ``args`` changes, to first order, with the
+    value at any of ``paths``: false for a value that only enters the unselected side of
+    a ``where`` (``select_n``) at this state, whose cut therefore costs no force here."""
+    zeros = [[jnp.zeros(v.aval.shape, v.aval.dtype) if jnp.issubdtype(v.aval.dtype, jnp.floating) else None
+              for v in path[-1].outvars] for path in paths]
+
+    def energy(deltas: list[Any]) -> Any:
+        return jnp.sum(_eval_perturbed(closed, args, paths, deltas)[0])
+
+    grads = jax.grad(energy)(zeros)
+    return any(bool(jnp.any(g != 0)) for g in jax.tree_util.tree_leaves(grads))  # NaN counts as read
 
 
 # -- is a piecewise-constant site a cut or a wrap? --------------------------------------------

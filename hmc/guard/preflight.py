@@ -85,7 +85,7 @@ def _connectivity(fn: Any, position: PyTree) -> tuple[list[bool], list[bool], _j
     """
     flat, leaves = _jaxpr.as_flat_function(fn, position)
     n = len(leaves)
-    primal = jax.make_jaxpr(flat)(*leaves)
+    primal = _jaxpr.without_dead_code(jax.make_jaxpr(flat)(*leaves))
     value_deps = _jaxpr.dependencies(primal, [frozenset({i}) for i in range(n)])[0]
     out_aval = primal.out_avals[0]
 
@@ -95,8 +95,27 @@ def _connectivity(fn: Any, position: PyTree) -> tuple[list[bool], list[bool], _j
     vjp = jax.make_jaxpr(pullback)(jnp.ones(out_aval.shape, out_aval.dtype))
     grads = _jaxpr.dependencies(vjp, [frozenset({"ct"})])
     _, cuts = _jaxpr.locate_cuts(primal, [frozenset({i}) for i in range(n)])
+    _drop_unread(primal, leaves, cuts)
     tested = _drop_wraps(primal, leaves, cuts)
     return [i in value_deps for i in range(n)], ["ct" in g for g in grads], cuts, tested
+
+
+def _drop_unread(primal: Any, leaves: list[Any], cuts: _jaxpr.Cuts) -> None:
+    """Drop each cut site whose value the energy does not read at this state: one inside
+    the unselected side of a ``where`` (numpyro's ``Beta.log_prob`` keeps a
+    ``stop_gradient`` for the boundary values 0 and 1 there). Judged at the state, as the
+    wraps are; a site inside a loop or a branch cannot be perturbed and stays a cut."""
+    for site, paths in list(cuts.located.items()):
+        if not paths:
+            continue
+        try:
+            read = _jaxpr.reads_at(primal, leaves, paths)
+        except Exception as err:  # cannot evaluate the perturbation: keep the cut
+            logger.debug("whether %s is read at this state was not tested: %s", site, err)
+            continue
+        if not read:
+            logger.debug("%s is not read at this state (an unselected branch): not a cut here", site)
+            cuts.drop(site, "unselected")
 
 
 def _drop_wraps(primal: Any, leaves: list[Any], cuts: _jaxpr.Cuts) -> dict:
@@ -180,8 +199,8 @@ def _term_status(findings: _Findings, term: str, fn: Any, position: PyTree, name
         if grad_dep[i]:
             status.append("partially_detached" if sites else "connected")
             _partial_findings(findings, term, leaf, sites, tested, label)
-        elif value_dep[i] and cuts.wrapped.get(i) and not sites:
-            status.append("unused")  # continuous across every jump: locally constant
+        elif value_dep[i] and (cuts.wrapped.get(i) or cuts.unselected.get(i)) and not sites:
+            status.append("unused")  # continuous across every jump, or cut only where not read: locally constant
         elif value_dep[i]:
             status.append("cut")
             _cut_findings(findings, term, leaf, sites or _sorted_sites(cuts.named.get(i)), tested, label)
