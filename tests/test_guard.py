@@ -380,3 +380,10 @@ def test_structural_preflight_is_computed_once_per_state(monkeypatch):
     assert {e.action for e in first.events} == {"refused"} and {e.chain for e in first.events} == {3}
     guard.preflight(pot, jax.tree_util.tree_map(lambda x: x + 0.25, q))
     assert len(calls) > tested
+
+
+def test_logsumexp_detaches_only_a_shift_its_value_does_not_depend_on():
+    from jax.scipy.special import logsumexp
+
+    report = _report_for(lambda q: logsumexp(q["x"]))
+    assert report.ok and not report.events, str(report)
