@@ -183,3 +183,29 @@ def test_a_kernel_written_outside_the_package_runs_in_the_driver():
     for name in ("x", "x2"):
         s = r.summary().observables[name]
         assert np.all(np.abs(np.asarray(s.z)) < Z_MAX), (name, s.mean, s.exact, s.mcse)
+
+
+def _beyond_a_wall():
+    """Two terms: ``wall`` is +inf beyond x = 2 (a log of a distance floored at 0, its
+    gradient NaN there) and ``other`` is NaN there (a sqrt of a negative number)."""
+    def wall(q):
+        return -jnp.sum(jnp.log(jnp.maximum(2.0 - q["x"], 0.0)))
+
+    def other(q):
+        return 0.5 * jnp.sum(q["x"] ** 2) + 0.1 * jnp.sum(jnp.sqrt(2.0 - q["x"]))
+
+    return hmc.Potential(terms={"wall": wall, "other": other},
+                         init=lambda k: {"x": 1.5 + 0.1 * jax.random.normal(k, (2,))})
+
+
+@pytest.mark.parametrize("kernel", ["hmc", "nuts"])
+def test_a_trajectory_beyond_an_infinite_wall_is_a_divergence_for_every_kernel(kernel):
+    """One rule: where some term is +inf the state lies beyond an infinite wall, so the
+    trajectory is a divergence, whatever NaN the other terms give there; no guard trip
+    is counted and no event raised (a NaN at finite energy remains the guard's)."""
+    kw = dict(num_steps=8) if kernel == "hmc" else {}
+    r = hmc.sample(_beyond_a_wall(), kernel=kernel, seed=0, num_chains=4, num_warmup=0, num_samples=100,
+                   step_size=0.6, max_trip_fraction=1.0, progress=False, **kw)
+    assert int(r.stats["diverging"].sum()) > 0
+    assert int(r.stats["guard_tripped"].sum()) == 0 and not r.guard_events
+    assert np.all(np.asarray(r.draws["x"]) < 2.0)

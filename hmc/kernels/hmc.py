@@ -156,7 +156,8 @@ def metropolis(potential_fn: Callable[[PyTree], Array], settings: Trajectory, gu
     # A non-finite proposal energy is a rejection, -inf included: in float32 a blown-up
     # trajectory can end where U overflows to -inf, which a bare Metropolis test accepts.
     delta = jnp.where(jnp.isfinite(energy_end), delta, jnp.inf)
-    blew_up = _blew_up(metric, flags, new_potential, energy_start, settings.divergence_threshold) if per_step \
+    blew_up = _blew_up(metric, flags, new_potential, energy_start, settings.divergence_threshold,
+                       beyond_a_wall(potential_fn, flags.position)) if per_step \
         else jnp.zeros((), bool)  # unknown without the per-step record
     diverged_trip = tripped & blew_up
     guard_tripped = tripped & ~blew_up
@@ -178,11 +179,28 @@ def _tripped(guard: str, flags: _integrators.GuardFlags, end: _integrators.Integ
     return jnp.zeros((), bool)
 
 
+def beyond_a_wall(potential_fn: Callable[[PyTree], Array], position: PyTree) -> Array:
+    """Whether some term of the potential is +inf at ``position``: the state lies beyond
+    an infinite wall (zero density), whatever NaN the other terms give there. A potential
+    that is a plain function is one term. ``potential_fn`` is a :class:`hmc.Potential`
+    (its ``term_energies``), a :class:`hmc.integrators.Split` level energy, or a function."""
+    terms = getattr(potential_fn, "term_energies", None)
+    if terms is not None:
+        values = list(terms(position).values())
+    elif isinstance(getattr(potential_fn, "__self__", None), _integrators.Split):
+        values = [fn(position) for fn in potential_fn.__self__.energies]
+    else:
+        values = [potential_fn(position)]
+    return jnp.any(jnp.stack([jnp.isposinf(jnp.asarray(v)) for v in values]))
+
+
 def _blew_up(metric: Any, flags: _integrators.GuardFlags, potential: Array, energy_start: Array,
-             threshold: float) -> Array:
+             threshold: float, wall: Array | bool = False) -> Array:
     """A gradient that overflowed because the integrator had already blown up (the energy
     at the trip point far above the start) is a divergence, not a broken gradient: the
-    guard only reports gradients that break at a sane state."""
+    guard only reports gradients that break at a sane state. So is one at a state beyond
+    an infinite wall (``wall``: some term is +inf there, :func:`beyond_a_wall`), the same
+    rule for every kernel."""
     kinetic_at_trip = metric.kinetic_energy(flags.momentum)
     energy_at_trip = potential + kinetic_at_trip
     # a non-finite position with finite gradients at every earlier step: the
@@ -192,6 +210,7 @@ def _blew_up(metric: Any, flags: _integrators.GuardFlags, potential: Array, ener
     # the proposal has zero density) and fails for NaN (a broken program)
     return (
         state_broken
+        | wall
         | (kinetic_at_trip - energy_start > threshold)
         | (energy_at_trip - energy_start > threshold)
     )

@@ -30,7 +30,7 @@ from jax import Array
 from hmc import integrators as _integrators
 from hmc import rng as _rng
 from hmc.kernels.base import Kernel, Params, check_guard
-from hmc.kernels.hmc import _blew_up
+from hmc.kernels.hmc import _blew_up, beyond_a_wall
 
 PyTree = Any
 
@@ -129,7 +129,8 @@ def _transition(potential_fn: Callable[[PyTree], Array], spec: NUTS, guard: str)
         tripped = ~trip.ok
         energy_start = state.potential_energy + metric.kinetic_energy(momentum)
         flags = _integrators.GuardFlags(trip.ok, jnp.zeros((), jnp.int32), trip.position, trip.momentum)
-        blew_up = _blew_up(metric, flags, potential_fn(trip.position), energy_start, spec.divergence_threshold)
+        blew_up = _blew_up(metric, flags, potential_fn(trip.position), energy_start, spec.divergence_threshold,
+                           beyond_a_wall(potential_fn, trip.position))
         broken = tripped & ~blew_up
         proposal = NUTSState(tree.z_proposal[0], tree.z_proposal_pe, tree.z_proposal_grad)
         new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(broken, old, new), proposal, state)
