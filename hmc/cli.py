@@ -3,6 +3,7 @@
 Exit codes: 0 ok; 2 invalid config or usage (the message names the dotted key);
 3 the guard refused to start or halted the run; 4 the run directory's
 checkpoint belongs to a different config, version, precision or device layout;
+6 finished, but the verdict is not clean (only with --strict or run.strict);
 75 stopped by SIGTERM/SIGUSR1 after checkpointing (run the same command again).
 """
 
@@ -27,8 +28,8 @@ examples:
   hmc models                                      registered models and their parameters
 
 exit codes: 0 ok, 2 invalid config or usage, 3 guard refused or halted,
-4 checkpoint incompatible with this config/version, 75 checkpointed after SIGTERM/SIGUSR1
-(run the same command again to resume).
+4 checkpoint incompatible with this config/version, 6 finished but the verdict is not clean
+(--strict only), 75 checkpointed after SIGTERM/SIGUSR1 (run the same command again to resume).
 """
 
 RUN_HELP = """\
@@ -72,6 +73,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.out is not None:
         cfg = config.build(cfg.model_dump(), [("output.dir", args.out)])
+    if args.strict:
+        cfg = config.build(cfg.model_dump(), [("run.strict", True)])
     runner.start_distributed(cfg)
     if not cfg.sweep:
         return runner.execute(cfg, config_dir, progress=not args.no_progress)
@@ -161,6 +164,8 @@ def parser() -> argparse.ArgumentParser:
                      "the config's")
     run.add_argument("--list-sweep", action="store_true", help="print the sweep points with their indices and exit")
     run.add_argument("--no-progress", action="store_true", help="no progress bar or progress log lines")
+    run.add_argument("--strict", action="store_true", help="exit 6 when the run finishes with a verdict that is not "
+                     "clean (the summary's warnings; also run.strict in the config)")
     run.set_defaults(func=_run)
 
     check = sub.add_parser("check", help="preflight only: the term x leaf table; exit 3 if broken",

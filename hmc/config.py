@@ -136,6 +136,7 @@ class RunSection(_Section):
     checkpoint_every: PositiveInt = 1
     devices: Literal["auto"] | PositiveInt = "auto"
     distributed: Literal["auto"] | bool = "auto"
+    strict: bool = False  # exit 6 when the run finishes with a verdict that is not clean
 
 
 class OutputConfig(_Section):

@@ -252,6 +252,11 @@ class Summary:
         widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
         lines = []
         s = self.sampler
+        if "warnings" in s:
+            warnings = s["warnings"]
+            lines.append("verdict: clean (every check passed)" if not warnings else
+                         f"verdict: NOT CLEAN, {len(warnings)} warning(s); do not use these draws before reading them:")
+            lines.extend(f"  - {w}" for w in warnings)
         lines.append(
             f"{s.get('num_chains')} chains x {s.get('num_draws')} draws, integrator {s.get('integrator')}, "
             f"step size {_fmt(s.get('step_size_mean'), 4)}, mean acceptance {_fmt(s.get('acceptance_rate'), 3)}"
@@ -301,8 +306,10 @@ def _physics_checks(observables: Mapping[str, ObservableSummary], stats: Mapping
         out["tree_depth_max_share"] = float(np.mean(depth >= (info.get("max_tree_depth") or depth.max() + 1)))
     if "acceptance_rate" in stats and np.size(stats["acceptance_rate"]):
         per_chain = np.asarray(stats["acceptance_rate"], np.float64).mean(axis=1)
+        median = float(np.median(per_chain))
         out.update(acceptance_chain_min=float(per_chain.min()), acceptance_chain_max=float(per_chain.max()),
-                   acceptance_chain_sd=float(per_chain.std()))
+                   acceptance_chain_sd=float(per_chain.std()), acceptance_chain_median=median,
+                   acceptance_chains_stuck=int(np.sum(per_chain < STUCK_ACCEPTANCE * median)))
     ess_values = [np.min(s.ess_bulk) for s in observables.values() if s.ess_bulk is not None and np.size(s.ess_bulk)
                   and np.all(np.isfinite(s.ess_bulk))]
     integrator = info.get("integrator")
@@ -335,15 +342,124 @@ def _physics_lines(s: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+# -- the verdict: is a run fit to use? ---------------------------------------------------------
+# Thresholds, after Stan's and ArviZ's diagnostics (Vehtari et al. 2021, "Rank-normalization,
+# folding, and localization: an improved R-hat"; Betancourt 2016 for E-BFMI).
+RHAT_MAX = 1.01  # rank-normalised split R-hat
+ESS_PER_CHAIN_MIN = 100  # bulk and tail ESS per chain
+ESS_TOTAL_MIN = 400  # bulk and tail ESS in all
+EBFMI_MIN = 0.3
+CREUTZ_Z_MAX = 4.0  # <exp(-dH)> against 1, in standard errors
+STEP_COLLAPSE = 0.01  # the draws' step size below this share of the largest step warmup tried
+STUCK_ACCEPTANCE = 0.25  # a chain accepting less than this share of the median chain's
+
+
+def tail_ess(x: np.ndarray) -> np.ndarray:
+    """Tail ESS of ``(chain, draw, ...)`` draws: the smaller ESS of the indicators of the
+    5 % and 95 % quantiles (Vehtari et al. 2021)."""
+    x = np.asarray(x, np.float64)
+    flat = x.reshape(-1, *x.shape[2:])
+    out = None
+    for q in (0.05, 0.95):
+        cut = np.quantile(flat, q, axis=0)
+        e = ess((x <= cut).astype(np.float64))
+        out = e if out is None else np.minimum(out, e)
+    return out
+
+
+def _worst(name: str, values: np.ndarray, pick: Callable) -> tuple[str, float]:
+    values = np.asarray(values, np.float64)
+    if values.shape == ():
+        return name, float(values)
+    index = np.unravel_index(int(pick(np.where(np.isnan(values), -np.inf if pick is np.nanargmax else np.inf,
+                                                values))), values.shape)
+    return f"{name}[{','.join(map(str, index))}]", float(values[index])
+
+
+def verdict(summary: "Summary", draws: Mapping[str, np.ndarray] | None = None,
+            warmup_step_size: np.ndarray | None = None) -> list[str]:
+    """Plain sentences, one per failed check; ``[]`` when every check passes. The checks
+    and their thresholds (module constants): split R-hat above :data:`RHAT_MAX`; bulk or
+    tail ESS below :data:`ESS_PER_CHAIN_MIN` per chain or :data:`ESS_TOTAL_MIN` in all;
+    any divergence; E-BFMI below :data:`EBFMI_MIN`; Creutz's ``<exp(-dH)>`` more than
+    :data:`CREUTZ_Z_MAX` standard errors from 1; a step size that collapsed in warmup (below
+    :data:`STEP_COLLAPSE` of the largest warmup step); a chain whose acceptance is below
+    :data:`STUCK_ACCEPTANCE` of the median chain's; NUTS trees at the depth cap; guard
+    events."""
+    s = summary.sampler
+    chains = int(s.get("num_chains") or 1)
+    out = []
+    rhat_bad = []
+    ess_bad = []
+    for name, o in summary.observables.items():
+        if o.r_hat is not None and np.size(o.r_hat) and np.any(np.asarray(o.r_hat) > RHAT_MAX):
+            rhat_bad.append(_worst(name, o.r_hat, np.nanargmax))
+        tails = tail_ess(draws[name]) if draws is not None and name in draws else None
+        for kind, values in (("bulk", o.ess_bulk), ("tail", tails)):
+            if values is None or not np.size(values):
+                continue
+            low = np.asarray(values, np.float64)
+            if np.any(~(low >= max(ESS_PER_CHAIN_MIN * chains, ESS_TOTAL_MIN))):
+                label, value = _worst(name, low, np.nanargmin)
+                ess_bad.append((kind, label, value))
+    if rhat_bad:
+        worst = max(rhat_bad, key=lambda t: t[1] if np.isfinite(t[1]) else np.inf)
+        out.append(f"R-hat above {RHAT_MAX} for {len(rhat_bad)} observable(s), worst {worst[0]} at {worst[1]:.3g}: "
+                   "the chains have not mixed; run longer or look for a stuck chain or a second mode.")
+    if ess_bad:
+        kind, label, value = min(ess_bad, key=lambda t: t[2] if np.isfinite(t[2]) else -np.inf)
+        out.append(f"effective sample size too small for {len(ess_bad)} estimate(s): {kind} ESS of {label} is "
+                   f"{value:.0f}, below {ESS_PER_CHAIN_MIN} per chain ({ESS_PER_CHAIN_MIN * chains} for {chains} "
+                   f"chains) or {ESS_TOTAL_MIN} in all; the error bars are not reliable; draw more.")
+    divergent = int(s.get("num_divergent") or 0)
+    if divergent:
+        share = s.get("divergent_chain_share")
+        out.append(f"{divergent} divergent transition(s)" + (f" in {100 * share:.0f} % of the chains" if share else "")
+                   + ": the integrator failed where the posterior curves sharply; the draws may miss that region "
+                   "(a smaller step size, a higher target_accept or a reparameterisation).")
+    ebfmi_min = s.get("ebfmi_min")
+    if ebfmi_min is not None and np.isfinite(ebfmi_min) and ebfmi_min < EBFMI_MIN:
+        low = int(np.sum(np.asarray(s.get("ebfmi", [])) < EBFMI_MIN))
+        out.append(f"E-BFMI below {EBFMI_MIN} in {low} chain(s) (lowest {ebfmi_min:.3g}): the momentum resampling "
+                   "does not explore the energy; heavy tails or a poor metric.")
+    err = s.get("creutz_mcse")
+    if "creutz" in s and err and np.isfinite(err) and err > 0:
+        z = (s["creutz"] - 1.0) / err
+        if abs(z) > CREUTZ_Z_MAX:
+            out.append(f"<exp(-dH)> = {s['creutz']:.4g} +- {err:.2g} is {abs(z):.1f} standard errors from 1 "
+                       f"(more than {CREUTZ_Z_MAX:g}): the integrator or the acceptance test is not exact here.")
+    if warmup_step_size is not None and np.size(warmup_step_size) and s.get("step_size_mean"):
+        largest = float(np.nanmax(np.asarray(warmup_step_size, np.float64)))
+        if np.isfinite(largest) and largest > 0 and s["step_size_mean"] < STEP_COLLAPSE * largest:
+            out.append(f"the step size collapsed in warmup: the draws used {s['step_size_mean']:.3g}, "
+                       f"{s['step_size_mean'] / largest:.2g} of the largest step warmup tried ({largest:.3g}); "
+                       "the sampler crawls, and the chains likely sit in a funnel or a stiff region.")
+    low_chain, median = s.get("acceptance_chain_min"), s.get("acceptance_chain_median")
+    if low_chain is not None and median and median > 0 and low_chain < STUCK_ACCEPTANCE * median:
+        stuck = int(s.get("acceptance_chains_stuck") or 1)
+        out.append(f"{stuck} chain(s) accept far less than the others (lowest {low_chain:.3g}, median {median:.3g}): "
+                   "stuck chains; their draws barely move.")
+    if s.get("tree_depth_max_share"):
+        out.append(f"{100 * s['tree_depth_max_share']:.1f} % of NUTS transitions hit the maximum tree depth: "
+                   "the trajectories were cut short; raise max_tree_depth or improve the metric.")
+    events = int(s.get("num_guard_events") or 0)
+    if events:
+        out.append(f"{events} guard event(s): a broken gradient or energy was found; read them before using "
+                   "the draws.")
+    return out
+
+
 def summarize(
     draws: Mapping[str, np.ndarray],
     stats: Mapping[str, np.ndarray],
     exact: Mapping[str, Any] | None = None,
     sampler_info: Mapping[str, Any] | None = None,
     derived: Mapping[str, Callable[[Mapping[str, np.ndarray]], float]] | None = None,
+    warmup_stats: Mapping[str, np.ndarray] | None = None,
 ) -> Summary:
     """Summary of every observable in ``draws``, of the ``derived`` quantities (blocked
-    jackknife) and of the sampler statistics in ``stats``."""
+    jackknife) and of the sampler statistics in ``stats``, with the run's verdict
+    (``sampler["warnings"]``, :func:`verdict`; the step-size check needs ``warmup_stats``)."""
     exact = exact or {}
     observables = {name: summarize_draws(x, exact.get(name)) for name, x in draws.items()}
     if derived and draws and np.shape(next(iter(draws.values())))[1] > 0:
@@ -356,6 +472,8 @@ def summarize(
         info["acceptance_rate"] = float(acc.mean()) if acc.size else float("nan")
     if "diverging" in stats:
         info["num_divergent"] = int(np.sum(stats["diverging"]))
+        if np.size(stats["diverging"]):
+            info["divergent_chain_share"] = float(np.mean(np.any(np.asarray(stats["diverging"]), axis=1)))
     if "guard_tripped" in stats:
         info["num_guard_tripped"] = int(np.sum(stats["guard_tripped"]))
     if "step_size" in stats and np.size(stats["step_size"]):
@@ -365,4 +483,8 @@ def summarize(
         e = ebfmi(stats["energy"])
         info["ebfmi"] = e
         info["ebfmi_min"] = float(np.nanmin(e)) if np.any(np.isfinite(e)) else float("nan")
-    return Summary(observables, info)
+    summary = Summary(observables, info)
+    warmup_step = (warmup_stats or {}).get("step_size")
+    info["warnings"] = verdict(summary, {k: draws[k] for k in draws if k in observables},
+                               None if warmup_step is None or not np.size(warmup_step) else warmup_step)
+    return summary

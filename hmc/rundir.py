@@ -247,7 +247,7 @@ _ADDED_KEYS = {"sampler.kernel": "hmc", "sampler.persistence": None, "sampler.ma
                "model.kind": "potential", "model.init_strategy": "uniform"}
 
 # Keys that may change between a run and its resumption without changing a single draw.
-_RESUMABLE_CHANGES = ("output.dir", "run.checkpoint_every")
+_RESUMABLE_CHANGES = ("output.dir", "run.checkpoint_every", "run.strict")
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -28,6 +28,7 @@ EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_GUARD = 3
 EXIT_CHECKPOINT = 4
+EXIT_NOT_CLEAN = 6  # finished, but the verdict has warnings (only with --strict / run.strict)
 EXIT_STOPPED = 75  # EX_TEMPFAIL: checkpointed after a signal; run the same command again to resume
 
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
@@ -194,9 +195,10 @@ def _finish(cfg: _config.RunConfig, data: dict[str, Any], ident: dict[str, Any],
     _rundir.write_jsonl(run_dir.file("guard.jsonl"), [e.to_dict() for e in result.guard_events])
     run_dir.prune_checkpoint()
     summary = summarize_run(run_dir.path, potential, result=result)
+    warnings = list(summary["summary"].sampler.get("warnings", []))
     _rundir.append_jsonl(run_dir.file("log.jsonl"), [dict(
         event="end", time=_now(), halted=result.halted, halt_reason=result.halt_reason,
-        seconds=result.timing.get("total_seconds"),
+        seconds=result.timing.get("total_seconds"), warnings=warnings,
         **{k: result.tempering[k] for k in ("beta_min_search", "pilot_gradients") if k in (result.tempering or {})})])
     try:
         from hmc import plots
@@ -210,6 +212,9 @@ def _finish(cfg: _config.RunConfig, data: dict[str, Any], ident: dict[str, Any],
     if result.halted:
         print(f"sampling halted: {result.halt_reason}", file=out)
         return EXIT_GUARD
+    if cfg.run.strict and warnings:
+        print(f"--strict: the verdict is not clean ({len(warnings)} warning(s)): exit {EXIT_NOT_CLEAN}", file=out)
+        return EXIT_NOT_CLEAN
     return EXIT_OK
 
 
@@ -299,7 +304,8 @@ def summarize_run(path: str, potential: Any = None, result: Any = None) -> dict[
     thin = result.settings.get("thin", 1) if result is not None else config["sampler"].get("thin", 1)
     summary = diagnostics.summarize(shown, stats, exact, {"integrator": integrator, "num_guard_events": len(events),
                                                           "thin": thin, "timescales": timescales,
-                                                          "max_tree_depth": max_tree_depth}, derived)
+                                                          "max_tree_depth": max_tree_depth}, derived,
+                                  warmup if warmup and np.size(warmup.get("step_size", [])) else None)
     kinds: dict[str, int] = {}
     for e in events:
         key = e["kind"] + (f":{e['term']}" if e.get("term") else "")

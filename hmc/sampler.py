@@ -78,7 +78,13 @@ class SampleResult:
             "thin": self.settings.get("thin", 1),
             "max_tree_depth": self.settings.get("max_tree_depth"),
         }
-        return _diagnostics.summarize(observables, self.stats, self.exact, info, self.derived)
+        return _diagnostics.summarize(observables, self.stats, self.exact, info, self.derived, self.warmup_stats)
+
+    @property
+    def warnings(self) -> list[str]:
+        """The run's verdict: plain sentences, ``[]`` when every diagnostic passes
+        (:func:`hmc.diagnostics.verdict` lists the checks and thresholds)."""
+        return list(self.summary().sampler["warnings"])
 
 
 @dataclasses.dataclass

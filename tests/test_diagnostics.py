@@ -79,3 +79,63 @@ def test_summary_has_the_physics_checks():
     # a statistic of the wrong sign would show: exp(+dH) averages well above 1
     wrong = diagnostics.summarize({}, {"delta_energy": -r.stats["delta_energy"]}).sampler
     assert (wrong["creutz"] - 1.0) > 4.5 * wrong["creutz_mcse"]
+
+
+def _clean_stats(rng, chains=4, draws=1000):
+    return {
+        "acceptance_rate": np.clip(0.8 + 0.05 * rng.normal(size=(chains, draws)), 0, 1),
+        "diverging": np.zeros((chains, draws), bool),
+        "guard_tripped": np.zeros((chains, draws), bool),
+        "step_size": np.full((chains, draws), 0.5),
+        "energy": rng.normal(size=(chains, draws)),
+    }
+
+
+def test_the_verdict_of_a_clean_run_is_empty_and_says_so():
+    rng = np.random.default_rng(0)
+    s = diagnostics.summarize({"x": rng.normal(size=(4, 1000, 2))}, _clean_stats(rng),
+                              warmup_stats={"step_size": np.full((4, 100), 0.6)})
+    assert s.sampler["warnings"] == []
+    assert str(s).splitlines()[0] == "verdict: clean (every check passed)"
+
+
+def test_the_verdict_names_each_failed_check_once():
+    """Too few draws, a chain that does not move, divergences in one chain, a step that
+    collapsed in warmup, trees at the cap, guard events: one sentence each."""
+    rng = np.random.default_rng(1)
+    chains, draws = 4, 60
+    x = rng.normal(size=(chains, draws))
+    x[3] = 2.5 + 0.01 * rng.normal(size=draws)  # stuck far out: R-hat and ESS fail
+    stats = _clean_stats(rng, chains, draws)
+    stats["acceptance_rate"][3] = 0.01
+    stats["diverging"][1, [5, 17]] = True
+    stats["step_size"][:] = 1e-4
+    stats["tree_depth"] = np.full((chains, draws), 3)
+    stats["tree_depth"][0, :6] = 10
+    s = diagnostics.summarize({"x": x}, stats, sampler_info={"num_guard_events": 2, "max_tree_depth": 10},
+                              warmup_stats={"step_size": np.geomspace(0.5, 1e-4, 50)[None].repeat(chains, 0)})
+    warnings = s.sampler["warnings"]
+    starts = ["R-hat above 1.01 for 1 observable(s), worst x at",
+              "effective sample size too small for 2 estimate(s)",
+              "2 divergent transition(s) in 25 % of the chains",
+              "the step size collapsed in warmup: the draws used 0.0001, 0.0002 of the largest step warmup tried (0.5)",
+              "1 chain(s) accept far less than the others",
+              "2.5 % of NUTS transitions hit the maximum tree depth",
+              "2 guard event(s)"]
+    assert len(warnings) == len(starts), warnings
+    for sentence, start in zip(warnings, starts):
+        assert sentence.startswith(start), (sentence, start)
+    text = str(s)
+    assert text.startswith("verdict: NOT CLEAN, 7 warning(s)") and all(f"  - {w}" in text for w in warnings)
+
+
+def test_the_verdict_flags_a_creutz_identity_off_by_more_than_four_errors_and_a_low_ebfmi():
+    rng = np.random.default_rng(2)
+    stats = _clean_stats(rng)
+    stats["delta_energy"] = rng.normal(-0.3, 0.1, size=(4, 1000))  # <exp(-dH)> about 1.36, not 1
+    stats["energy"] = np.cumsum(0.05 * rng.normal(size=(4, 1000)), axis=1)  # a random walk: E-BFMI near 0
+    s = diagnostics.summarize({"x": rng.normal(size=(4, 1000))}, stats)
+    warnings = s.sampler["warnings"]
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith("E-BFMI below 0.3 in 4 chain(s)")
+    assert warnings[1].startswith("<exp(-dH)> = 1.3") and "standard errors from 1" in warnings[1]

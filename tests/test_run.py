@@ -523,3 +523,25 @@ def test_flat_spectrum_length_is_in_the_summary_and_the_run_directory(tmp_path, 
         assert "a flat spectrum" in json.load(f)["sampler"]["trajectory_length_note"]
     warmup = nc(out)["warmup_stats"]
     assert float(np.asarray(warmup["length_jitter"])[0, -1]) < 1.0
+
+
+def test_strict_exits_6_on_a_verdict_that_is_not_clean_and_summary_shows_the_verdict(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    text = f"""
+        model: {{name: gaussian, params: {{dim: 2}}}}
+        sampler: {{num_chains: 2, num_warmup: 20, num_samples: 20, num_steps: 3}}
+        output: {{dir: {out}}}
+        """
+    path = write_config(tmp_path, name="few.yaml", text=text)
+    assert cli.main(["run", path, "--no-progress", "--strict"]) == runner.EXIT_NOT_CLEAN == 6
+    printed = capsys.readouterr().out
+    assert "verdict: NOT CLEAN" in printed and "effective sample size too small" in printed
+    with open(os.path.join(out, "summary.json")) as f:
+        warnings = json.load(f)["sampler"]["warnings"]
+    assert warnings and any(w.startswith("effective sample size too small") for w in warnings)
+    with open(os.path.join(out, "log.jsonl")) as f:
+        assert [json.loads(line) for line in f][-1]["warnings"] == warnings
+    assert cli.main(["summary", out]) == 0 and "verdict: NOT CLEAN" in capsys.readouterr().out
+    # --strict is the config key run.strict (a run without it exits 0: every other run test)
+    assert config.load(path).run.strict is False
+    assert config.build(config.load(path).model_dump(), [("run.strict", True)]).run.strict is True
