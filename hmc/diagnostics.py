@@ -386,8 +386,12 @@ def verdict(summary: "Summary", draws: Mapping[str, np.ndarray] | None = None,
     :data:`STEP_COLLAPSE` of the largest warmup step); a chain whose acceptance is below
     :data:`STUCK_ACCEPTANCE` of the median chain's; NUTS trees at the depth cap; guard
     events."""
-    s = summary.sampler
-    chains = int(s.get("num_chains") or 1)
+    return _mixing_warnings(summary, draws) + _sampler_warnings(summary.sampler, warmup_step_size)
+
+
+def _mixing_warnings(summary: "Summary", draws: Mapping[str, np.ndarray] | None) -> list[str]:
+    """R-hat and the bulk and tail ESS of every observable (:func:`verdict`)."""
+    chains = int(summary.sampler.get("num_chains") or 1)
     out = []
     rhat_bad = []
     ess_bad = []
@@ -411,6 +415,13 @@ def verdict(summary: "Summary", draws: Mapping[str, np.ndarray] | None = None,
         out.append(f"effective sample size too small for {len(ess_bad)} estimate(s): {kind} ESS of {label} is "
                    f"{value:.0f}, below {ESS_PER_CHAIN_MIN} per chain ({ESS_PER_CHAIN_MIN * chains} for {chains} "
                    f"chains) or {ESS_TOTAL_MIN} in all; the error bars are not reliable; draw more.")
+    return out
+
+
+def _sampler_warnings(s: Mapping[str, Any], warmup_step_size: np.ndarray | None) -> list[str]:
+    """Divergences, E-BFMI, Creutz, the step size, stuck chains, NUTS depth, guard events
+    (:func:`verdict`)."""
+    out = []
     divergent = int(s.get("num_divergent") or 0)
     if divergent:
         share = s.get("divergent_chain_share")

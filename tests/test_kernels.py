@@ -198,7 +198,7 @@ def _beyond_a_wall():
                          init=lambda k: {"x": 1.5 + 0.1 * jax.random.normal(k, (2,))})
 
 
-@pytest.mark.parametrize("kernel", ["hmc", "nuts"])
+@pytest.mark.parametrize("kernel", ["hmc", pytest.param("nuts", marks=pytest.mark.slow)])
 def test_a_trajectory_beyond_an_infinite_wall_is_a_divergence_for_every_kernel(kernel):
     """One rule: where some term is +inf the state lies beyond an infinite wall, so the
     trajectory is a divergence, whatever NaN the other terms give there; no guard trip
