@@ -83,3 +83,18 @@ def pytest_runtest_protocol(item, nextitem):
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}.jsonl"), "a") as out:
         out.write(json.dumps(record) + "\n")
+
+
+@pytest.fixture(autouse=True)
+def _release_compiled_programs(request):
+    """After a slow test, drop JAX's compiled programs and traces: a slow-tier worker runs
+    many large programs in one process, and XLA's CPU compiler has crashed (SIGSEGV,
+    SIGABRT) late in such a process. The default tier keeps them: its tests share programs."""
+    yield
+    if request.node.get_closest_marker("slow") is not None:
+        import gc
+
+        import jax
+
+        jax.clear_caches()
+        gc.collect()
