@@ -88,8 +88,8 @@ def _recorded() -> dict:
     return json.loads(DIGESTS.read_text()) if DIGESTS.exists() else {}
 
 
-# two cases in the default tier, all four in the slow tier (each compiles its own sampler)
-DEFAULT_TIER = {"oscillator_default", "where_trap_trips_step_guard"}
+# one case in the default tier, all four in the slow tier (each compiles its own sampler)
+DEFAULT_TIER = {"oscillator_default"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(name, marks=[] if name in DEFAULT_TIER else [pytest.mark.slow])

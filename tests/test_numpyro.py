@@ -113,6 +113,7 @@ def test_discrete_latent_is_refused_by_name():
         hmc.Potential.from_numpyro(mixture, 1.0)
 
 
+@pytest.mark.slow
 def test_sampling_gives_constrained_draws_under_site_names():
     pot = hmc.Potential.from_numpyro(_examples().eight_schools_noncentered, SIGMA, y=Y)
     r = hmc.sample(pot, seed=0, num_chains=2, num_warmup=100, num_samples=100, progress=False)
