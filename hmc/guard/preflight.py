@@ -103,8 +103,9 @@ def _connectivity(fn: Any, position: PyTree) -> tuple[list[bool], list[bool], _j
 def _drop_unread(primal: Any, leaves: list[Any], cuts: _jaxpr.Cuts) -> None:
     """Drop each cut site whose value the energy does not read at this state: one inside
     the unselected side of a ``where`` (numpyro's ``Beta.log_prob`` keeps a
-    ``stop_gradient`` for the boundary values 0 and 1 there). Judged at the state, as the
-    wraps are; a site inside a loop or a branch cannot be perturbed and stays a cut."""
+    ``stop_gradient`` for the boundary values 0 and 1 there), or in a ``cond`` branch not
+    taken. Judged at the state, as the wraps are; a site inside a loop cannot be perturbed
+    and stays a cut."""
     for site, paths in list(cuts.located.items()):
         if not paths:
             continue
