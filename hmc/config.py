@@ -73,14 +73,14 @@ class TemperingConfig(_Section):
 
 
 class SamplerConfig(_Section):
-    kernel: Literal["hmc", "ghmc", "nuts"] = "hmc"
-    integrator: Literal["leapfrog", "minimum_norm", "yoshida4", "force_gradient"] = "minimum_norm"  # kernel nuts: leapfrog unless given
+    kernel: Literal["hmc", "ghmc", "nuts"] | None = None  # null: nuts for a Bayesian model, hmc for physics
+    integrator: Literal["leapfrog", "minimum_norm", "yoshida4", "force_gradient"] | None = None  # null: the kernel's (minimum_norm; nuts: leapfrog)
     step_size: PositiveFloat | None = None
     num_steps: PositiveInt | None = None  # null: kernel hmc adapts the length (auto), ghmc takes 1
     trajectory_length: PositiveFloat | Literal["auto"] | None = None  # auto: adapted in warmup (ChEES)
     jitter: float = Field(0.0, ge=0.0, lt=1.0)
     warmup_trajectory_length: PositiveFloat | None = None  # warmup's own length (with a float trajectory_length)
-    max_num_steps: PositiveInt = 1000  # the most steps of a trajectory_length trajectory
+    max_num_steps: PositiveInt | None = None  # the most steps of a trajectory_length trajectory (null: 1000)
     max_tree_depth: Annotated[int, Field(ge=1, le=30)] | None = None  # kernel nuts: at most 2**depth - 1 leaves (10)
     persistence: float | None = Field(None, ge=0.0, lt=1.0)  # kernel ghmc: c in p <- c p + sqrt(1 - c^2) xi
     mass_matrix: Literal["identity", "diagonal", "dense"] = "diagonal"
@@ -112,9 +112,9 @@ class SamplerConfig(_Section):
             raise ValueError(f"max_tree_depth applies to kernel nuts only (kernel is {self.kernel!r})")
         if self.kernel != "ghmc" and self.persistence is not None:
             raise ValueError(f"persistence applies to kernel ghmc only (kernel is {self.kernel!r})")
-        if self.tempering is not None and self.kernel != "hmc":
+        if self.tempering is not None and self.kernel not in ("hmc", None):
             raise ValueError(f"tempering needs kernel hmc (kernel is {self.kernel!r})")
-        if self.trajectory_length == "auto" and self.kernel != "hmc":
+        if self.trajectory_length == "auto" and self.kernel not in ("hmc", None):
             raise ValueError(f"trajectory_length: auto applies to kernel hmc only (kernel is {self.kernel!r})")
         if self.warmup_trajectory_length is not None and not isinstance(self.trajectory_length, float):
             raise ValueError("warmup_trajectory_length needs a float trajectory_length (the draws' length; "
@@ -471,6 +471,24 @@ def _tempering_options(t: TemperingConfig) -> dict[str, Any]:
     else:
         options.update(replicas=t.replicas, beta_min=t.beta_min)
     return options
+
+
+def with_kernel(config: RunConfig, potential: Any) -> RunConfig:
+    """``config`` with the kernel a null ``sampler.kernel`` stands for filled in
+    (:func:`hmc.settings.default_kernel`: nuts for a Bayesian model, hmc for physics), and a
+    null ``integrator`` and ``max_num_steps`` by that kernel's defaults: the run directory's
+    config then says what ran, and a run made before these keys could be null resumes."""
+    from hmc.settings import default_kernel
+
+    s = config.sampler
+    kernel = default_kernel(potential, s.kernel, num_steps=s.num_steps, trajectory_length=s.trajectory_length,
+                            jitter=s.jitter, warmup_trajectory_length=s.warmup_trajectory_length,
+                            persistence=s.persistence, timescales=s.timescales, tempering=s.tempering)
+    data = s.model_dump(exclude_unset=True)
+    data["kernel"] = kernel
+    data["integrator"] = s.integrator or ("leapfrog" if kernel == "nuts" else "minimum_norm")
+    data["max_num_steps"] = s.max_num_steps or 1000
+    return config.model_copy(update={"sampler": SamplerConfig.model_validate(data)})
 
 
 def sample_kwargs(config: RunConfig) -> dict[str, Any]:

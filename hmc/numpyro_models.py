@@ -238,7 +238,7 @@ def from_numpyro(model: Callable[..., Any], *args: Any, init_strategy: Any = Non
                    for site in sites.latent + sites.deterministic}
     return Potential(terms=terms, init=_initializer(fixed, args, kwargs, sites, strategy), observables=observables,
                      name=name or getattr(model, "__name__", "numpyro_model"), joint=joint,
-                     sites={term: sites.info[term] for term in terms})
+                     sites={term: sites.info[term] for term in terms}, kind="bayesian")
 
 
 def site_text(info: Mapping[str, Any]) -> str:

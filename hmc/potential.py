@@ -19,6 +19,9 @@ from jax import Array
 
 PyTree = Any
 
+#: What a potential describes; it picks the default kernel (see :attr:`Potential.kind`).
+KINDS = ("physics", "bayesian")
+
 
 class EnergyFn(Protocol):
     """A term of the potential: ``f(q) -> scalar`` energy."""
@@ -94,6 +97,19 @@ class Potential:
     initial_positions
         Optional states with a leading chain axis: chain ``c`` of :func:`hmc.sample`
         starts from row ``c`` (their number must be ``num_chains``).
+    kind
+        ``"physics"`` (a model written as an energy) or ``"bayesian"`` (a posterior:
+        :meth:`from_numpyro` and :meth:`from_logdensity` set it). It picks the default
+        kernel of :func:`hmc.sample`: ``"nuts"`` for a posterior, ``"hmc"`` otherwise.
+    groups
+        Optional ``leaf name -> group`` (``"U(1)"``, ``"SU(2)"``, ``"SU(3)"``, ``"SU(N)"`` or a
+        :class:`hmc.groups.Group`): that top-level leaf of a dict state holds matrices of the
+        group, shape ``(..., N, N)``, complex. Its momenta live in the Lie algebra and the
+        drift is ``U <- exp(eps P) U`` (see :mod:`hmc.groups`).
+    symmetries
+        Optional ``name -> transform(key, q) -> q'``: exact symmetries of every term (a gauge
+        transformation). Preflight evaluates each term at a few random transforms of the
+        initial state and reports a term that changes as ``symmetry_broken``.
     embedding
         Optional ``e(q) -> array``: a map of the state into a Euclidean space in which
         ``trajectory_length="auto"`` measures how far a trajectory went (default: the
@@ -119,6 +135,9 @@ class Potential:
     joint: Callable[[PyTree], Mapping[str, Mapping[str, Array]]] | None = None
     sites: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     initial_positions: PyTree | None = None
+    groups: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    kind: str = "physics"
+    symmetries: Mapping[str, Callable[[Array, PyTree], PyTree]] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_numpyro(cls, model: Callable[..., Any], *args: Any, init_strategy: Any = None,
@@ -156,7 +175,7 @@ class Potential:
         if observables is None:
             observables = _state_observables(init(jax.random.key(0)))
         return cls(terms={"log_density": lambda q: -logdensity_fn(q)}, init=init, observables=observables,
-                   name=name, initial_positions=positions)
+                   name=name, initial_positions=positions, kind="bayesian")
 
     def __post_init__(self) -> None:
         terms = _freeze(self.terms, "term")
@@ -189,6 +208,15 @@ class Potential:
         if unknown:
             raise ValueError(f"sites given for unknown terms {unknown} (terms: {list(terms)})")
         object.__setattr__(self, "sites", dict(self.sites))
+        if self.kind not in KINDS:
+            raise ValueError(f"Potential.kind must be one of {KINDS}, got {self.kind!r}")
+        object.__setattr__(self, "symmetries", _freeze(self.symmetries, "symmetry"))
+        if self.groups:
+            from hmc import groups as _groups
+
+            object.__setattr__(self, "groups", {name: _groups.get(spec) for name, spec in dict(self.groups).items()})
+        else:
+            object.__setattr__(self, "groups", {})
 
     # -- auxiliary fields ---------------------------------------------------------
     def refresh(self, rng_key: Array, position: PyTree) -> dict[str, Array]:

@@ -84,9 +84,11 @@ def execute(cfg: _config.RunConfig, config_dir: str | None, out: TextIO | None =
     out = out or sys.stdout
     if not _rundir.is_writer():
         out = open(os.devnull, "w")  # noqa: SIM115 - process 0 speaks for all
+    set_precision(cfg.run.precision)
+    potential = _config.make_potential(cfg.model, config_dir)
+    cfg = _config.with_kernel(cfg, potential)
     data = _config.resolved(cfg, config_dir)
     run_dir = _rundir.RunDirectory(cfg.output.dir)
-    set_precision(cfg.run.precision)
     try:
         ident = _rundir.identity(data)
     except ValueError as err:  # the device count does not fit
@@ -94,16 +96,15 @@ def execute(cfg: _config.RunConfig, config_dir: str | None, out: TextIO | None =
     if _rundir.is_writer():
         os.makedirs(run_dir.path, exist_ok=True)
     with _rundir.exclusive(run_dir.path):
-        return _execute_locked(cfg, config_dir, data, run_dir, ident, out, progress)
+        return _execute_locked(cfg, potential, data, run_dir, ident, out, progress)
 
 
-def _execute_locked(cfg: _config.RunConfig, config_dir: str | None, data: dict[str, Any],
+def _execute_locked(cfg: _config.RunConfig, potential: Any, data: dict[str, Any],
                     run_dir: _rundir.RunDirectory, ident: dict[str, Any], out: TextIO, progress: bool) -> int:
     from hmc import sampler as _sampler
 
     run_dir.remove_stale_temporaries()
     resume = _checkpoint_to_resume(run_dir, ident)
-    potential = _config.make_potential(cfg.model, config_dir)
     if resume is not None and resume.complete and run_dir.has_draws():
         print(f"{run_dir.path}: this run is complete; its summary:", file=out)
         print(summarize_run(run_dir.path, potential)["text"], file=out)

@@ -26,6 +26,7 @@ from hmc import devices as _devices
 from hmc import diagnostics as _diagnostics
 from hmc import guard as _guard
 from hmc import initial as _initial
+from hmc import settings as _settings
 from hmc.kernels import tempering as _tempering
 from hmc.checkpoint import OPTIONAL_STATS, STAT_NAMES, STAT_PREFIX, Checkpoint, LoopState, stack_chunks
 from hmc.chunks import chunk_programs
@@ -103,7 +104,7 @@ def sample(
     num_chains: int = 4,
     num_warmup: int = 500,
     num_samples: int = 1000,
-    kernel: Any = "hmc",
+    kernel: Any = None,
     integrator: str | None = None,
     step_size: float | None = None,
     num_steps: int | None = None,
@@ -147,7 +148,9 @@ def sample(
     num_chains, num_warmup, num_samples, thin
         ``num_samples`` draws are recorded per chain, each ``thin`` trajectories apart.
     kernel
-        ``"hmc"`` (fixed length, :class:`hmc.kernels.HMC`), ``"ghmc"`` (partial
+        ``None`` (default): ``"nuts"`` for a Bayesian potential (:meth:`Potential.from_numpyro`,
+        :meth:`Potential.from_logdensity`, ``kind="bayesian"``) unless a trajectory setting is
+        given, ``"hmc"`` otherwise (:func:`hmc.settings.default_kernel`). ``"hmc"`` (fixed length, :class:`hmc.kernels.HMC`), ``"ghmc"`` (partial
         momentum refreshment, :class:`hmc.kernels.GHMC`), ``"nuts"`` (the No-U-Turn
         sampler, :class:`hmc.kernels.NUTS`: numpyro's tree, our integrator, the guard
         in every leaf), or a kernel object with
@@ -278,6 +281,9 @@ def sample(
             tempering, search = _tempering.choose_beta_min(tempering, pilot)
         else:
             tempering = _tempering.choose_replicas(tempering, pilot)
+    kernel = _settings.default_kernel(potential, kernel, num_steps=num_steps, trajectory_length=trajectory_length,
+                                      jitter=jitter, warmup_trajectory_length=warmup_trajectory_length,
+                                      persistence=persistence, timescales=timescales, tempering=tempering)
     settings = Settings.from_arguments(
         kernel, integrator=integrator, num_steps=num_steps, trajectory_length=trajectory_length, jitter=jitter,
         warmup_trajectory_length=warmup_trajectory_length, persistence=persistence,

@@ -2,6 +2,8 @@ import textwrap
 
 import pytest
 
+import jax.numpy as jnp
+
 import hmc
 from hmc import config
 
@@ -14,11 +16,26 @@ def write(tmp_path, text, name="run.yaml"):
 
 def test_minimal_config_defaults(tmp_path):
     cfg = config.load(write(tmp_path, "model: {name: gaussian, params: {dim: 3}}\n"))
-    assert cfg.sampler.integrator == "minimum_norm" and cfg.guard.policy == "reject"
+    assert cfg.sampler.kernel is None and cfg.sampler.integrator is None and cfg.guard.policy == "reject"
     kwargs = config.sample_kwargs(cfg)
     assert kwargs["num_chains"] == 4 and kwargs["precision"] == "float32"
     pot = config.make_potential(cfg.model)
     assert isinstance(pot, hmc.Potential) and pot.name == "gaussian"
+    # a physics model runs hmc with 2MN, and the resolved config says so (and hashes as before)
+    filled = config.with_kernel(cfg, pot).sampler
+    assert (filled.kernel, filled.integrator, filled.max_num_steps) == ("hmc", "minimum_norm", 1000)
+
+
+def test_a_null_kernel_is_nuts_for_a_bayesian_model_unless_a_trajectory_is_given(tmp_path):
+    bayes = hmc.Potential.from_logdensity(lambda q: -0.5 * (q ** 2).sum(), lambda key: jnp.zeros(2))
+    cfg = config.load(write(tmp_path, "model: {name: gaussian, params: {dim: 3}}\n"))
+    filled = config.with_kernel(cfg, bayes).sampler
+    assert (filled.kernel, filled.integrator, filled.num_steps) == ("nuts", "leapfrog", None)
+    assert config.sample_kwargs(cfg.model_copy(update={"sampler": filled}))["max_num_steps"] is None
+    fixed = config.load(write(tmp_path, "model: {name: gaussian}\nsampler: {num_steps: 7}\n"))
+    assert config.with_kernel(fixed, bayes).sampler.kernel == "hmc"
+    named = config.load(write(tmp_path, "model: {name: gaussian}\nsampler: {kernel: ghmc}\n"))
+    assert config.with_kernel(named, bayes).sampler.kernel == "ghmc"
 
 
 def test_every_problem_reported_with_its_dotted_key(tmp_path):
