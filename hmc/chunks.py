@@ -19,6 +19,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from hmc import adaptation as _adaptation
+from hmc import geometry as _geometry
 from hmc import integrators as _integrators
 from hmc import rng as _rng
 from hmc.checkpoint import STAT_PREFIX
@@ -123,7 +124,9 @@ def limiter(program: Program, potential: Potential) -> Callable:
     each level's frequency caps that level's own step, ``eps / (steps_0 * ... * steps_l)``,
     at the stability limit of the level's integrator."""
     integrator = getattr(program.kernel, "integrator", None)
-    if not program.adapt_step_size or integrator is None:
+    if not program.adapt_step_size or integrator is None or getattr(potential, "groups", None):
+        # group leaves: the frequencies are not measured (the Hessian probe moves the state
+        # along straight lines, off the group); dual averaging alone sets the step
         return lambda adapt_state, t, keys, states: adapt_state
     schedule = _adaptation.build_schedule(program.num_warmup)
     changed = np.concatenate([[True], schedule.slow_window_end[:-1]])
@@ -224,12 +227,15 @@ def lengthener(program: Program, potential: Potential) -> Callable:
         return lambda adapt_state, t, states, info, length: adapt_state
     schedule = _adaptation.build_schedule(program.num_warmup)
     hold, restart = (jnp.asarray(x) for x in _adaptation.length_phases(schedule))
-    embed = potential.embedding or (lambda q: ravel_pytree(q)[0])
+    groups = getattr(potential, "groups", None) or {}
+    embed = potential.embedding or (_geometry.embedding if groups else (lambda q: ravel_pytree(q)[0]))
 
     def flat(q):
         return jnp.ravel(embed(q))
 
     def moved(q, v):
+        if groups:  # a group leaf moves as dU/dt = P U: its tangent in the matrix space
+            v = {**v, **{name: v[name] @ q[name] for name in groups}}
         return jax.jvp(flat, (q,), (v,))
 
     def update(adapt_state, t, states, info, length):

@@ -83,7 +83,7 @@ class SamplerConfig(_Section):
     max_num_steps: PositiveInt | None = None  # the most steps of a trajectory_length trajectory (null: 1000)
     max_tree_depth: Annotated[int, Field(ge=1, le=30)] | None = None  # kernel nuts: at most 2**depth - 1 leaves (10)
     persistence: float | None = Field(None, ge=0.0, lt=1.0)  # kernel ghmc: c in p <- c p + sqrt(1 - c^2) xi
-    mass_matrix: Literal["identity", "diagonal", "dense"] = "diagonal"
+    mass_matrix: Literal["identity", "diagonal", "dense"] | None = None  # null: identity with group leaves, else diagonal
     adaptation: Literal["pooled", "per_chain"] = "pooled"
     target_accept: float = Field(0.8, gt=0.0, lt=1.0)
     num_chains: PositiveInt = 4
@@ -478,7 +478,7 @@ def with_kernel(config: RunConfig, potential: Any) -> RunConfig:
     (:func:`hmc.settings.default_kernel`: nuts for a Bayesian model, hmc for physics), and a
     null ``integrator`` and ``max_num_steps`` by that kernel's defaults: the run directory's
     config then says what ran, and a run made before these keys could be null resumes."""
-    from hmc.settings import default_kernel
+    from hmc.settings import default_kernel, default_mass_matrix
 
     s = config.sampler
     kernel = default_kernel(potential, s.kernel, num_steps=s.num_steps, trajectory_length=s.trajectory_length,
@@ -488,6 +488,7 @@ def with_kernel(config: RunConfig, potential: Any) -> RunConfig:
     data["kernel"] = kernel
     data["integrator"] = s.integrator or ("leapfrog" if kernel == "nuts" else "minimum_norm")
     data["max_num_steps"] = s.max_num_steps or 1000
+    data["mass_matrix"] = default_mass_matrix(potential, s.mass_matrix)
     return config.model_copy(update={"sampler": SamplerConfig.model_validate(data)})
 
 

@@ -123,6 +123,8 @@ def recorded_leaves(potential: Potential, names: list[str], record: Sequence[str
     if isinstance(record, str):
         if record != "auto":
             raise ValueError(f"record must be 'auto', None or a list of state leaves, got {record!r}")
+        # group matrices (complex) stay out: their observables are what a run records
+        candidates = [n for n in candidates if n not in potential.groups]
         size = dict(zip(names, sizes))
         total = sum(size.get(n, 0) for n in candidates)
         if total <= RECORD_AUTO_SIZE:
@@ -220,10 +222,11 @@ def _step_size_finder(potential: Potential, integrator: str, pooled: bool, split
     grad_fn = jax.grad(potential.energy)
 
     def one_chain_acceptance(key, state, eps, minv):
-        metric = _integrators.euclidean_metric(minv, state.position)
+        metric = _integrators.metric_for(potential, minv, state.position)
         momentum = metric.sample_momentum(jax.random.fold_in(key, HEURISTIC_STREAM), state.position)
         begin = _integrators.IntegratorState(state.position, momentum, state.potential_energy_grad)
-        end, _ = _integrators.integrate(integrator, grad_fn, metric.velocity, begin, eps, 1, guard=False, split=split)
+        end, _ = _integrators.integrate(integrator, grad_fn, metric.velocity, begin, eps, 1, guard=False, split=split,
+                                        drift_fn=metric.drift)
         h0 = state.potential_energy + metric.kinetic_energy(momentum)
         h1 = potential.energy(end.position) + metric.kinetic_energy(end.momentum)
         return jnp.minimum(1.0, jnp.exp(h0 - h1))

@@ -137,6 +137,9 @@ class Metric(NamedTuple):
     sample_momentum: Callable[[Array, PyTree], PyTree]
     kinetic_energy: Callable[[PyTree], Array]
     velocity: Callable[[PyTree], PyTree]
+    #: ``drift(q, v, h)``: the position moved for a time ``h`` at velocity ``v``; ``None``
+    #: is ``q + h v`` (a group leaf moves by ``exp(h v) U``, :mod:`hmc.geometry`)
+    drift: Callable[[PyTree, PyTree, Array], PyTree] | None = None
 
 
 def _tree_scale(tree: PyTree, scale: Array | float) -> PyTree:
@@ -214,6 +217,22 @@ def euclidean_metric(inverse_mass_matrix: Array | None, position: PyTree) -> Met
         return 0.5 * flat @ (inverse_mass_matrix @ flat)
 
     return Metric(sample_momentum, kinetic_energy, velocity)
+
+
+def metric_for(potential: Any, inverse_mass_matrix: Array | None, position: PyTree) -> Metric:
+    """The metric of ``potential``'s state: :func:`euclidean_metric`, or with group leaves
+    (:attr:`hmc.Potential.groups`) momenta in their algebra and the exponential drift
+    (:func:`hmc.geometry.group_metric`)."""
+    groups = getattr(potential, "groups", None)
+    if groups:
+        from hmc import geometry
+
+        return geometry.group_metric(groups, inverse_mass_matrix, position)
+    return euclidean_metric(inverse_mass_matrix, position)
+
+
+def _euclidean_drift(position: PyTree, velocity: PyTree, h: Array) -> PyTree:
+    return _tree_axpy(h, velocity, position)
 
 
 # -- integration -----------------------------------------------------------------
@@ -409,6 +428,7 @@ class _Scheme(NamedTuple):
     grad_fns: tuple
     value_and_grad_fns: tuple
     velocity_fn: Callable
+    drift_fn: Callable = _euclidean_drift
 
 
 def _kick(s: _Scheme, group: tuple, g: tuple, p: PyTree) -> PyTree:
@@ -423,7 +443,7 @@ def _shifted_forces(s: _Scheme, shifts: tuple, q: PyTree, p: PyTree, g: list, fl
     ``q - xi eps^2 M^{-1} g`` (checked by the guard like any fresh gradient)."""
     g = list(g)
     for level, xi in shifts:
-        moved = _tree_axpy(-xi * s.step_size ** 2, s.velocity_fn(g[level]), q)
+        moved = s.drift_fn(q, s.velocity_fn(g[level]), -xi * s.step_size ** 2)
         g[level] = s.grad_fns[level](moved)
         if s.guard:
             flags = _check(flags, g[level], moved, p, index)
@@ -437,7 +457,7 @@ def _one_step(s: _Scheme, q: PyTree, p: PyTree, g: tuple, flags: GuardFlags, ste
     g = list(g)
     n_groups = len(s.plan.drifts)
     for i in range(n_groups):
-        q = _tree_axpy(s.plan.drifts[i] * s.step_size, s.velocity_fn(p), q)
+        q = s.drift_fn(q, s.velocity_fn(p), s.plan.drifts[i] * s.step_size)
         end = i == n_groups - 1
         fresh = []
         for level, _ in s.plan.groups[i + 1]:
@@ -469,6 +489,7 @@ def _trajectory(
     num_steps: Array | int,
     guard: bool,
     nested: bool = False,
+    drift_fn: Callable | None = None,
 ) -> tuple[IntegratorState, GuardFlags, Array | None]:
     """``num_steps`` steps with the kicks between steps merged.
 
@@ -482,7 +503,7 @@ def _trajectory(
     tuple of the levels' gradients, and so is the end's.
     """
     single = not nested
-    scheme = _Scheme(plan, step_size, guard, grad_fns, value_and_grad_fns, velocity_fn)
+    scheme = _Scheme(plan, step_size, guard, grad_fns, value_and_grad_fns, velocity_fn, drift_fn or _euclidean_drift)
 
     def body(step: Array, carry: tuple) -> tuple:
         return _one_step(scheme, *carry, step, last=False)[:4]
@@ -510,6 +531,7 @@ def integrate(
     num_steps: Array | int,
     guard: bool = True,
     split: Split | None = None,
+    drift_fn: Callable | None = None,
 ) -> tuple[IntegratorState, GuardFlags]:
     """Run ``num_steps >= 1`` steps (static int or traced) from ``state``.
 
@@ -525,7 +547,7 @@ def integrate(
         grads = tuple(jax.grad(fn) for fn in split.energies)
     with_none = tuple((lambda f: (lambda q: (None, f(q))))(f) for f in grads)
     end, flags, _ = _trajectory(plan, grads, with_none, velocity_fn, state, step_size, num_steps, guard,
-                                split is not None)
+                                split is not None, drift_fn)
     return end, flags
 
 
@@ -538,6 +560,7 @@ def integrate_to_energy(
     num_steps: Array | int,
     guard: bool = True,
     split: Split | None = None,
+    drift_fn: Callable | None = None,
 ) -> tuple[IntegratorState, GuardFlags, Array]:
     """:func:`integrate`, plus the potential energy at the end point, computed with the
     last gradient (one ``value_and_grad`` in place of a ``grad``). With a ``split`` the
@@ -547,4 +570,4 @@ def integrate_to_energy(
     else:
         plan, energies = schedule(integrator, tuple(split.steps), split.integrators), tuple(split.energies)
     return _trajectory(plan, tuple(jax.grad(f) for f in energies), tuple(jax.value_and_grad(f) for f in energies),
-                       velocity_fn, state, step_size, num_steps, guard, split is not None)
+                       velocity_fn, state, step_size, num_steps, guard, split is not None, drift_fn)

@@ -247,9 +247,20 @@ class Potential:
         return {name: (lambda f: lambda q: f(self.with_auxiliary(q)))(fn) for name, fn in self.terms.items()}
 
     # -- energies -------------------------------------------------------------
+    def lifted(self, position: PyTree) -> PyTree:
+        """``position`` with its group leaves passed through :func:`hmc.geometry.lift`: the
+        same values, and ``jax.grad`` with respect to a group leaf is the algebra force
+        (the Lie derivative of the energy). The identity without groups."""
+        if not self.groups:
+            return position
+        from hmc.geometry import lifted
+
+        return lifted(self.groups, position)
+
     def energy(self, position: PyTree) -> Array:
-        """Total potential energy ``U(q)``, a scalar."""
-        position = self.with_auxiliary(position)
+        """Total potential energy ``U(q)``, a scalar. With group leaves its gradient there
+        is the algebra force (:meth:`lifted`)."""
+        position = self.with_auxiliary(self.lifted(position))
         if self.joint is not None:
             values = list(self.joint(position)["terms"].values())
         else:
@@ -263,7 +274,7 @@ class Potential:
 
     def term_energies(self, position: PyTree) -> dict[str, Array]:
         """Each term's energy at ``position``: ``{name: scalar}``."""
-        position = self.with_auxiliary(position)
+        position = self.with_auxiliary(self.lifted(position))
         if self.joint is not None:
             return {name: jnp.asarray(value) for name, value in self.joint(position)["terms"].items()}
         return {name: jnp.asarray(fn(position)) for name, fn in self.terms.items()}
@@ -319,11 +330,19 @@ def leaf_names(tree: PyTree) -> list[str]:
 
 
 def cast_tree(tree: PyTree, dtype: Any) -> PyTree:
-    """Cast every floating leaf of ``tree`` to ``dtype``."""
-    return jax.tree_util.tree_map(
-        lambda x: jnp.asarray(x, dtype) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x,
-        tree,
-    )
+    """Cast every floating leaf of ``tree`` to ``dtype``, and every complex leaf to the
+    complex type of that precision (float32: complex64, float64: complex128)."""
+    complex_dtype = jnp.result_type(dtype, jnp.complex64)
+
+    def cast(x: Any) -> Any:
+        kind = jnp.asarray(x).dtype
+        if jnp.issubdtype(kind, jnp.floating):
+            return jnp.asarray(x, dtype)
+        if jnp.issubdtype(kind, jnp.complexfloating):
+            return jnp.asarray(x, complex_dtype)
+        return x
+
+    return jax.tree_util.tree_map(cast, tree)
 
 
 # Compiled programs per potential and hashable settings: a second ``sample`` call with

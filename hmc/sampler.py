@@ -112,7 +112,7 @@ def sample(
     jitter: float = 0.0,
     warmup_trajectory_length: float | None = None,
     persistence: float | None = None,
-    mass_matrix: str = "diagonal",
+    mass_matrix: str | None = None,
     inverse_mass_matrix: Any = None,
     target_accept: float = 0.8,
     adaptation: str = "pooled",
@@ -209,6 +209,7 @@ def sample(
     mass_matrix, inverse_mass_matrix
         ``"identity"``, ``"diagonal"`` or ``"dense"``, adapted in warmup from
         the initial ``inverse_mass_matrix`` (flat ``(d,)`` or ``(d, d)``; identity if ``None``).
+        ``mass_matrix=None``: ``"identity"`` for a state with group leaves, else ``"diagonal"``.
     target_accept
         Dual-averaging target of the mean acceptance probability.
     adaptation
@@ -284,6 +285,7 @@ def sample(
     kernel = _settings.default_kernel(potential, kernel, num_steps=num_steps, trajectory_length=trajectory_length,
                                       jitter=jitter, warmup_trajectory_length=warmup_trajectory_length,
                                       persistence=persistence, timescales=timescales, tempering=tempering)
+    mass_matrix = _settings.default_mass_matrix(potential, mass_matrix)
     settings = Settings.from_arguments(
         kernel, integrator=integrator, num_steps=num_steps, trajectory_length=trajectory_length, jitter=jitter,
         warmup_trajectory_length=warmup_trajectory_length, persistence=persistence,

@@ -166,6 +166,19 @@ def default_kernel(potential: Any, kernel: Any, **trajectory: Any) -> Any:
     return "hmc"
 
 
+def default_mass_matrix(potential: Any, mass_matrix: str | None) -> str:
+    """``mass_matrix=None``: ``"identity"`` for a state with group leaves (their mass is a
+    scalar), ``"diagonal"`` otherwise. An adapted mass matrix on a group leaf is refused."""
+    groups = getattr(potential, "groups", None) or {}
+    if mass_matrix is None:
+        return "identity" if groups else "diagonal"
+    if groups and mass_matrix != "identity":
+        name, group = next(iter(groups.items()))
+        raise ValueError(f"mass_matrix={mass_matrix!r}: the mass of group leaf {name!r} ({group.name}) is a scalar, "
+                         "so an adapted diagonal or dense mass matrix does not apply; use mass_matrix='identity'")
+    return mass_matrix
+
+
 def default_length(jitter: float, tempering: Any, rest: dict[str, Any]) -> str | None:
     """Kernel ``"hmc"`` given neither ``num_steps`` nor ``trajectory_length``: ``"auto"``
     where it can be adapted (pooled adaptation, ``num_warmup >= 100``, no tempering, no
@@ -186,7 +199,8 @@ def working_dtype(precision: str | None, positions: Any) -> Any:
     """The working dtype: ``precision``, or that of the initial states."""
     if precision is None:
         leaves = jax.tree_util.tree_leaves(positions)
-        return jnp.result_type(*[jnp.asarray(x).dtype for x in leaves])
+        # a complex leaf (group matrices) works in its real counterpart: complex64 -> float32
+        return jnp.result_type(*[jnp.real(jnp.zeros((), jnp.asarray(x).dtype)).dtype for x in leaves])
     _one_of("precision", precision, list(PRECISIONS))
     if precision == "float64" and not jax.config.read("jax_enable_x64"):
         # A process-wide switch: every array created afterwards may be 64-bit.

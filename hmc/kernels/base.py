@@ -198,6 +198,12 @@ class Trajectory:
         check_timescales(self.timescales, list(terms))
         if extend is None and getattr(potential, "auxiliary", None):
             extend = potential.with_auxiliary
+        groups = getattr(potential, "groups", None)
+        if groups:  # every level's gradient is the algebra force on the group leaves
+            from hmc.geometry import lifted
+
+            inner = extend
+            extend = (lambda q: lifted(groups, q)) if inner is None else (lambda q: inner(lifted(groups, q)))
         return _integrators.Split(tuple(_level_energy(terms, level.terms, extend) for level in self.timescales),
                                   tuple(level.steps for level in self.timescales), self.level_integrators)
 

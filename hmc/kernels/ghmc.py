@@ -57,7 +57,7 @@ def _transition(potential_fn: Callable, settings: GHMC, guard: str, refresh: boo
         dtype = state.potential_energy.dtype
         eps, n_steps = jittered(settings, key_jitter, jnp.asarray(params.step_size, dtype), dtype,
                                 params.trajectory_length)
-        metric = _integrators.euclidean_metric(params.inverse_mass_matrix, state.position)
+        metric = _integrators.metric_for(potential_fn, params.inverse_mass_matrix, state.position)
         if refresh:
             c = jnp.asarray(settings.persistence, dtype)
             noise = metric.sample_momentum(key_momentum, state.position)

@@ -131,8 +131,8 @@ def metropolis(potential_fn: Callable[[PyTree], Array], settings: Trajectory, gu
     dtype = state.potential_energy.dtype
     start = _integrators.IntegratorState(state.position, momentum, state.potential_energy_grad)
     end, flags, potential_end = _integrators.integrate_to_energy(
-        settings.integrator, potential_fn, metric.velocity, start, eps, n_steps, guard=per_step, split=split
-    )
+        settings.integrator, potential_fn, metric.velocity, start, eps, n_steps, guard=per_step, split=split,
+        drift_fn=metric.drift)
     if split is not None:
         potential_fn = split.energy
     if start_ok is not None:
@@ -240,7 +240,7 @@ def _transition(potential_fn: Callable[[PyTree], Array], settings: Trajectory, g
         dtype = state.potential_energy.dtype
         eps, n_steps = jittered(settings, key_jitter, jnp.asarray(params.step_size, dtype), dtype,
                                 params.trajectory_length)
-        metric = _integrators.euclidean_metric(params.inverse_mass_matrix, state.position)
+        metric = _integrators.metric_for(potential_fn, params.inverse_mass_matrix, state.position)
         momentum = metric.sample_momentum(key_momentum, state.position)
         energy_fn, level_split, start_ok = potential_fn, split, None
         if auxiliary:

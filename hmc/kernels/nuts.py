@@ -93,7 +93,7 @@ def _leaf_update(spec: NUTS, potential_fn: Callable, metric: Any, checked: bool)
         (position, _), momentum, _, grad = leaf
         start = _integrators.IntegratorState(position, momentum, grad)
         end, flags, potential = _integrators.integrate_to_energy(
-            spec.integrator, potential_fn, metric.velocity, start, step_size, 1, guard=checked)
+            spec.integrator, potential_fn, metric.velocity, start, step_size, 1, guard=checked, drift_fn=metric.drift)
         mark = _Mark(flags.ok, flags.position, flags.momentum)
         return TreeLeaf((end.position, mark), end.momentum, potential, end.potential_energy_grad)
 
@@ -118,7 +118,7 @@ def _transition(potential_fn: Callable[[PyTree], Array], spec: NUTS, guard: str)
         key_momentum, key_tree = _rng.split(rng_key, 2)
         dtype = state.potential_energy.dtype
         eps = jnp.asarray(params.step_size, dtype)
-        metric = _integrators.euclidean_metric(params.inverse_mass_matrix, state.position)
+        metric = _integrators.metric_for(potential_fn, params.inverse_mass_matrix, state.position)
         momentum = metric.sample_momentum(key_momentum, state.position)
         mark = _Mark(jnp.asarray(True), state.position, momentum)
         leaf = TreeLeaf((state.position, mark), momentum, state.potential_energy, state.potential_energy_grad)
@@ -217,6 +217,9 @@ class NUTS:
         if getattr(potential_fn, "auxiliary", None):
             raise ValueError("auxiliary fields (pseudofermions) need kernel='hmc': a NUTS tree has no single "
                              "trajectory start at which to redraw them")
+        if getattr(potential_fn, "groups", None):
+            raise ValueError(f"group leaves {sorted(potential_fn.groups)} need kernel='hmc' or 'ghmc': the NUTS "
+                             "U-turn test measures a Euclidean distance, which a group leaf does not have")
 
         def init(position: PyTree) -> NUTSState:
             energy, grad = jax.value_and_grad(potential_fn)(position)
