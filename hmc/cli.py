@@ -23,6 +23,7 @@ examples:
   hmc run configs/sweep.yaml --list-sweep         show the sweep grid with indices
   hmc run configs/sweep.yaml --index 3            run point 3 (default: $SLURM_ARRAY_TASK_ID)
   hmc check configs/phi4.yaml                     preflight: which term reaches which leaf
+  hmc check --reversibility configs/su2_2d.yaml   forward, flip, back: |dq|, |dH|, order
   hmc summary runs/phi4                           summary table (also of a run in progress)
   hmc plot runs/phi4                              (re)draw runs/phi4/plots/*.png
   hmc models                                      registered models and their parameters
@@ -103,6 +104,8 @@ def _check(args: argparse.Namespace) -> int:
     from hmc import runner
 
     cfg = _load(args)
+    if args.reversibility:
+        return runner.check_reversibility(cfg, os.path.dirname(os.path.abspath(args.config)))
     return runner.check(cfg, os.path.dirname(os.path.abspath(args.config)))
 
 
@@ -174,6 +177,9 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("config")
     check.add_argument("overrides", nargs="*", metavar="dotted.key=value")
     check.add_argument("--sweep", metavar="FILE", help=argparse.SUPPRESS)
+    check.add_argument("--reversibility", action="store_true",
+                       help="integrate forward, flip the momentum, integrate back: max |dq|, |dH| and the order "
+                       "of the energy error (the config's integrator, step_size or 0.1, num_steps or 10, precision)")
     check.set_defaults(func=_check)
 
     summary = sub.add_parser("summary", help="summary of a run directory (finished or in progress)")

@@ -79,6 +79,14 @@ def lifted(groups: Mapping[str, Any], position: PyTree) -> PyTree:
     return {**position, **{name: lift(group, position[name]) for name, group in groups.items()}}
 
 
+def projected(groups: Mapping[str, Any], position: PyTree) -> PyTree:
+    """``position`` with each group leaf projected on its group (at the leaf's precision):
+    initial states drawn in single precision and cast to double are unitary to 1e-7 only."""
+    if not groups:
+        return position
+    return {**position, **{name: group.project(position[name]) for name, group in groups.items()}}
+
+
 def check_state(groups: Mapping[str, Any], position: PyTree) -> None:
     """A clear error when the state does not hold the declared group leaves."""
     if not groups:

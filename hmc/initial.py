@@ -14,6 +14,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from hmc import adaptation as _adaptation
+from hmc import geometry as _geometry
 from hmc import guard as _guard
 from hmc import integrators as _integrators
 from hmc.checkpoint import Checkpoint, restore_leaves
@@ -108,7 +109,11 @@ def positions_for(potential: Potential, settings: Settings, init_positions: PyTr
         if sizes != {settings.num_chains}:
             raise ValueError(f"init_positions need a leading chain axis of size num_chains={settings.num_chains}")
     dtype = settings.dtype(positions)
-    return cast_tree(positions, dtype), dtype
+    positions = cast_tree(positions, dtype)
+    if potential.groups:
+        _geometry.check_state(potential.groups, jax.tree_util.tree_map(lambda x: x[0], positions))
+        positions = jax.jit(lambda q: _geometry.projected(potential.groups, q))(positions)
+    return positions, dtype
 
 
 def recorded_leaves(potential: Potential, names: list[str], record: Sequence[str] | str | None,

@@ -443,6 +443,24 @@ def potential_for(path: str) -> Any:
 
 
 
+def check_reversibility(cfg: _config.RunConfig, config_dir: str | None, out: TextIO | None = None) -> int:
+    """``hmc check --reversibility``: :func:`hmc.check_reversibility` with the config's model,
+    integrator, step size (0.1 if adapted), number of steps (10 if not fixed), precision
+    and seed."""
+    from hmc import reversibility
+
+    out = out or sys.stdout
+    set_precision(cfg.run.precision)
+    potential = _config.make_potential(cfg.model, config_dir)
+    s = _config.with_kernel(cfg, potential).sampler
+    report = reversibility.check_reversibility(
+        potential, seed=cfg.run.seed, precision=cfg.run.precision, integrator=s.integrator,
+        step_size=s.step_size or 0.1, num_steps=s.num_steps or 10, num_chains=min(s.num_chains, 4))
+    print(f"model {potential.name}", file=out)
+    print(reversibility.format_report(report), file=out)
+    return EXIT_OK
+
+
 def check(cfg: _config.RunConfig, config_dir: str | None, out: TextIO | None = None) -> int:
     """``hmc check``: the preflight of every chain's initial state, without sampling."""
     out = out or sys.stdout

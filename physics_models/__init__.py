@@ -17,6 +17,7 @@ from physics_models.oscillators import anharmonic_oscillator, classical_double_w
 from physics_models.particles import lennard_jones, quench
 from physics_models.fermions import schwinger
 from physics_models.statistical import funnel, gaussian, gaussian_covariance, rosenbrock
+from physics_models.yang_mills import yang_mills
 
 REGISTRY: dict[str, Callable[..., Potential]] = {
     "gaussian": gaussian,
@@ -30,6 +31,7 @@ REGISTRY: dict[str, Callable[..., Potential]] = {
     "u1_gauge": u1_gauge,
     "lennard_jones": lennard_jones,
     "schwinger": schwinger,
+    "yang_mills": yang_mills,
 }
 
 
@@ -65,4 +67,5 @@ __all__ = [
     "quench",
     "rosenbrock",
     "u1_gauge",
+    "yang_mills",
 ]

@@ -8,6 +8,7 @@ import pytest
 
 import hmc
 import physics_models
+from hmc.potential import cast_tree
 from hmc import guard
 from physics_models import exact
 
@@ -70,7 +71,7 @@ def test_statistical_references():
 def test_registry_lists_every_model_with_parameters():
     assert set(physics_models.REGISTRY) == {
         "gaussian", "funnel", "rosenbrock", "harmonic_oscillator", "anharmonic_oscillator", "double_well",
-        "classical_double_well", "phi4", "u1_gauge", "lennard_jones", "schwinger",
+        "classical_double_well", "phi4", "u1_gauge", "lennard_jones", "schwinger", "yang_mills",
     }
     params = physics_models.parameters("phi4")
     assert set(params) >= {"shape", "m2", "lam"}
@@ -90,12 +91,15 @@ TERMS = {
     "u1_gauge": ({}, {"wilson"}, {"plaquette", "topological_charge", "topological_charge_sin"}),
     "schwinger": ({"L": 4}, {"gauge", "fermion"}, {"plaquette", "topological_charge", "condensate"}),
     "lennard_jones": ({}, {"pair", "wall", "com"}, {"energy", "radius_of_gyration"}),
+    "yang_mills": ({"group": "SU(2)", "shape": (2, 3)}, {"gauge"},
+                   {"plaquette", "rectangle", "polyakov_loop", "polyakov_loop_abs", "wilson_loops"}),
 }
 
 
 @pytest.mark.parametrize("name, precision", [
     # the Schwinger model's preflight (a CG solve op by op) is the costliest: float64 in the slow tier
-    pytest.param(name, precision, marks=[pytest.mark.slow] if (name, precision) == ("schwinger", "float64") else [])
+    pytest.param(name, precision, marks=[pytest.mark.slow] if (name, precision) in (
+        ("schwinger", "float64"), ("yang_mills", "float64")) else [])
     for name in sorted(TERMS) for precision in ("float32", "float64")])
 def test_model_contract_and_guard_clean(name, precision):
     params, terms, observables = TERMS[name]
@@ -104,7 +108,7 @@ def test_model_contract_and_guard_clean(name, precision):
     assert observables <= set(pot.observables)
     with jax.enable_x64(precision == "float64"):
         dtype = jnp.float64 if precision == "float64" else jnp.float32
-        q = jax.tree_util.tree_map(lambda x: x.astype(dtype), pot.init(jax.random.key(3)))
+        q = cast_tree(pot.init(jax.random.key(3)), dtype)  # complex leaves (links) to complex64/128
         report = guard.preflight(pot, q)
         assert report.ok and report.events == [], [str(e) for e in report.events]
         obs = pot.observe(q)

@@ -17,6 +17,8 @@ EVENT_KINDS = (
     "nonfinite_energy",
     "partially_detached",
     "solver_not_converged",
+    "symmetry_broken",
+    "off_group",
 )
 PHASES = ("preflight", "warmup", "sampling")
 POLICIES = ("reject", "halt", "off")

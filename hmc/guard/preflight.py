@@ -21,6 +21,7 @@ import numpy as np
 
 from hmc.guard import _jaxpr
 from hmc.guard.attribution import attribute
+from hmc.guard import symmetry as _symmetry
 from hmc.guard.events import GuardEvent, allowed
 from hmc.guard.reach import check_element_reach, reach_codes, reach_masks
 from hmc.potential import Potential, cached_program, leaf_names
@@ -353,6 +354,7 @@ def preflight_batch(potential: Potential, positions: PyTree, chains: Sequence[in
     findings = _Findings(allow, chains[0])
     status = cached_structure(potential, first, findings)
     state_checks(potential, positions, chains, findings, elementwise)
+    _symmetry.check(potential, positions, chains, findings)
     names = leaf_names(first)
     return PreflightReport(list(potential.terms), names, status, findings.events, time.perf_counter() - started)
 

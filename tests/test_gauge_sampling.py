@@ -1,0 +1,134 @@
+"""Group-valued leaves in the sampler: the autodiff force on the group, reversibility and
+order of the group integrators, the symmetry preflight, and (slow tier) the plaquette and
+Wilson loops of SU(N) Yang-Mills against exact values."""
+
+import dataclasses
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import hmc
+import physics_models as pm
+from hmc import geometry, groups
+from hmc.guard.symmetry import symmetry_events
+
+ym = importlib.import_module("physics_models.yang_mills")
+
+
+def test_the_force_on_a_group_leaf_is_the_lie_derivative_of_every_action():
+    with jax.enable_x64(True):
+        for action in ("wilson", "iwasaki"):
+            pot = pm.yang_mills(group="SU(3)", shape=(2, 2), beta=2.3, action=action)
+            u = groups.SU(3).random(jax.random.key(1), (2, 2, 2), jnp.complex128)
+            q = {"U": u}
+            force = jax.jit(jax.grad(pot.energy))(q)["U"]
+            energy = jax.jit(pot.energy)
+            generators = groups.SU(3).generators(jnp.complex128)
+            for a, link in ((0, (0, 0, 0)), (4, (1, 1, 0)), (7, (0, 1, 1))):
+                def moved(t, a=a, link=link):
+                    return {"U": u.at[link].set(groups.SU(3).exp(t * generators[a]) @ u[link])}
+                h = 1e-5
+                fd = (float(energy(moved(h))) - float(energy(moved(-h)))) / (2 * h)
+                lie = -2.0 * float(jnp.real(jnp.trace(force[link] @ generators[a])))
+                assert abs(fd - lie) < 1e-7 * max(1.0, abs(fd)), (action, a, fd, lie)
+            assert float(jnp.abs(groups.SU(3).algebra(force) - force).max()) < 1e-13  # in the algebra
+
+
+def test_group_trajectories_are_reversible_to_rounding_with_second_order_energy_error():
+    report = hmc.check_reversibility(pm.yang_mills(group="SU(2)", shape=(2, 2), beta=2.0), precision="float64",
+                                     integrator="minimum_norm", step_size=0.2, num_steps=4, num_chains=2)
+    assert report["max_abs_dq"] < 1e-12 and report["max_abs_dp"] < 1e-12 and report["max_abs_dh"] < 1e-10
+    assert report["max_group_defect"] < 1e-13
+    assert abs(report["slope"] - 2.0) < 0.15
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("integrator", ["leapfrog", "force_gradient", "yoshida4"])
+def test_group_integrators_have_their_order(integrator):
+    report = hmc.check_reversibility(pm.yang_mills(group="SU(3)", shape=(2, 2), beta=2.0), precision="float64",
+                                     integrator=integrator, step_size=0.2, num_steps=5, num_chains=2)
+    assert report["max_abs_dq"] < 1e-12 and report["max_abs_dh"] < 1e-10
+    assert abs(report["slope"] - hmc.integrators.ORDER[integrator]) < 0.25
+
+
+def test_symmetry_preflight_names_a_term_that_breaks_gauge_invariance():
+    pot = pm.yang_mills(group="SU(2)", shape=(2, 3), beta=2.0)
+    q = pot.init(jax.random.key(0))
+
+    def missing_dagger(q):
+        u0, u1 = q["U"][0], q["U"][1]
+        loop = u0 @ jnp.roll(u1, -1, 0) @ ym.dagger(jnp.roll(u0, -1, 1)) @ u1  # the last link undaggered
+        return jnp.sum(1 - 0.5 * jnp.real(jnp.trace(loop, axis1=-2, axis2=-1)))
+
+    assert symmetry_events(pot, q) == []
+    [event] = symmetry_events(dataclasses.replace(pot, terms={**pot.terms, "mine": missing_dagger}), q)
+    assert (event.kind, event.term) == ("symmetry_broken", "mine") and "'gauge'" in event.message
+
+
+def test_group_leaves_refuse_an_adapted_mass_matrix_and_nuts():
+    pot = pm.yang_mills(group="SU(2)", shape=(2, 2), beta=1.0)
+    with pytest.raises(ValueError, match="group leaf 'U'"):
+        hmc.sample(pot, mass_matrix="diagonal", num_warmup=0, step_size=0.1, num_samples=1, progress=False)
+    with pytest.raises(ValueError, match="kernel='hmc' or 'ghmc'"):
+        hmc.kernels.NUTS().build(pot)
+
+
+def test_a_group_leaf_must_hold_complex_matrices_of_the_group():
+    pot = hmc.Potential(terms={"s": lambda q: jnp.sum(jnp.real(q["U"]))}, init=lambda key: {"U": jnp.eye(3)},
+                        groups={"U": "SU(2)"})
+    with pytest.raises(ValueError, match=r"leaf 'U' is declared SU\(2\).*\(\.\.\., 2, 2\)"):
+        geometry.check_state(pot.groups, pot.init(jax.random.key(0)))
+
+
+def _plaquette_z(pot, seed=0, chains=8, warmup=300, draws=1500, **kwargs):
+    result = hmc.sample(pot, seed=seed, num_chains=chains, num_warmup=warmup, num_samples=draws, progress=False,
+                        precision="float64", **kwargs)
+    row = result.summary().observables["plaquette"]
+    return (row.mean - pot.exact["plaquette"]) / row.mcse, result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("group,L,beta", [("SU(2)", 2, 2.0), ("SU(2)", 3, 4.0), ("SU(3)", 2, 6.0), ("SU(3)", 3, 4.0)])
+def test_2d_plaquette_on_tiny_tori_matches_the_character_expansion(group, L, beta):
+    pot = pm.yang_mills(group=group, shape=(L, L), beta=beta)
+    z, result = _plaquette_z(pot)
+    assert abs(z) < 5, (z, pot.exact["plaquette"])
+    assert not any("R-hat" in w for w in result.warnings)
+
+
+@pytest.mark.slow
+def test_2d_wilson_loops_and_the_group_form_of_u1():
+    pot = pm.yang_mills(group="SU(2)", shape=(4, 4), beta=3.0)
+    result = hmc.sample(pot, seed=1, num_chains=8, num_warmup=300, num_samples=1500, progress=False,
+                        precision="float64")
+    loops = np.asarray(result.draws["wilson_loops"], np.float64)
+    est = loops.mean(axis=(0, 1))
+    err = np.asarray(hmc.diagnostics.mcse(loops), np.float64)
+    z = (est - np.asarray(pot.exact["wilson_loops"])) / err
+    assert np.max(np.abs(z)) < 5, z
+    u1 = pm.yang_mills(group="U(1)", shape=(4, 4), beta=2.0)
+    assert abs(u1.exact["plaquette"] - pm.u1_gauge(L=4, beta=2.0).exact["plaquette"]) < 1e-12
+    z, _ = _plaquette_z(u1, seed=2)
+    assert abs(z) < 5
+
+
+@pytest.mark.slow
+def test_4d_su2_at_strong_coupling_matches_the_one_plaquette_value():
+    from scipy.special import iv
+
+    beta = 0.5
+    pot = pm.yang_mills(group="SU(2)", shape=(4, 4, 4, 4), beta=beta)
+    result = hmc.sample(pot, seed=3, num_chains=4, num_warmup=200, num_samples=400, progress=False)
+    row = result.summary().observables["plaquette"]
+    exact = iv(2, beta) / iv(1, beta)  # + O(u^5), 3e-5 here
+    assert abs(row.mean - exact) / row.mcse < 5, (row.mean, exact, row.mcse)
+
+
+@pytest.fixture(autouse=True)
+def x64_off_after():
+    """``precision="float64"`` switches x64 on for the whole process: off again after."""
+    yield
+    jax.config.update("jax_enable_x64", False)
