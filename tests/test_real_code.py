@@ -191,3 +191,30 @@ def test_warmup_trips_are_reported_not_halted_on():
     h = hmc.sample(pot, seed=0, num_chains=8, num_warmup=300, num_samples=300, chunk_size=50,
                    mass_matrix="identity", init_positions=start, guard="halt", progress=False)
     assert h.halted  # "halt" still stops at the first trip
+
+
+# -- tfp's distributions as priors: no false alarm ---------------------------------------------
+def _tfp_corpus():
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).parent))
+    import tfp_corpus
+
+    return tfp_corpus
+
+
+def test_tfp_distributions_as_priors_pass_preflight():
+    """A bounded, a simplex and a truncated prior (the default tier's share; every one in the
+    slow tier): no finding at a random interior state."""
+    corpus = _tfp_corpus()
+    found = {name: corpus.check(name) for name in ("Beta", "Dirichlet", "TruncatedNormal")}
+    assert not any(found.values()), found
+
+
+@pytest.mark.slow
+def test_every_tfp_prior_in_the_corpus_passes_preflight_but_the_known_findings():
+    corpus = _tfp_corpus()
+    found = {name: corpus.check(name, key=1) for name in corpus.PRIORS}
+    assert {name for name, f in found.items() if f} == set(corpus.KNOWN_FINDINGS), found
+    assert all("stop_gradient" in found[name][0] for name in corpus.KNOWN_FINDINGS)
