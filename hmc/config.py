@@ -98,6 +98,8 @@ class SamplerConfig(_Section):
     def _kernel_settings(self) -> SamplerConfig:
         if self.kernel == "ghmc" and self.num_steps is None:
             self.num_steps = 1  # a few integrator steps per transition is what GHMC is for
+        if self.kernel in ("hmc", "ghmc") and self.integrator is None:
+            self.integrator = "minimum_norm"  # a named kernel shows its integrator; null waits for the model
         if self.kernel == "nuts":
             if "integrator" not in self.model_fields_set:
                 self.integrator = "leapfrog"  # one gradient per leaf: cheaper per effective sample (BENCHMARKS.md)

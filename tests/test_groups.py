@@ -139,6 +139,7 @@ def gradient_cases(g):
     return np.concatenate(x0), np.concatenate(directions), g.dim + 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("g", GROUPS, ids=IDS)
 def test_exp_gradient_is_finite_and_exact(g):
     """Reverse-mode ``d/dt Re tr(A exp(X0 + t Y))`` at ``t = 0``: ``Re tr(A Y)`` where
@@ -202,6 +203,7 @@ def test_momentum_coordinates_are_unit_normal_and_the_kinetic_energy_is_dim_over
         assert z_score(coords[:, a] * coords[:, b], 0.0) < Z_BOUND
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("g", GROUPS[:3], ids=IDS[:3])
 def test_random_elements_are_in_the_group_with_haar_moments(g):
     """Haar: ``E tr U = 0`` and ``E |tr U|^2 = 1`` for SU(N); ``E U = E U^2 = 0`` for U(1)."""

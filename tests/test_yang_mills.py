@@ -179,7 +179,7 @@ def _action_expected(shape, plaquette, rectangle):
                      for c1 in C1])
 
 
-@pytest.mark.parametrize("case", ["4d", "2d"])
+@pytest.mark.parametrize("case", [pytest.param("4d", marks=pytest.mark.slow), "2d"])
 def test_observables_and_action_on_a_constant_abelian_flux(case):
     potential = {"4d": FOUR_D, "2d": TWO_D}[case]
     shape, extent, group = SHAPES[case], EXTENTS[case], potential.groups["U"].name
@@ -197,7 +197,7 @@ def test_observables_and_action_on_a_constant_abelian_flux(case):
         assert abs(expected["topological_charge"]) > 0.1 and expected["polyakov_loop"] != 1.0
 
 
-@pytest.mark.parametrize("case", ["4d", "2d"])
+@pytest.mark.parametrize("case", [pytest.param("4d", marks=pytest.mark.slow), "2d"])
 def test_cold_start_is_the_classical_vacuum(case):
     group = {"4d": FOUR_D, "2d": TWO_D}[case].groups["U"]
     potential = ym.yang_mills(group, SHAPES[case], beta=BETA, loops=EXTENTS[case], start="cold")
@@ -226,7 +226,7 @@ def host_gauge_transform(links, g):
                      for mu in range(len(links))])
 
 
-@pytest.mark.parametrize("case", ["4d", "2d"])
+@pytest.mark.parametrize("case", [pytest.param("4d", marks=pytest.mark.slow), "2d"])
 def test_action_and_every_observable_are_gauge_invariant(case):
     """4d: Haar U(3) links and transformation built on the host (unitarity of g is all that gauge
     invariance needs; no compilation); 2d: the model's own ``symmetries["gauge"]`` (hmc.groups)."""
