@@ -20,7 +20,7 @@ PyTree = Any
 
 STAT_NAMES = ("lp", "energy", "acceptance_rate", "diverging", "step_size", "n_steps", "guard_tripped",
               "delta_energy")
-OPTIONAL_STATS = ("beta_index", "tree_depth")  # tempering: the temperature index of every replica slot; nuts
+OPTIONAL_STATS = ("beta_index", "tree_depth", "group_defect")  # tempering: the temperature index of every replica slot; nuts
 STAT_PREFIX = "stat:"  # sampling outputs: statistics are told from observables by this prefix
 WARMUP_STATS = ("acceptance_rate", "step_size", "diverging", "guard_tripped", "n_steps", "step_limit",
                 "adapted_step", "trajectory_length", "length_jitter", "swap_acceptance", "ladder", "tree_depth")

@@ -375,6 +375,9 @@ def _draw_record(potential: Potential, program: Program, states: Any, info: Any,
         stats["beta_index"] = info.beta_index
     if getattr(info, "tree_depth", None) is not None:  # nuts
         stats["tree_depth"] = info.tree_depth
+    if potential.groups:  # each chain's distance from the group after the draw
+        stats["group_defect"] = jax.vmap(lambda q: _geometry.state_defect(potential.groups, q))(
+            states.position).astype(states.potential_energy.dtype)
     out.update({STAT_PREFIX + k: v for k, v in stats.items()})
     return out
 

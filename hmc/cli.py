@@ -24,6 +24,7 @@ examples:
   hmc run configs/sweep.yaml --index 3            run point 3 (default: $SLURM_ARRAY_TASK_ID)
   hmc check configs/phi4.yaml                     preflight: which term reaches which leaf
   hmc check --reversibility configs/su2_2d.yaml   forward, flip, back: |dq|, |dH|, order
+  hmc measure runs/su3_4d flow                     Wilson flow of the recorded links: t^2 E, t0, w0
   hmc summary runs/phi4                           summary table (also of a run in progress)
   hmc plot runs/phi4                              (re)draw runs/phi4/plots/*.png
   hmc models                                      registered models and their parameters
@@ -135,6 +136,14 @@ def _require_run_dir(path: str) -> None:
         raise ConfigError([f"{path}: not a run directory (no draws.nc and no checkpoint/)"])
 
 
+def _measure(args: argparse.Namespace) -> int:
+    from hmc import runner
+
+    _require_run_dir(args.run_dir)
+    return runner.measure_flow(args.run_dir, t_max=args.t_max, eps=args.eps, every=args.every,
+                               configurations=args.configurations)
+
+
 def _models(args: argparse.Namespace) -> int:
     import physics_models
 
@@ -154,7 +163,7 @@ def parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = top.add_subparsers(dest="command", required=True, metavar="{run,check,summary,plot,models}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="{run,check,summary,plot,models,measure}")
 
     run = sub.add_parser("run", help="run or resume a config", description=RUN_HELP,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -191,6 +200,16 @@ def parser() -> argparse.ArgumentParser:
     plot.set_defaults(func=_plot)
 
     sub.add_parser("models", help="list the registered physics models and their parameters").set_defaults(func=_models)
+
+    measure = sub.add_parser("measure", help="a measurement on a finished run's recorded states (flow: the Wilson "
+                             "flow of gauge links: t^2 E, t0, w0, flowed Q)")
+    measure.add_argument("run_dir")
+    measure.add_argument("what", choices=["flow"])
+    measure.add_argument("--t-max", type=float, default=1.0, help="flow time to reach (lattice units)")
+    measure.add_argument("--eps", type=float, default=0.01, help="RK3 step of the flow")
+    measure.add_argument("--every", type=int, default=5, help="measure every this many steps")
+    measure.add_argument("--configurations", type=int, default=20, help="at most this many draws, spread evenly")
+    measure.set_defaults(func=_measure)
     return top
 
 

@@ -19,6 +19,8 @@ import numpy as np
 from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
 from scipy.special import ndtri
 
+from hmc.geometry import DEFECT_TOLERANCE
+
 
 def _split_chains(x: np.ndarray) -> np.ndarray:
     """``(chain, draw, ...) -> (2 chain, draw // 2, ...)``, dropping a middle draw if odd."""
@@ -304,6 +306,10 @@ def _physics_checks(observables: Mapping[str, ObservableSummary], stats: Mapping
         depth = np.asarray(stats["tree_depth"])
         out["tree_depth_mean"] = float(depth.mean())
         out["tree_depth_max_share"] = float(np.mean(depth >= (info.get("max_tree_depth") or depth.max() + 1)))
+    if "group_defect" in stats and np.size(stats["group_defect"]):
+        defect = np.asarray(stats["group_defect"])
+        out["group_defect_max"] = float(np.max(defect))
+        out["group_defect_tolerance"] = DEFECT_TOLERANCE.get(defect.dtype.itemsize, 1e-5)
     if "acceptance_rate" in stats and np.size(stats["acceptance_rate"]):
         per_chain = np.asarray(stats["acceptance_rate"], np.float64).mean(axis=1)
         median = float(np.median(per_chain))
@@ -330,6 +336,9 @@ def _physics_lines(s: Mapping[str, Any]) -> list[str]:
         z = (s["creutz"] - 1.0) / err if err and np.isfinite(err) and err > 0 else float("nan")
         lines.append(f"<exp(-dH)> = {_fmt(s['creutz'], 5)} +- {_fmt(err, 2)} (z {z:+.2f}; exactly 1), "
                      f"<dH> = {_fmt(s['delta_energy_mean'], 3)}")
+    if "group_defect_max" in s:
+        lines.append(f"largest distance from the group {s['group_defect_max']:.2e} "
+                     f"(max |U^dag U - 1|, |det U - 1|; tolerance {s['group_defect_tolerance']:.0e})")
     if "tree_depth_mean" in s:
         lines.append(f"NUTS tree depth {_fmt(s['tree_depth_mean'], 3)} on average, "
                      f"{100 * s['tree_depth_max_share']:.1f}% of transitions at the maximum depth")
@@ -453,6 +462,9 @@ def _sampler_warnings(s: Mapping[str, Any], warmup_step_size: np.ndarray | None)
     if s.get("tree_depth_max_share"):
         out.append(f"{100 * s['tree_depth_max_share']:.1f} % of NUTS transitions hit the maximum tree depth: "
                    "the trajectories were cut short; raise max_tree_depth or improve the metric.")
+    if s.get("group_defect_max", 0.0) > s.get("group_defect_tolerance", np.inf):
+        out.append(f"the links left their group: a state's distance from it reached {s['group_defect_max']:.2e}, "
+                   f"beyond the {s['group_defect_tolerance']:.0e} rounding explains (see the off_group events).")
     events = int(s.get("num_guard_events") or 0)
     if events:
         out.append(f"{events} guard event(s): a broken gradient or energy was found; read them before using "

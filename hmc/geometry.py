@@ -79,6 +79,23 @@ def lifted(groups: Mapping[str, Any], position: PyTree) -> PyTree:
     return {**position, **{name: lift(group, position[name]) for name, group in groups.items()}}
 
 
+#: the largest distance from the group (``max |U^dag U - 1|`` or ``|det U - 1|``) that
+#: rounding explains, by the bytes of the working real dtype; beyond it a state is off the group
+DEFECT_TOLERANCE = {4: 1e-5, 8: 1e-12}
+
+
+def defect_tolerance(dtype: Any) -> float:
+    """:data:`DEFECT_TOLERANCE` for a real or complex dtype."""
+    real = jnp.real(jnp.zeros((), dtype)).dtype
+    return DEFECT_TOLERANCE.get(jnp.dtype(real).itemsize, 1e-5)
+
+
+def state_defect(groups: Mapping[str, Any], position: PyTree) -> Array:
+    """The largest distance from its group over the group leaves of one state (a real scalar)."""
+    values = [jnp.max(jnp.stack(group.defect(position[name]))) for name, group in groups.items()]
+    return jnp.max(jnp.stack(values))
+
+
 def projected(groups: Mapping[str, Any], position: PyTree) -> PyTree:
     """``position`` with each group leaf projected on its group (at the leaf's precision):
     initial states drawn in single precision and cast to double are unitary to 1e-7 only."""

@@ -481,9 +481,12 @@ def _dataset(values: Mapping[str, np.ndarray], attrs: Mapping[str, Any], var_att
     for name, x in values.items():
         x = np.asarray(x)
         var = _var_name(name)
+        extra = dict((var_attrs or {}).get(name, {}))
+        if np.iscomplexobj(x):  # NetCDF has no complex type: real and imaginary parts on a last axis
+            x = np.stack([x.real, x.imag], axis=-1)
+            extra["hmc_complex"] = 1
         dims = ["chain", "draw"] + [f"{var}_dim_{i}" for i in range(x.ndim - 2)]
         coords = {d: np.arange(n) for d, n in zip(dims[2:], x.shape[2:])}
-        extra = dict((var_attrs or {}).get(name, {}))
         if var != name:
             extra["hmc_name"] = name
         data_vars[var] = xr.DataArray(x, dims=dims, coords=coords, attrs=extra)
@@ -545,6 +548,14 @@ def write_draws(
     _replace_atomically(path, tmp, lambda tmp: tree.to_netcdf(tmp, engine="h5netcdf"))
 
 
+def _complex_back(variable: Any) -> np.ndarray:
+    """A variable's values, complex again if it was stored as real and imaginary parts."""
+    values = variable.values
+    if int(variable.attrs.get("hmc_complex", 0)):
+        return values[..., 0] + 1j * values[..., 1]
+    return values
+
+
 def read_draws(path: str) -> dict[str, Any]:
     """``draws.nc`` back as numpy: ``draws``, ``stats``, ``warmup_stats``, ``exact`` and ``attrs``."""
     import xarray as xr
@@ -555,7 +566,7 @@ def read_draws(path: str) -> dict[str, Any]:
             if name not in tree.children:
                 return {}
             ds = tree[name].to_dataset()
-            return {str(ds[v].attrs.get("hmc_name", v)): ds[v].values for v in ds.data_vars}
+            return {str(ds[v].attrs.get("hmc_name", v)): _complex_back(ds[v]) for v in ds.data_vars}
 
         posterior = tree["posterior"].to_dataset()
         exact = {str(posterior[v].attrs.get("hmc_name", v)): np.asarray(posterior[v].attrs["exact"])

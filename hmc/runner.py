@@ -443,6 +443,33 @@ def potential_for(path: str) -> Any:
 
 
 
+def measure_flow(path: str, t_max: float = 1.0, eps: float = 0.01, every: int = 5, configurations: int = 20,
+                 out: TextIO | None = None) -> int:
+    """``hmc measure RUN_DIR flow``: the Wilson flow of the recorded links of a run
+    (:mod:`physics_models.gradient_flow`), on at most ``configurations`` draws spread evenly
+    over the chains and draws; the result in ``RUN_DIR/flow.json`` and on ``out``."""
+    from physics_models import gradient_flow
+
+    out = out or sys.stdout
+    potential = potential_for(path)
+    if potential is None or len(getattr(potential, "groups", {}) or {}) != 1:
+        raise _config.ConfigError([f"{path}: the flow needs a model with one group leaf of links (yang_mills)"])
+    (leaf, group), = potential.groups.items()
+    draws = _rundir.read_draws(os.path.join(path, "draws.nc"))["draws"] if os.path.exists(
+        os.path.join(path, "draws.nc")) else {}
+    if leaf not in draws:
+        raise _config.ConfigError([f"{path}: draws.nc holds no links {leaf!r}; record them with "
+                                   f"sampler.record: [{leaf}] to measure the flow on a finished run"])
+    links = np.asarray(draws[leaf])
+    flat = links.reshape((-1,) + links.shape[2:])
+    picked = np.unique(np.linspace(0, len(flat) - 1, min(configurations, len(flat))).round().astype(int))
+    result = gradient_flow.measure(group, flat[picked], t_max=t_max, eps=eps, every=every)
+    _rundir.write_json(os.path.join(path, "flow.json"), result)
+    print(gradient_flow.format_result(result), file=out)
+    print(f"(written to {os.path.join(path, 'flow.json')})", file=out)
+    return EXIT_OK
+
+
 def check_reversibility(cfg: _config.RunConfig, config_dir: str | None, out: TextIO | None = None) -> int:
     """``hmc check --reversibility``: :func:`hmc.check_reversibility` with the config's model,
     integrator, step size (0.1 if adapted), number of steps (10 if not fixed), precision

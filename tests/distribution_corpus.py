@@ -76,3 +76,23 @@ NOT_A_PRIOR = {
     "RightTruncatedDistribution": "a wrapper: covered by RightTruncatedGamma",
     "TwoSidedTruncatedDistribution": "a wrapper: covered by TwoSidedTruncatedGamma and TruncatedNormal",
 }
+
+
+#: continuous distributions that make no sense as a likelihood here, with the reason
+NOT_A_LIKELIHOOD = {
+    "TruncatedPolyaGamma": "it has no parameters: there is nothing for the data to inform",
+}
+
+
+def with_parameters_scaled(distribution, theta):
+    """``distribution`` with every float parameter (and cached derived value) multiplied by
+    ``exp(theta)``: at ``theta = 0`` the distribution itself, and a path from a latent
+    ``theta`` into its log density through its parameters."""
+    import jax
+
+    def scale(p):
+        if isinstance(p, float) or (hasattr(p, "dtype") and jnp.issubdtype(p.dtype, jnp.floating)):
+            return p * jnp.exp(theta)
+        return p
+
+    return jax.tree_util.tree_map(scale, distribution)

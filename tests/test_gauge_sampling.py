@@ -97,6 +97,7 @@ def test_2d_plaquette_on_tiny_tori_matches_the_character_expansion(group, L, bet
     z, result = _plaquette_z(pot)
     assert abs(z) < 5, (z, pot.exact["plaquette"])
     assert not any("R-hat" in w for w in result.warnings)
+    assert result.summary().sampler["group_defect_max"] < 1e-12 and result.guard_events == []
 
 
 @pytest.mark.slow
@@ -132,3 +133,81 @@ def x64_off_after():
     """``precision="float64"`` switches x64 on for the whole process: off again after."""
     yield
     jax.config.update("jax_enable_x64", False)
+
+
+@dataclasses.dataclass(frozen=True)
+class _LeakySU2(groups.SU2):
+    """An exponential that scales the links by 1.001 and a projection that does nothing."""
+
+    def exp(self, x):
+        return 1.001 * super().exp(x)
+
+    def project(self, u):
+        return u
+
+
+def test_links_that_leave_the_group_are_an_off_group_event_and_a_warning():
+    base = pm.yang_mills(group="SU(2)", shape=(2, 2), beta=1.0)
+    leaky = dataclasses.replace(base, groups={"U": _LeakySU2()})
+    result = hmc.sample(leaky, num_chains=2, num_warmup=0, step_size=0.1, num_steps=2, num_samples=4,
+                        progress=False)
+    [event] = [e for e in result.guard_events if e.kind == "off_group"]
+    assert event.leaf == "U" and "left SU(2)" in event.message
+    summary = result.summary()
+    assert summary.sampler["group_defect_max"] > 1e-3
+    assert "largest distance from the group" in str(summary)
+    assert any("left their group" in w for w in result.warnings)
+
+
+def test_draws_nc_keeps_complex_leaves(tmp_path):
+    from hmc import rundir
+    from hmc.checkpoint import STAT_NAMES
+
+    links = (np.arange(2 * 3 * 2 * 2 * 2) + 1j * np.arange(48)[::-1]).reshape(2, 3, 2, 2, 2).astype(np.complex64)
+    stats = {k: np.zeros((2, 3), bool if k in ("diverging", "guard_tripped") else np.float32)
+             for k in STAT_NAMES}
+    path = str(tmp_path / "draws.nc")
+    rundir.write_draws(path, {"U": links, "plaquette": np.ones((2, 3))}, stats, {}, {}, {})
+    back = rundir.read_draws(path)["draws"]
+    assert back["U"].dtype.kind == "c" and np.array_equal(back["U"], links)
+
+
+@pytest.mark.slow
+def test_wilson_flow_is_third_order_decreases_the_energy_and_is_gauge_covariant():
+    from physics_models import gradient_flow as gf
+
+    with jax.enable_x64(True):
+        su2 = groups.SU(2)
+        u = su2.near_identity(jax.random.key(0), (2, 4, 4), 0.8, jnp.complex128)
+        run = gf.flow(su2, u, t_max=0.4, eps=0.02, every=5)
+        assert np.all(np.diff(run["E_plaquette"]) < 0) and np.all(np.diff(run["E_clover"]) < 0)
+        values = [gf.flow(su2, u, t_max=0.2, eps=e, every=int(round(0.2 / e)))["E_plaquette"][-1]
+                  for e in (0.04, 0.02, 0.01)]
+        order = np.log2(abs(values[0] - values[1]) / abs(values[1] - values[2]))
+        assert 2.6 < order < 3.4, order
+        g = su2.random(jax.random.key(1), (4, 4), jnp.complex128)
+        moved = gf.flow(su2, groups.gauge_transform(u, g), t_max=0.4, eps=0.02, every=5)
+        assert np.allclose(moved["E_clover"], run["E_clover"], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_hmc_measure_flow_on_a_finished_run_directory(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "flow.yaml"
+    out = tmp_path / "run"
+    cfg.write_text(f"model: {{name: yang_mills, params: {{group: 'SU(2)', shape: [4, 4], beta: 4.0}}}}\n"
+                   f"sampler: {{num_chains: 2, num_warmup: 50, num_samples: 10, record: [U]}}\n"
+                   f"output: {{dir: {out}}}\n")
+    hmc_cli = [sys.executable, "-m", "hmc.cli"]
+    assert subprocess.run(hmc_cli + ["run", str(cfg)], capture_output=True).returncode == 0
+    done = subprocess.run(hmc_cli + ["measure", str(out), "flow", "--t-max", "0.5", "--configurations", "3"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((out / "flow.json").read_text())
+    assert result["configurations"] == 3 and len(result["t2E_clover"]) == len(result["t"])
+    assert "t0" in result["plaquette"] and "Wilson flow" in done.stdout
+    missing = subprocess.run(hmc_cli + ["measure", str(tmp_path / "nothing"), "flow"], capture_output=True, text=True)
+    assert missing.returncode == 2

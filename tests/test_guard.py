@@ -387,3 +387,16 @@ def test_logsumexp_detaches_only_a_shift_its_value_does_not_depend_on():
 
     report = _report_for(lambda q: logsumexp(q["x"]))
     assert report.ok and not report.events, str(report)
+
+
+def test_a_detached_value_that_does_not_move_at_the_state_is_no_cut_there():
+    """tfp's clip_by_value_preserve_gradient, ``x + stop_gradient(clip(x) - x)``: inside the
+    range the detached value is 0 and does not move, so the force is whole; outside it
+    moves with ``x`` and the cut is real."""
+    pot = hmc.Potential(
+        terms={"clipped": lambda q: jnp.sum((q["x"] + jax.lax.stop_gradient(jnp.clip(q["x"], -5.0, 5.0) - q["x"])) ** 2)},
+        init=lambda key: {"x": jnp.array([0.3, -1.2])})
+    assert hmc.guard.preflight(pot, {"x": jnp.array([0.3, -1.2])}).ok
+    outside = hmc.guard.preflight(pot, {"x": jnp.array([7.0, -1.2])})
+    assert not outside.ok
+    assert [(e.kind, e.primitive) for e in outside.events] == [("partially_detached", "stop_gradient")]

@@ -399,3 +399,33 @@ def test_each_continuous_numpyro_distribution_as_a_prior_passes_preflight(name):
     for k in range(1, 3):  # key 0 is the default tier's state
         report = guard.preflight(pot, pot.init(jax.random.key(k)))
         assert report.ok and not report.events, (k, str(report))
+
+
+def _as_a_likelihood(make):
+    """A latent ``theta`` scales the distribution's parameters; the data are one draw of it."""
+    data = make().sample(jax.random.key(7))
+
+    def model():
+        theta = numpyro.sample("theta", dist.Normal(0.0, 0.1))
+        numpyro.sample("y", _corpus().with_parameters_scaled(make(), theta), obs=data)
+
+    return model
+
+
+def _likelihood_findings(name):
+    pot = hmc.Potential.from_numpyro(_as_a_likelihood(_corpus().PRIORS[name]), init_strategy="median")
+    report = guard.preflight(pot, pot.init(jax.random.key(0)))
+    return [] if report.ok and not report.events else [str(e) for e in report.events] or [str(report)]
+
+
+def test_numpyro_distributions_as_likelihoods_pass_preflight():
+    """The gradient into a likelihood's parameters (a bounded and a matrix distribution
+    here; every one in the slow tier): no finding at the data's own parameters."""
+    found = {name: _likelihood_findings(name) for name in ("Beta", "LKJCholesky")}
+    assert not any(found.values()), found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(set(_corpus().PRIORS) - set(_corpus().NOT_A_LIKELIHOOD)))
+def test_each_continuous_numpyro_distribution_as_a_likelihood_passes_preflight(name):
+    assert _likelihood_findings(name) == []

@@ -205,10 +205,11 @@ def _tfp_corpus():
 
 
 def test_tfp_distributions_as_priors_pass_preflight():
-    """A bounded, a simplex and a truncated prior (the default tier's share; every one in the
-    slow tier): no finding at a random interior state."""
+    """A bounded, a simplex and a correlation prior (the default tier's share; every one in the
+    slow tier): no finding at a random interior state. LKJ clips with
+    ``x + stop_gradient(clip(x) - x)``: a detached value that does not move inside the range."""
     corpus = _tfp_corpus()
-    found = {name: corpus.check(name) for name in ("Beta", "Dirichlet", "TruncatedNormal")}
+    found = {name: corpus.check(name) for name in ("Beta", "Dirichlet", "LKJ")}
     assert not any(found.values()), found
 
 
@@ -217,4 +218,3 @@ def test_every_tfp_prior_in_the_corpus_passes_preflight_but_the_known_findings()
     corpus = _tfp_corpus()
     found = {name: corpus.check(name, key=1) for name in corpus.PRIORS}
     assert {name for name, f in found.items() if f} == set(corpus.KNOWN_FINDINGS), found
-    assert all("stop_gradient" in found[name][0] for name in corpus.KNOWN_FINDINGS)

@@ -608,9 +608,11 @@ def reads_at(closed: Any, args: Sequence[Any], paths: Sequence[tuple]) -> bool:
 
 
 # -- is a piecewise-constant site a cut or a wrap? --------------------------------------------
-def eval_tapped(closed: Any, args: Sequence[Any], paths: Sequence[tuple]) -> tuple[list[Any], list[list[Any]]]:
+def eval_tapped(closed: Any, args: Sequence[Any], paths: Sequence[tuple],
+                inputs: bool = False) -> tuple[list[Any], list[list[Any]]]:
     """Evaluate ``closed`` at ``args`` (concrete or traced) and also return the outputs
-    of the equations at ``paths`` (each the enclosing call equations, then the equation)."""
+    (``inputs``: the operands) of the equations at ``paths`` (each the enclosing call
+    equations, then the equation; a path into a ``cond`` branch taps nothing)."""
     jaxpr, consts = _closed(closed)
     env: dict[Any, Any] = dict(zip(jaxpr.constvars, consts))
     env.update(zip(jaxpr.invars, args))
@@ -630,17 +632,46 @@ def eval_tapped(closed: Any, args: Sequence[Any], paths: Sequence[tuple]) -> tup
             sub = _sub_jaxpr_of_call(eqn)
             inner, _ = _closed(sub)
             offset = len(invals) - len(inner.invars)
-            outs, inner_taps = eval_tapped(sub, invals[offset:], [tail for _, tail in deeper])
+            outs, inner_taps = eval_tapped(sub, invals[offset:], [tail for _, tail in deeper], inputs)
             for (k, _), got in zip(deeper, inner_taps):
                 taps[k] = got
         else:
             outs = _bind_eqn(eqn, invals)
         for k, tail in entries:
             if not tail:
-                taps[k] = list(outs)
+                taps[k] = list(invals if inputs else outs)
         for v, o in zip(eqn.outvars, outs):
             env[v] = o
     return [read(v) for v in jaxpr.outvars], taps
+
+
+def operand_moves_at(closed: Any, args: Sequence[Any], paths: Sequence[tuple], directions: int = 2,
+                     seed: int = 0) -> bool:
+    """Whether the operands of the equations at ``paths`` change, to first order and beyond
+    rounding, when the state ``args`` moves along random directions. A ``stop_gradient``
+    whose operand does not move at this state removes no force here: tfp's
+    ``clip_by_value_preserve_gradient``, ``x + stop_gradient(clip(x) - x)``, inside the
+    clip range. Unknown (a path into a ``cond`` branch) counts as moving."""
+    floats = [jnp.issubdtype(jnp.result_type(a), jnp.floating) for a in args]
+
+    def operands(xs: list[Any]) -> list[Any]:
+        full = [x if f else a for x, f, a in zip(xs, floats, args)]
+        taps = eval_tapped(closed, full, paths, inputs=True)[1]
+        return [t for tap in taps for t in tap if jnp.issubdtype(jnp.result_type(t), jnp.floating)]
+
+    if any(not tap for tap in eval_tapped(closed, list(args), paths, inputs=True)[1]):
+        return True
+    key = jax.random.key(seed)
+    for d in range(directions):
+        keys = jax.random.split(jax.random.fold_in(key, d), len(args))
+        tangent = [jax.random.normal(k, jnp.shape(a), jnp.result_type(a)) if f else jnp.zeros_like(a)
+                   for k, a, f in zip(keys, args, floats)]
+        values, moved = jax.jvp(operands, (list(args),), (tangent,))
+        for v, t in zip(values, moved):
+            scale = float(np.sqrt(jnp.finfo(jnp.result_type(t)).eps)) * (1.0 + float(jnp.max(jnp.abs(v))))
+            if bool(jnp.any(~(jnp.abs(t) <= scale))):  # NaN counts as moving
+                return True
+    return False
 
 
 @dataclasses.dataclass

@@ -12,6 +12,7 @@ import numpy as np
 
 from hmc.checkpoint import Counters
 from hmc.devices import host
+from hmc.geometry import defect_tolerance
 from hmc.guard.attribution import attribute
 from hmc.guard.events import GuardEvent, log_event
 from hmc.guard.reach import check_element_reach
@@ -31,6 +32,7 @@ class Monitor:
         self.counters, self.events, self.masks_at = counters, events, masks_at
         self.probe_seen = {(leaf, tuple(map(tuple, idx))) for leaf, idx in counters.probe_seen}
         timescales = getattr(settings.kernel, "timescales", None) or ()
+        self.off_group_seen: set[str] = set()
         self.level_of = {term: level for level, (terms, *_) in enumerate(timescales) for term in terms}
 
     def add(self, event: GuardEvent) -> None:
@@ -45,6 +47,7 @@ class Monitor:
         if new_trips:
             self.attribute_trips(trips, phase)
         self.probe(phase, draw, positions)
+        self.off_group(phase, draw, positions)
         self.counters.guard_seconds += time.perf_counter() - t0
 
     @property
@@ -93,6 +96,27 @@ class Monitor:
                 self.probe_seen.add(key)
                 self.add(event)
         self.counters.probe_seen = [[leaf, [list(i) for i in idx]] for leaf, idx in sorted(self.probe_seen)]
+
+    def off_group(self, phase: str, draw: int, positions: PyTree) -> None:
+        """An ``off_group`` event for each group leaf whose chains left the group beyond
+        the precision's tolerance (the first time per leaf): a broken exponential or
+        projection, or links that were never on the group."""
+        groups = getattr(self.potential, "groups", None) or {}
+        for name, group in groups.items():
+            if name in self.off_group_seen:
+                continue
+            links = positions[name]
+            per_chain = np.asarray(jax.vmap(lambda u, g=group: jax.numpy.max(jax.numpy.stack(g.defect(u))))(links))
+            tolerance = defect_tolerance(links.dtype)
+            if not np.any(~(per_chain <= tolerance)):  # NaN is off the group too
+                continue
+            chain = int(np.nanargmax(np.where(np.isnan(per_chain), np.inf, per_chain)))
+            self.off_group_seen.add(name)
+            self.add(GuardEvent(
+                kind="off_group", phase=phase, leaf=name, chain=chain, draw=draw, action="reported",
+                message=(f"leaf {name!r} left {group.name}: max |U^dag U - 1| or |det U - 1| is {per_chain[chain]:.3g} "
+                         f"in chain {chain} at the end of this chunk, beyond the {tolerance:.0e} that rounding "
+                         "explains; the exponential or the projection is broken, or the links were never on the group")))
 
     def verdict(self, phase: str, new_trips: int, chunk_trajectories: int) -> str | None:
         """Why the run must halt after this chunk, or ``None``."""

@@ -105,7 +105,8 @@ def _drop_unread(primal: Any, leaves: list[Any], cuts: _jaxpr.Cuts) -> None:
     """Drop each cut site whose value the energy does not read at this state: one inside
     the unselected side of a ``where`` (numpyro's ``Beta.log_prob`` keeps a
     ``stop_gradient`` for the boundary values 0 and 1 there), or in a ``cond`` branch not
-    taken. Judged at the state, as the wraps are; a site inside a loop cannot be perturbed
+    taken; and a ``stop_gradient`` whose operand does not move with the state here (tfp's
+    ``clip_by_value_preserve_gradient`` inside its range: the value it detaches is 0). Judged at the state, as the wraps are; a site inside a loop cannot be perturbed
     and stays a cut."""
     for site, paths in list(cuts.located.items()):
         if not paths:
@@ -118,6 +119,17 @@ def _drop_unread(primal: Any, leaves: list[Any], cuts: _jaxpr.Cuts) -> None:
         if not read:
             logger.debug("%s is not read at this state (an unselected branch): not a cut here", site)
             cuts.drop(site, "unselected")
+        elif site.primitive == "stop_gradient" and not _operand_moves(primal, leaves, paths, site):
+            logger.debug("%s detaches a value that does not move at this state: not a cut here", site)
+            cuts.drop(site, "unselected")
+
+
+def _operand_moves(primal: Any, leaves: list[Any], paths: list, site: Any) -> bool:
+    try:
+        return _jaxpr.operand_moves_at(primal, leaves, paths)
+    except Exception as err:  # cannot evaluate: keep the cut
+        logger.debug("whether the operand of %s moves was not tested: %s", site, err)
+        return True
 
 
 def _drop_wraps(primal: Any, leaves: list[Any], cuts: _jaxpr.Cuts) -> dict:
