@@ -25,14 +25,15 @@ from hmc.potential import Potential, cached_program
 def _program(potential: Potential, levels: tuple) -> Any:
     def one(position: Any, fields: Any) -> dict:
         extend = (lambda q: q) if fields is None else (lambda q: {**q, **fields})
-        grads = {name: ravel_pytree(jax.grad(lambda q, f=fn: f(extend(q)))(position))[0]
+        # with group leaves, the algebra force (the Lie derivative), not the matrix gradient
+        grads = {name: ravel_pytree(jax.grad(lambda q, f=fn: f(extend(potential.lifted(q))))(position))[0]
                  for name, fn in potential.terms.items()}
         out = {}
         for name, g in grads.items():
-            out["term:" + name] = jnp.stack([jnp.sqrt(jnp.mean(g * g)), jnp.max(jnp.abs(g))])
+            out["term:" + name] = jnp.stack([jnp.sqrt(jnp.mean(jnp.abs(g) ** 2)), jnp.max(jnp.abs(g))])
         for i, (names, _) in enumerate(levels):
             g = sum(grads[n] for n in names)
-            out[f"level:{i}"] = jnp.stack([jnp.sqrt(jnp.mean(g * g)), jnp.max(jnp.abs(g))])
+            out[f"level:{i}"] = jnp.stack([jnp.sqrt(jnp.mean(jnp.abs(g) ** 2)), jnp.max(jnp.abs(g))])
         return out
 
     return jax.jit(jax.vmap(one))

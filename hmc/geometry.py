@@ -120,17 +120,23 @@ def check_state(groups: Mapping[str, Any], position: PyTree) -> None:
                              f"got {tuple(jnp.shape(leaf))}")
         if not jnp.issubdtype(jnp.result_type(leaf), jnp.complexfloating):
             raise ValueError(f"leaf {name!r} is declared {group.name}: it must be complex, got {jnp.result_type(leaf)}")
+    for name, leaf in position.items():
+        if name not in groups and jnp.issubdtype(jnp.result_type(leaf), jnp.complexfloating):
+            raise ValueError(f"leaf {name!r} is complex but not a group leaf: an ordinary leaf is real (write a "
+                             "complex field, a Higgs doublet, as its real and imaginary parts on a last axis of 2)")
 
 
 def group_metric(groups: Mapping[str, Any], inverse_mass_matrix: Any, position: PyTree) -> Any:
     """The :class:`hmc.integrators.Metric` of a state with group leaves: momenta in the
-    algebra for those, Gaussian for the others, unit mass on every leaf (a group leaf's mass
-    is a scalar; an adapted diagonal or dense one is refused by the driver)."""
+    algebra for those, Gaussian for the others, one scalar mass for every leaf. An adapted
+    diagonal or dense mass matrix is refused by the driver; ``inverse_mass_matrix`` is
+    ``None`` (unit mass) or a uniform flat vector, whose first element is the scalar (what
+    tempering passes: ``1 / beta`` on every coordinate)."""
     from hmc.integrators import Metric
 
-    if inverse_mass_matrix is not None:
-        raise ValueError(f"the mass matrix on group leaves {sorted(groups)} is the identity: "
-                         "use mass_matrix='identity'")
+    if inverse_mass_matrix is not None and jnp.ndim(inverse_mass_matrix) != 1:
+        raise ValueError(f"the mass on group leaves {sorted(groups)} is a scalar: use mass_matrix='identity'")
+    w = None if inverse_mass_matrix is None else jnp.asarray(inverse_mass_matrix)[0]
     names = sorted(position)
 
     def sample_momentum(rng_key: Array, like: PyTree) -> PyTree:
@@ -142,6 +148,8 @@ def group_metric(groups: Mapping[str, Any], inverse_mass_matrix: Any, position: 
                 out[name] = groups[name].random_algebra(key, tuple(x.shape[:-2]), x.dtype)
             else:
                 out[name] = _rng.normal(key, jnp.shape(x), jnp.asarray(x).dtype)
+            if w is not None:
+                out[name] = out[name] / jnp.sqrt(w).astype(out[name].real.dtype)
         return out
 
     def kinetic_energy(momentum: PyTree) -> Array:
@@ -150,7 +158,10 @@ def group_metric(groups: Mapping[str, Any], inverse_mass_matrix: Any, position: 
             p = momentum[name]
             value = groups[name].kinetic(p) if name in groups else 0.5 * jnp.sum(p * p)
             total = value if total is None else total + value
-        return total
+        return total if w is None else w * total
+
+    def velocity(momentum: PyTree) -> PyTree:
+        return momentum if w is None else {name: w * p for name, p in momentum.items()}
 
     def drift(position: PyTree, velocity: PyTree, h: Array) -> PyTree:
         out = {}
@@ -162,7 +173,7 @@ def group_metric(groups: Mapping[str, Any], inverse_mass_matrix: Any, position: 
                 out[name] = q + h * v
         return out
 
-    return Metric(sample_momentum, kinetic_energy, lambda momentum: momentum, drift)
+    return Metric(sample_momentum, kinetic_energy, velocity, drift)
 
 
 def embedding(position: PyTree) -> Array:

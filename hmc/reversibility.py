@@ -50,10 +50,10 @@ def _one_chain(potential: Potential, integrator: str) -> Any:
         q1, p1, dh_forward = _trajectory(potential, integrator, metric, position, momentum, step_size, num_steps)
         back = jax.tree_util.tree_map(jnp.negative, p1)
         q2, p2, dh_back = _trajectory(potential, integrator, metric, q1, back, step_size, num_steps)
-        dq = max(jnp.max(jnp.abs(a - b)) for a, b in zip(jax.tree_util.tree_leaves(q2),
-                                                           jax.tree_util.tree_leaves(position)))
-        dp = max(jnp.max(jnp.abs(a + b)) for a, b in zip(jax.tree_util.tree_leaves(p2),
-                                                          jax.tree_util.tree_leaves(momentum)))
+        dq = jnp.max(jnp.stack([jnp.max(jnp.abs(a - b)) for a, b in zip(jax.tree_util.tree_leaves(q2),
+                                                                          jax.tree_util.tree_leaves(position))]))
+        dp = jnp.max(jnp.stack([jnp.max(jnp.abs(a + b)) for a, b in zip(jax.tree_util.tree_leaves(p2),
+                                                                         jax.tree_util.tree_leaves(momentum))]))
         defect = jnp.zeros((), jnp.abs(dh_forward).dtype)
         for name, group in (potential.groups or {}).items():  # the forward end's distance from the group
             defect = jnp.maximum(defect, jnp.max(jnp.stack(group.defect(q1[name]))).astype(defect.dtype))

@@ -54,6 +54,7 @@ def test_group_integrators_have_their_order(integrator):
     assert abs(report["slope"] - hmc.integrators.ORDER[integrator]) < 0.25
 
 
+@pytest.mark.slow
 def test_symmetry_preflight_names_a_term_that_breaks_gauge_invariance():
     pot = pm.yang_mills(group="SU(2)", shape=(2, 3), beta=2.0)
     q = pot.init(jax.random.key(0))
@@ -211,3 +212,77 @@ def test_hmc_measure_flow_on_a_finished_run_directory(tmp_path):
     assert "t0" in result["plaquette"] and "Wilson flow" in done.stdout
     missing = subprocess.run(hmc_cli + ["measure", str(tmp_path / "nothing"), "flow"], capture_output=True, text=True)
     assert missing.returncode == 2
+
+
+def _gauge_higgs(shape=(3, 3), beta=2.0, kappa=0.3, lam=0.5):
+    """SU(2) links and a fundamental Higgs doublet ``phi`` written as real numbers
+    (``(*shape, 2, 2)``: the component, then real and imaginary part): a state that mixes a
+    group leaf and an ordinary one, with the gauge symmetry acting on both."""
+    ym_pot = pm.yang_mills(group="SU(2)", shape=shape, beta=beta)
+    su2 = groups.SU(2)
+
+    def doublet(phi):
+        return phi[..., 0] + 1j * phi[..., 1]
+
+    def higgs(q):
+        u, h = q["U"], doublet(q["phi"])
+        hop = sum(jnp.sum(jnp.real(jnp.conj(h) * jnp.einsum("...ij,...j->...i", u[mu], jnp.roll(h, -1, axis=mu))))
+                  for mu in range(len(shape)))
+        size = jnp.sum(jnp.abs(h) ** 2, axis=-1)
+        return -2.0 * kappa * hop + jnp.sum(size + lam * (size - 1.0) ** 2)
+
+    def init(key):
+        k1, k2 = jax.random.split(key)
+        return {"U": ym_pot.init(k1)["U"], "phi": 0.5 * jax.random.normal(k2, (*shape, 2, 2))}
+
+    def gauge(key, q):
+        g = su2.random(key, shape, q["U"].dtype)
+        h = jnp.einsum("...ij,...j->...i", g, doublet(q["phi"]))
+        return {"U": groups.gauge_transform(q["U"], g), "phi": jnp.stack([h.real, h.imag], axis=-1)}
+
+    return hmc.Potential(terms={"gauge": ym_pot.terms["gauge"], "higgs": higgs}, init=init,
+                         observables={"plaquette": ym_pot.observables["plaquette"],
+                                      "phi2": lambda q: jnp.mean(jnp.sum(q["phi"] ** 2, axis=(-2, -1)))},
+                         groups={"U": "SU(2)"}, symmetries={"gauge": gauge}, name="gauge_higgs")
+
+
+def test_a_state_mixing_links_and_a_higgs_field_is_checked_for_gauge_invariance():
+    pot = _gauge_higgs()
+    q = pot.init(jax.random.key(0))
+    assert symmetry_events(pot, q) == []
+
+    def hop_without_the_link(q):  # phi(x)^dag phi(x + mu): not gauge invariant
+        h = q["phi"][..., 0] + 1j * q["phi"][..., 1]
+        return -jnp.sum(jnp.real(jnp.conj(h) * jnp.roll(h, -1, axis=0)))
+
+    [event] = symmetry_events(dataclasses.replace(pot, terms={**pot.terms, "hop": hop_without_the_link}), q)
+    assert (event.kind, event.term) == ("symmetry_broken", "hop")
+
+
+@pytest.mark.slow
+def test_group_leaves_with_timescales_tempering_ghmc_and_a_bit_exact_resume():
+    pot = _gauge_higgs()
+    report = hmc.check_reversibility(pot, precision="float64", step_size=0.1, num_steps=3, num_chains=2,
+                                     refinements=1)
+    assert report["max_abs_dq"] < 1e-12 and report["max_abs_dh"] < 1e-10
+    nested = [{"terms": ["higgs"], "steps": 1}, {"terms": ["gauge"], "steps": 2}]
+    kw = dict(seed=3, num_chains=2, num_warmup=40, num_samples=40, chunk_size=20, num_steps=4, progress=False,
+              precision="float64", timescales=nested, integrator="force_gradient")
+    whole = hmc.sample(pot, **kw)
+    assert 0.5 < float(np.mean(whole.stats["acceptance_rate"])) and whole.guard_events == []
+    assert whole.summary().sampler["group_defect_max"] < 1e-12
+    saved = []
+
+    def stop(end):
+        saved.append(end.snapshot())
+        return len(saved) == 3
+
+    assert hmc.sample(pot, **kw, on_chunk=stop).stopped
+    again = hmc.sample(pot, **kw, resume=saved[-1])
+    for k, v in whole.draws.items():
+        np.testing.assert_array_equal(v, again.draws[k], err_msg=k)
+    tempered = hmc.sample(pot, seed=1, num_chains=2, num_warmup=40, num_samples=20, num_steps=4, progress=False,
+                          tempering={"replicas": 2, "beta_min": 0.5})
+    assert tempered.guard_events == [] and np.isfinite(tempered.draws["plaquette"]).all()
+    ghmc = hmc.sample(pot, kernel="ghmc", seed=2, num_chains=2, num_warmup=40, num_samples=20, progress=False)
+    assert ghmc.guard_events == [] and ghmc.summary().sampler["group_defect_max"] < 1e-5

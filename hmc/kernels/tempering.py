@@ -262,6 +262,7 @@ class _Replicas:
         return dataclasses.replace(self.potential, terms=scaled)
 
     def tempered_energy(self, q: PyTree) -> Array:
+        q = self.potential.lifted(q)  # with group leaves, its gradient is the algebra force
         total = jnp.asarray(self.terms[self.tempered[0]](q))
         for name in self.tempered[1:]:
             total = total + self.terms[name](q)
@@ -288,7 +289,8 @@ class _Replicas:
     def init(self, position: PyTree) -> TemperedState:
         self.check_fields(position)
         R = self.R
-        dtype = jnp.result_type(*[jnp.asarray(x).dtype for x in jax.tree_util.tree_leaves(position)])
+        dtype = jnp.result_type(*[jnp.real(jnp.zeros((), jnp.asarray(x).dtype)).dtype
+                                   for x in jax.tree_util.tree_leaves(position)])  # complex links: real
         ladder = jnp.asarray(self.spec.initial_ladder, dtype)
         replicas = jax.vmap(self.init_at, in_axes=(None, 0))(position, ladder)
         target = jax.tree_util.tree_map(lambda x: x[0], replicas)
