@@ -286,3 +286,41 @@ def test_group_leaves_with_timescales_tempering_ghmc_and_a_bit_exact_resume():
     assert tempered.guard_events == [] and np.isfinite(tempered.draws["plaquette"]).all()
     ghmc = hmc.sample(pot, kernel="ghmc", seed=2, num_chains=2, num_warmup=40, num_samples=20, progress=False)
     assert ghmc.guard_events == [] and ghmc.summary().sampler["group_defect_max"] < 1e-5
+
+
+GAUGE_ON_TWO_DEVICES = """
+import json, jax, numpy as np, hmc, physics_models as pm
+pot = pm.yang_mills(group="SU(2)", shape=(2, 2), beta=2.0)
+kw = dict(seed=4, num_chains=4, num_warmup=0, step_size=0.2, num_steps=3, num_samples=10, progress=False,
+          precision="float64")
+one = hmc.sample(pot, devices=1, **kw)
+two = hmc.sample(pot, devices=2, **kw)
+same = all(np.array_equal(one.draws[k], two.draws[k]) for k in one.draws)
+print("RESULT " + json.dumps({"devices": len(jax.devices()), "same": bool(same)}))
+"""
+
+
+@pytest.mark.slow
+def test_group_leaves_sharded_over_two_devices_give_the_draws_of_one():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    done = subprocess.run([sys.executable, "-c", GAUGE_ON_TWO_DEVICES], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(next(l for l in done.stdout.splitlines() if l.startswith("RESULT "))[len("RESULT "):])
+    assert out == {"devices": 2, "same": True}
+
+
+@pytest.mark.slow
+def test_4d_su3_at_strong_coupling_matches_the_one_plaquette_value():
+    from physics_models import exact_gauge
+
+    pot = pm.yang_mills(group="SU(3)", shape=(4, 4, 4, 4), beta=1.0)
+    result = hmc.sample(pot, seed=5, num_chains=4, num_warmup=100, num_samples=150, progress=False)
+    row = result.summary().observables["plaquette"]
+    exact = exact_gauge.plaquette_2d("SU(3)", 1.0)  # beta/18 + beta^2/216 + ...; the cube's O(u^5) is 8e-7
+    assert abs(row.mean - exact) / row.mcse < 5, (row.mean, exact, row.mcse)
