@@ -405,6 +405,8 @@ def _mixing_warnings(summary: "Summary", draws: Mapping[str, np.ndarray] | None)
     rhat_bad = []
     ess_bad = []
     for name, o in summary.observables.items():
+        if draws is not None and name not in draws:
+            continue  # a derived quantity: its error is the blocked jackknife's, it has no ESS or R-hat
         if o.r_hat is not None and np.size(o.r_hat) and np.any(np.asarray(o.r_hat) > RHAT_MAX):
             rhat_bad.append(_worst(name, o.r_hat, np.nanargmax))
         tails = tail_ess(draws[name]) if draws is not None and name in draws else None

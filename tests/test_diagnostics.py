@@ -139,3 +139,16 @@ def test_the_verdict_flags_a_creutz_identity_off_by_more_than_four_errors_and_a_
     assert len(warnings) == 2, warnings
     assert warnings[0].startswith("E-BFMI below 0.3 in 4 chain(s)")
     assert warnings[1].startswith("<exp(-dH)> = 1.3") and "standard errors from 1" in warnings[1]
+
+
+def test_a_derived_quantity_without_an_ess_does_not_spoil_the_verdict():
+    """A susceptibility's error is a blocked jackknife's: it has no ESS or R-hat, and a
+    clean run with one stays clean."""
+    from hmc import diagnostics
+
+    rng = np.random.default_rng(0)
+    draws = {"m": rng.normal(size=(4, 1000))}
+    stats = {"acceptance_rate": np.full((4, 1000), 0.8), "diverging": np.zeros((4, 1000), bool),
+             "energy": rng.normal(size=(4, 1000))}
+    summary = diagnostics.summarize(draws, stats, derived={"chi": lambda d: float(np.var(d["m"]))})
+    assert "chi" in summary.observables and summary.sampler["warnings"] == []
