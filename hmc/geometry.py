@@ -18,7 +18,8 @@ on the values and applies that map to the cotangent, so ``jax.grad`` of an actio
 a plain function of ``q["U"]`` *is* the algebra force: every kernel, integrator and guard
 check that calls ``jax.grad`` gets it without knowing about groups.
 
-Links are projected back on the group after every drift (:meth:`hmc.groups.Group.project`):
+Links are projected back on the group after every drift (:meth:`hmc.groups.Group.reunitarize`:
+Gram-Schmidt with the determinant fixed for SU(3), the quaternion form for SU(2), polar for SU(N)):
 the closed-form exponentials keep ``U^dag U = 1`` to rounding, and the projection stops the
 rounding from accumulating over a run (in float32 it otherwise drifts by about 1e-7 per step).
 """
@@ -33,6 +34,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from hmc import rng as _rng
+from hmc.groups import matmul
 
 PyTree = Any
 
@@ -44,7 +46,7 @@ def _transpose(m: Array) -> Array:
 def force(group: Any, u: Array, cotangent: Array) -> Array:
     """The algebra force ``F = -(1/2) Pi(U G^T)`` from JAX's gradient ``G`` at ``U``:
     ``F_a = d/dt S(exp(t T_a) U)`` at 0 in the basis ``tr(T_a T_b) = -delta_ab / 2``."""
-    return -0.5 * group.algebra(u @ _transpose(cotangent))
+    return -0.5 * group.algebra(matmul(u, _transpose(cotangent)))
 
 
 def _lift_for(group: Any) -> Any:
@@ -168,7 +170,7 @@ def group_metric(groups: Mapping[str, Any], inverse_mass_matrix: Any, position: 
         for name in names:
             q, v = position[name], velocity[name]
             if name in groups:
-                out[name] = groups[name].project(groups[name].exp((h * v).astype(q.dtype)) @ q)
+                out[name] = groups[name].reunitarize(matmul(groups[name].exp((h * v).astype(q.dtype)), q))
             else:
                 out[name] = q + h * v
         return out

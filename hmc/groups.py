@@ -79,9 +79,24 @@ def dagger(u: ArrayLike) -> Array:
     return jnp.conj(jnp.swapaxes(jnp.asarray(u), -1, -2))
 
 
-def _mm(a: Array, b: Array) -> Array:
-    # full float32 precision on accelerators that default to TF32 products
+#: matrices up to this size are multiplied written out (see :func:`matmul`)
+WRITTEN_OUT_MAX = 4
+
+
+def matmul(a: ArrayLike, b: ArrayLike) -> Array:
+    """``a @ b`` over the last two axes, batched. Small matrices (``N <= 4``) are multiplied
+    written out, ``sum_k a_ik b_kj`` as one fused elementwise loop, as lattice codes unroll
+    their SU(3) products: XLA's batched ``dot_general`` of 3x3 matrices is about ten times
+    slower on CPU (BENCHMARKS.md, "Gauge fields"). Larger ones use ``jnp.matmul`` at full
+    float32 precision (accelerators that default to TF32 products)."""
+    a, b = jnp.asarray(a), jnp.asarray(b)
+    if a.shape[-1] <= WRITTEN_OUT_MAX and b.shape[-1] <= WRITTEN_OUT_MAX:
+        return jnp.sum(a[..., :, :, None] * b[..., None, :, :], axis=-2)
     return jnp.matmul(a, b, precision=lax.Precision.HIGHEST)
+
+
+def _mm(a: Array, b: Array) -> Array:
+    return matmul(a, b)
 
 
 def _trace(a: Array) -> Array:
@@ -360,6 +375,12 @@ class Group:
         """
         return _fix_det(_polar(jnp.asarray(u)))
 
+    def reunitarize(self, u: ArrayLike) -> Array:
+        """Back on the group from rounding distance, cheaply: what the drift applies after
+        every ``exp(eps P) U``. :meth:`project` here; SU(3) and SU(2) have cheaper exact
+        forms. Not the nearest element far from the group (use :meth:`project` there)."""
+        return self.project(u)
+
     def defect(self, u: ArrayLike) -> tuple[Array, Array]:
         """``(max |(U^dag U - 1)_ij|, max |det U - 1|)`` over the batch (real scalars)."""
         u = jnp.asarray(u)
@@ -445,6 +466,23 @@ class SU3(Group):
     def __post_init__(self) -> None:
         if self.n != 3:
             raise ValueError(f"SU3 has n = 3, got {self.n!r}")
+
+    def reunitarize(self, u: ArrayLike) -> Array:
+        """Gram-Schmidt on the first two rows, the third their conjugate cross product (so
+        ``det = 1`` exactly): a tenth of the polar projection's cost (BENCHMARKS.md, "Gauge
+        fields"). On a matrix unitary to rounding it moves the matrix by rounding only."""
+        u = jnp.asarray(u)
+
+        def normalised(r: Array) -> Array:
+            return r / jnp.sqrt(jnp.sum(r.real**2 + r.imag**2, axis=-1, keepdims=True))
+
+        r0 = normalised(u[..., 0, :])
+        r1 = u[..., 1, :]
+        r1 = normalised(r1 - jnp.sum(jnp.conj(r0) * r1, axis=-1, keepdims=True) * r0)
+        r2 = jnp.conj(jnp.stack([r0[..., 1] * r1[..., 2] - r0[..., 2] * r1[..., 1],
+                                 r0[..., 2] * r1[..., 0] - r0[..., 0] * r1[..., 2],
+                                 r0[..., 0] * r1[..., 1] - r0[..., 1] * r1[..., 0]], axis=-1))
+        return jnp.stack([r0, r1, r2], axis=-2)
 
     def exp(self, x: ArrayLike) -> Array:
         """Cayley-Hamilton ``exp(X)`` (see :func:`_su3_exp`); exact for any norm."""

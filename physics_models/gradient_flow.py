@@ -53,8 +53,8 @@ def rk3_step(group: Any, v: jax.Array, eps: float) -> jax.Array:
     for coefficients in _STAGES:
         zs.append(eps * z(w))
         exponent = sum(c * zi for c, zi in zip(coefficients, zs) if c)
-        w = group.exp(exponent) @ w
-    return group.project(w)
+        w = groups.matmul(group.exp(exponent), w)
+    return group.reunitarize(w)
 
 
 def energy_densities(v: jax.Array) -> tuple[jax.Array, jax.Array]:

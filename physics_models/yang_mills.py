@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hmc.groups import matmul as mm
 from hmc.potential import Potential
 from physics_models import exact_gauge as _exact_gauge
 
@@ -79,8 +80,8 @@ def _loop_traces(first: jax.Array, second: jax.Array, r: int, t: int) -> jax.Arr
     ``W = first_mu(x) second_nu(x + r mu) [second_nu(x) first_mu(x + t nu)]^dag``.
     """
     mu, nu = ordered_pairs(first.shape[0])
-    upper = first[mu] @ shift_all(second, r)[mu, nu]
-    lower = second[nu] @ shift_all(first, t)[nu, mu]
+    upper = mm(first[mu], shift_all(second, r)[mu, nu])
+    lower = mm(second[nu], shift_all(first, t)[nu, mu])
     return re_trace_product(upper, lower)
 
 
@@ -93,8 +94,8 @@ def plaquettes(u: jax.Array) -> jax.Array:
     d, n = u.shape[0], u.shape[-1]
     mu, nu = np.triu_indices(d, 1)
     corners = shift_all(u)
-    upper = u[mu] @ corners[mu, nu]
-    lower = u[nu] @ corners[nu, mu]
+    upper = mm(u[mu], corners[mu, nu])
+    lower = mm(u[nu], corners[nu, mu])
     return re_trace_product(upper, lower) / n
 
 
@@ -106,10 +107,10 @@ def rectangles(u: jax.Array) -> jax.Array:
     every plane.
     """
     n = u.shape[-1]
-    double = u @ shift_each(u)  # x -> x + 2 mu
+    double = mm(u, shift_each(u))  # x -> x + 2 mu
     mu, nu = ordered_pairs(u.shape[0])
-    upper = double[mu] @ shift_all(u, 2)[mu, nu]
-    lower = u[nu] @ shift_all(double)[nu, mu]
+    upper = mm(double[mu], shift_all(u, 2)[mu, nu])
+    lower = mm(u[nu], shift_all(double)[nu, mu])
     return re_trace_product(upper, lower) / n
 
 
@@ -134,7 +135,7 @@ def polyakov_loops(u: jax.Array) -> jax.Array:
     links = jnp.moveaxis(u[d - 1], d - 1, 0)
     line = links[0]
     for t in range(1, links.shape[0]):
-        line = line @ links[t]
+        line = mm(line, links[t])
     return jnp.trace(line, axis1=-2, axis2=-1) / n
 
 
@@ -150,7 +151,7 @@ def wilson_loops(u: jax.Array, extent: tuple[int, int]) -> jax.Array:
     n = u.shape[-1]
     lines = [u]  # lines[k][mu](x): the k + 1 links from x along mu
     for k in range(1, max(extent)):
-        lines.append(lines[-1] @ shift_each(u, k))
+        lines.append(mm(lines[-1], shift_each(u, k)))
     rows = [[jnp.mean(_loop_traces(lines[r], lines[t], r + 1, t + 1)) / n for t in range(extent[1])]
             for r in range(extent[0])]
     return jnp.stack([jnp.stack(row) for row in rows])
@@ -171,10 +172,10 @@ def clover_field_strengths(u: jax.Array) -> jax.Array:
     corners = shift_all(u)
     a, b = u[mu], corners[mu, nu]
     c, e = dagger(corners[nu, mu]), dagger(u[nu])
-    ab, cd, bc, ea = a @ b, c @ e, b @ c, e @ a
+    ab, cd, bc, ea = mm(a, b), mm(c, e), mm(b, c), mm(e, a)
     back_mu = lambda f: jnp.stack([jnp.roll(f[p], 1, axis=m) for p, m in enumerate(mu)])  # noqa: E731
     back_nu = lambda f: jnp.stack([jnp.roll(f[p], 1, axis=m) for p, m in enumerate(nu)])  # noqa: E731
-    clover = ab @ cd + back_mu(bc @ ea) + back_nu(back_mu(cd @ ab)) + back_nu(ea @ bc)
+    clover = mm(ab, cd) + back_mu(mm(bc, ea)) + back_nu(back_mu(mm(cd, ab))) + back_nu(mm(ea, bc))
     f = (clover - dagger(clover)) / 8.0
     if n == 1:  # U(1): the field strength is the phase itself, not its traceless part
         return f
