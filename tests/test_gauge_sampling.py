@@ -324,3 +324,22 @@ def test_4d_su3_at_strong_coupling_matches_the_one_plaquette_value():
     row = result.summary().observables["plaquette"]
     exact = exact_gauge.plaquette_2d("SU(3)", 1.0)  # beta/18 + beta^2/216 + ...; the cube's O(u^5) is 8e-7
     assert abs(row.mean - exact) / row.mcse < 5, (row.mean, exact, row.mcse)
+
+
+@pytest.mark.slow
+def test_preflight_findings_on_complex_leaves_name_the_term_and_primitive():
+    """A detached path and a NaN on group-valued (complex) leaves: found as on real ones."""
+    pot = pm.yang_mills(group="SU(2)", shape=(2, 2), beta=1.0)
+    q = pot.init(jax.random.key(0))
+
+    def partly_detached(q):
+        return jnp.sum(jnp.real(q["U"])) + jnp.sum(jnp.imag(jax.lax.stop_gradient(q["U"])))
+
+    def singular(q):
+        return jnp.sum(jnp.sqrt(jnp.real(q["U"]) - 2.0))
+
+    for term, fn, kind, primitive in (("mine", partly_detached, "partially_detached", "stop_gradient"),
+                                      ("root", singular, "nonfinite_energy", "sqrt")):
+        report = hmc.guard.preflight(dataclasses.replace(pot, terms={**pot.terms, term: fn}, symmetries={}), q)
+        assert not report.ok
+        assert (kind, term, primitive) in {(e.kind, e.term, e.primitive) for e in report.events}

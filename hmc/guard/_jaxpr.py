@@ -594,7 +594,7 @@ def reads_at(closed: Any, args: Sequence[Any], paths: Sequence[tuple]) -> bool:
     at any of ``paths``: false for a value that only enters the unselected side of a
     ``where`` (``select_n``) or a ``cond`` branch not taken at this state, or a shift
     the output is invariant to (logsumexp's), whose cut costs no force here."""
-    zeros = [[jnp.zeros(v.aval.shape, v.aval.dtype) if jnp.issubdtype(v.aval.dtype, jnp.floating) else None
+    zeros = [[jnp.zeros(v.aval.shape, v.aval.dtype) if jnp.issubdtype(v.aval.dtype, jnp.inexact) else None
               for v in path[-1].outvars] for path in paths]
 
     def energy(deltas: list[Any]) -> Any:
@@ -652,12 +652,12 @@ def operand_moves_at(closed: Any, args: Sequence[Any], paths: Sequence[tuple], d
     whose operand does not move at this state removes no force here: tfp's
     ``clip_by_value_preserve_gradient``, ``x + stop_gradient(clip(x) - x)``, inside the
     clip range. Unknown (a path into a ``cond`` branch) counts as moving."""
-    floats = [jnp.issubdtype(jnp.result_type(a), jnp.floating) for a in args]
+    floats = [jnp.issubdtype(jnp.result_type(a), jnp.inexact) for a in args]  # complex links too
 
     def operands(xs: list[Any]) -> list[Any]:
         full = [x if f else a for x, f, a in zip(xs, floats, args)]
         taps = eval_tapped(closed, full, paths, inputs=True)[1]
-        return [t for tap in taps for t in tap if jnp.issubdtype(jnp.result_type(t), jnp.floating)]
+        return [t for tap in taps for t in tap if jnp.issubdtype(jnp.result_type(t), jnp.inexact)]
 
     if any(not tap for tap in eval_tapped(closed, list(args), paths, inputs=True)[1]):
         return True
