@@ -265,6 +265,15 @@ def _observables(shape: tuple[int, ...], extent: tuple[int, int]) -> dict[str, C
     return observables
 
 
+def creutz_ratio(loops: np.ndarray, r: int = 2, t: int = 2) -> float:
+    """``chi(r, t) = -ln[W(r, t) W(r-1, t-1) / (W(r, t-1) W(r-1, t))]`` from an ``(R, T)``
+    array of Wilson loops (``loops[r - 1, t - 1] = W(r, t)``; ``W(0, .) = 1``): perimeter
+    and corner terms cancel, the string tension remains. In 2D infinite volume it is
+    ``-ln u`` exactly (pure area law)."""
+    w = lambda a, b: 1.0 if a == 0 or b == 0 else float(loops[a - 1, b - 1])  # noqa: E731
+    return float(-np.log(w(r, t) * w(r - 1, t - 1) / (w(r, t - 1) * w(r - 1, t))))
+
+
 def exact_values(group: str, shape: tuple[int, ...], beta: float, c1: float, extent: tuple[int, int]) -> dict:
     """The exactly known expectations of :func:`yang_mills` observables.
 
@@ -323,7 +332,8 @@ def yang_mills(group: str | Group = "SU(3)", shape: Sequence[int] = (4, 4, 4, 4)
     ``<(1/N) Re tr W(r, t)>`` (:func:`wilson_loops`; ``loops = (R, T)`` is clipped to
     ``min(shape) - 1`` so that no loop wraps the lattice); in d = 4 ``topological_charge``, the
     clover charge (:func:`topological_charge_density`, unsmoothed, so not an integer), with the
-    derived ``topological_susceptibility`` ``<Q^2>/V``.
+    derived ``topological_susceptibility`` ``<Q^2>/V``; with ``R, T >= 2`` the derived
+    ``creutz_ratio`` ``chi(2, 2)`` of the mean Wilson loops (:func:`creutz_ratio`).
 
     Exact values (:func:`exact_values`): ``polyakov_loop = 0`` always (on a finite torus; in a
     deconfined phase a sampler rarely tunnels between centre sectors, so expect a large z there);
@@ -351,12 +361,18 @@ def yang_mills(group: str | Group = "SU(3)", shape: Sequence[int] = (4, 4, 4, 4)
     if len(shape) == 4:
         derived["topological_susceptibility"] = (
             lambda draws: float(np.mean(np.asarray(draws["topological_charge"], np.float64) ** 2) / volume))
+    if extent[0] >= 2 and extent[1] >= 2:
+        derived["creutz_ratio"] = lambda draws: creutz_ratio(np.mean(np.asarray(draws["wilson_loops"], np.float64),
+                                                                     axis=0))
+    exact = exact_values(grp.name, shape, beta, c1, extent)
+    if "wilson_loops" in exact and "creutz_ratio" in derived:
+        exact["creutz_ratio"] = creutz_ratio(exact["wilson_loops"])
     return Potential(
         terms={"gauge": lambda q: gauge_action(q["U"], beta, c1)},
         init=init,
         observables=_observables(shape, extent),
         derived=derived,
-        exact=exact_values(grp.name, shape, beta, c1, extent),
+        exact=exact,
         name="yang_mills",
         groups={"U": grp},
         symmetries={"gauge": gauge_symmetry(grp, shape)},

@@ -111,6 +111,8 @@ def test_2d_wilson_loops_and_the_group_form_of_u1():
     err = np.asarray(hmc.diagnostics.mcse(loops), np.float64)
     z = (est - np.asarray(pot.exact["wilson_loops"])) / err
     assert np.max(np.abs(z)) < 5, z
+    creutz = result.summary().observables["creutz_ratio"]  # blocked jackknife of the loops' means
+    assert abs(creutz.mean - pot.exact["creutz_ratio"]) / creutz.mcse < 5, (creutz.mean, pot.exact["creutz_ratio"])
     u1 = pm.yang_mills(group="U(1)", shape=(4, 4), beta=2.0)
     assert abs(u1.exact["plaquette"] - pm.u1_gauge(L=4, beta=2.0).exact["plaquette"]) < 1e-12
     z, _ = _plaquette_z(u1, seed=2)
