@@ -149,6 +149,7 @@ class _LeakySU2(groups.SU2):
         return u
 
 
+@pytest.mark.slow
 def test_links_that_leave_the_group_are_an_off_group_event_and_a_warning():
     base = pm.yang_mills(group="SU(2)", shape=(2, 2), beta=1.0)
     leaky = dataclasses.replace(base, groups={"U": _LeakySU2()})
@@ -248,6 +249,7 @@ def _gauge_higgs(shape=(3, 3), beta=2.0, kappa=0.3, lam=0.5):
                          groups={"U": "SU(2)"}, symmetries={"gauge": gauge}, name="gauge_higgs")
 
 
+@pytest.mark.slow
 def test_a_state_mixing_links_and_a_higgs_field_is_checked_for_gauge_invariance():
     pot = _gauge_higgs()
     q = pot.init(jax.random.key(0))
@@ -345,3 +347,17 @@ def test_preflight_findings_on_complex_leaves_name_the_term_and_primitive():
         report = hmc.guard.preflight(dataclasses.replace(pot, terms={**pot.terms, term: fn}, symmetries={}), q)
         assert not report.ok
         assert (kind, term, primitive) in {(e.kind, e.term, e.primitive) for e in report.events}
+
+
+def test_symmetry_preflight_on_a_plain_rotation():
+    """The default tier's symmetry check: a radial term is invariant under a random rotation,
+    a term that reads one coordinate is not, and is named with its symmetry."""
+    def rotate(key, q):
+        angle = jax.random.uniform(key, (), minval=0.5, maxval=2.5)
+        c, s = jnp.cos(angle), jnp.sin(angle)
+        return {"x": jnp.stack([c * q["x"][0] - s * q["x"][1], s * q["x"][0] + c * q["x"][1]])}
+
+    pot = hmc.Potential(terms={"radial": lambda q: jnp.sum(q["x"] ** 2), "tilt": lambda q: q["x"][0]},
+                        init=lambda key: {"x": jnp.array([0.7, -0.4])}, symmetries={"rotation": rotate})
+    [event] = symmetry_events(pot, pot.init(jax.random.key(0)))
+    assert (event.kind, event.term) == ("symmetry_broken", "tilt") and "'rotation'" in event.message
