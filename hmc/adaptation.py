@@ -606,7 +606,8 @@ def limit_report(warmup_stats: dict[str, np.ndarray], target_accept: float, inte
             f"{acceptance:.3f} at the cap, {STABILITY_FRACTION:g} x the estimated stability limit of {integrator} "
             f"(eps * omega_max = {_integrators.stability_limit(integrator):.4g} with omega_max ~ {omega:.4g}, the "
             f"stiffest curvature found: a harmonic mode that stiff is unstable beyond eps ~ {unstable:.4g}; a "
-            f"non-Gaussian target may stay stable further); using eps = {step:.4g}")
+            f"non-Gaussian target may stay stable further); the adapted step is {step:.4g}, at the cap; each "
+            "trajectory covers its length in equal steps no longer than that (their mean is the summary's step size)")
 
 
 def length_report(warmup_stats: dict[str, np.ndarray]) -> str | None:

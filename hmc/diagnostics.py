@@ -261,7 +261,8 @@ class Summary:
             lines.extend(f"  - {w}" for w in warnings)
         lines.append(
             f"{s.get('num_chains')} chains x {s.get('num_draws')} draws, integrator {s.get('integrator')}, "
-            f"step size {_fmt(s.get('step_size_mean'), 4)}, mean acceptance {_fmt(s.get('acceptance_rate'), 3)}"
+            f"step size {_fmt(s.get('step_size_mean'), 4)}{_adapted_text(s)}, "
+            f"mean acceptance {_fmt(s.get('acceptance_rate'), 3)}"
         )
         lines.append(
             f"divergences {s.get('num_divergent')}, guard trips {s.get('num_guard_tripped')}, "
@@ -327,6 +328,16 @@ def _physics_checks(observables: Mapping[str, ObservableSummary], stats: Mapping
         out["gradients"] = grads
         out["gradients_per_ess"] = grads / max(float(min(ess_values)), 1e-300)
     return out
+
+
+def _adapted_text(s: Mapping[str, Any]) -> str:
+    """`` (mean of the draws' steps; adapted 1.126)`` when the adapted step and the mean
+    step the draws took differ (a trajectory length is covered in equal steps no longer
+    than the adapted one, or a jitter shortens them)."""
+    mean, adapted = s.get("step_size_mean"), s.get("step_size_adapted")
+    if mean is None or adapted is None or not np.isfinite(adapted) or abs(mean - adapted) <= 1e-3 * abs(adapted):
+        return ""
+    return f" (mean of the draws' steps; the adapted step, their upper bound, is {_fmt(adapted, 4)})"
 
 
 def _physics_lines(s: Mapping[str, Any]) -> list[str]:
@@ -503,6 +514,9 @@ def summarize(
         info["num_guard_tripped"] = int(np.sum(stats["guard_tripped"]))
     if "step_size" in stats and np.size(stats["step_size"]):
         info["step_size_mean"] = float(np.mean(stats["step_size"]))
+    adapted = (warmup_stats or {}).get("adapted_step")
+    if adapted is not None and np.ndim(adapted) == 2 and np.shape(adapted)[1]:
+        info["step_size_adapted"] = float(np.mean(np.asarray(adapted, np.float64)[:, -1]))
     info.update(_physics_checks(observables, stats, info))
     if "energy" in stats and np.shape(stats["energy"])[1] > 2:
         e = ebfmi(stats["energy"])

@@ -200,6 +200,8 @@ def _finish(cfg: _config.RunConfig, data: dict[str, Any], ident: dict[str, Any],
     _rundir.append_jsonl(run_dir.file("log.jsonl"), [dict(
         event="end", time=_now(), halted=result.halted, halt_reason=result.halt_reason,
         seconds=result.timing.get("total_seconds"), warnings=warnings,
+        step_size=summary["summary"].sampler.get("step_size_mean"),
+        step_size_adapted=summary["summary"].sampler.get("step_size_adapted"),
         **{k: result.tempering[k] for k in ("beta_min_search", "pilot_gradients") if k in (result.tempering or {})})])
     try:
         from hmc import plots

@@ -152,3 +152,15 @@ def test_a_derived_quantity_without_an_ess_does_not_spoil_the_verdict():
              "energy": rng.normal(size=(4, 1000))}
     summary = diagnostics.summarize(draws, stats, derived={"chi": lambda d: float(np.var(d["m"]))})
     assert "chi" in summary.observables and summary.sampler["warnings"] == []
+
+
+def test_the_header_gives_the_draws_mean_step_and_the_adapted_step_that_bounds_it():
+    rng = np.random.default_rng(1)
+    draws = {"m": rng.normal(size=(2, 200))}
+    stats = {"acceptance_rate": np.full((2, 200), 0.8), "step_size": np.full((2, 200), 0.8004)}
+    warmup = {"adapted_step": np.array([[0.5, 1.1256], [0.6, 1.1256]]), "step_size": np.ones((2, 2))}
+    summary = diagnostics.summarize(draws, stats, warmup_stats=warmup)
+    assert summary.sampler["step_size_adapted"] == pytest.approx(1.1256)
+    assert "step size 0.8004 (mean of the draws' steps; the adapted step, their upper bound, is 1.126)" in str(summary)
+    same = diagnostics.summarize(draws, dict(stats, step_size=np.full((2, 200), 1.1256)), warmup_stats=warmup)
+    assert "adapted step" not in str(same)
