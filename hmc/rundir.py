@@ -40,6 +40,18 @@ from hmc.checkpoint import OPTIONAL_STATS, STAT_NAMES, STAT_PREFIX, WARMUP_STATS
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.npz"
+PREVIOUS_STATE_FILE = "state.prev.npz"  # the generation before, kept until the new one verifies
+NEXT_STATE_FILE = "state.next.npz"  # the new generation, written and verified before it replaces state.npz
+GENERATIONS = (STATE_FILE, NEXT_STATE_FILE, PREVIOUS_STATE_FILE)  # tried in this order on resume
+
+
+class DamagedFile(ValueError):
+    """A file of the run directory that does not read back as written: ``path``, and
+    ``what`` is wrong (truncated, checksum mismatch, unreadable)."""
+
+    def __init__(self, path: str, what: str):
+        self.path, self.what = path, what
+        super().__init__(f"{path}: {what}")
 
 
 class CheckpointMismatch(RuntimeError):
@@ -52,6 +64,19 @@ class CheckpointMismatch(RuntimeError):
             f"the checkpoint in {path} cannot be resumed by this run:\n  " + "\n  ".join(reasons)
             + "\nUse a new output directory (--out DIR), or restore the settings above."
         )
+
+
+class CheckpointDamaged(CheckpointMismatch):
+    """Every generation of the checkpoint is damaged (``damaged``: the :class:`DamagedFile`
+    errors, newest first)."""
+
+    def __init__(self, path: str, damaged: list):
+        self.damaged = damaged
+        RuntimeError.__init__(
+            self, f"the checkpoint in {path} cannot be read back:\n  " + "\n  ".join(str(d) for d in damaged)
+            + "\nNo generation of it verifies, so the run cannot continue from it. Restore the files from a copy, "
+            "or sample again into a new directory (--out DIR).")
+        self.reasons = [str(d) for d in damaged]
 
 
 # -- atomic files ---------------------------------------------------------------
@@ -182,23 +207,60 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines if line.strip()]
 
 
+def _digest(payload: Mapping[str, np.ndarray]) -> str:
+    """sha256 over every member's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for key in sorted(payload):
+        if key == "sha256":
+            continue
+        x = np.ascontiguousarray(payload[key])
+        h.update(f"{key}|{x.dtype.str}|{x.shape}|".encode())
+        h.update(x.tobytes())
+    return h.hexdigest()
+
+
 def _savez(path: str, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None) -> None:
     """npz with arbitrary names (leaf names may contain '/'): arrays as a0, a1, ...
-    plus their names and an optional JSON ``meta`` as string arrays."""
+    plus their names, an optional JSON ``meta`` as string arrays, and the ``sha256`` of
+    all of it, which :func:`_loadz` checks."""
     names = list(arrays)
     payload = {f"a{i}": np.asarray(arrays[n]) for i, n in enumerate(names)}
     payload["names"] = np.array(json.dumps(names))
     if meta is not None:
         payload["meta"] = np.array(json.dumps(_jsonable(dict(meta))))
+    payload["sha256"] = np.array(_digest(payload))
     atomic_write(path, lambda fh: np.savez(fh, **payload))
 
 
 def _loadz(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any] | None]:
-    with np.load(path, allow_pickle=False) as z:
-        names = json.loads(str(z["names"]))
-        arrays = {n: z[f"a{i}"] for i, n in enumerate(names)}
-        meta = json.loads(str(z["meta"])) if "meta" in z.files else None
+    """:func:`_savez`'s file back, checked: :class:`DamagedFile` names what is wrong (a file
+    of an earlier version without a checksum is read as it is)."""
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            payload = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise DamagedFile(path, "missing") from None
+    except (zipfile.BadZipFile, EOFError, zlib_error()) as err:
+        raise DamagedFile(path, f"truncated or not a complete npz file ({err})") from None
+    except (OSError, ValueError, KeyError) as err:
+        raise DamagedFile(path, f"unreadable ({type(err).__name__}: {err})") from None
+    if "sha256" in payload and str(payload["sha256"]) != _digest(payload):
+        raise DamagedFile(path, "checksum mismatch: its content changed after it was written")
+    try:
+        names = json.loads(str(payload["names"]))
+        arrays = {n: payload[f"a{i}"] for i, n in enumerate(names)}
+        meta = json.loads(str(payload["meta"])) if "meta" in payload else None
+    except (KeyError, ValueError) as err:
+        raise DamagedFile(path, f"unreadable ({type(err).__name__}: {err})") from None
     return arrays, meta
+
+
+def zlib_error() -> type:
+    import zlib
+
+    return zlib.error
 
 
 # -- provenance ------------------------------------------------------------------
@@ -365,7 +427,7 @@ class RunDirectory:
         return removed
 
     def has_checkpoint(self) -> bool:
-        return os.path.exists(os.path.join(self.checkpoint_dir, STATE_FILE))
+        return any(os.path.exists(os.path.join(self.checkpoint_dir, name)) for name in GENERATIONS)
 
     def has_draws(self) -> bool:
         return os.path.exists(self.file("draws.nc"))
@@ -383,7 +445,19 @@ class RunDirectory:
             self._written_chunks[phase] = len(chunks)
         meta = dict(checkpoint.meta, identity=dict(ident),
                     num_warmup_chunks=len(checkpoint.warmup_chunks), num_sample_chunks=len(checkpoint.sample_chunks))
-        _savez(os.path.join(folder, STATE_FILE), checkpoint.arrays, meta)
+        self._replace_state(folder, checkpoint.arrays, meta)
+
+    def _replace_state(self, folder: str, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        """Two generations: the new state is written beside the current one and read back;
+        only a verified new state becomes ``state.npz``, the one it replaces ``state.prev.npz``.
+        A kill or a damaged write at any step leaves a generation that verifies."""
+        state, following = os.path.join(folder, STATE_FILE), os.path.join(folder, NEXT_STATE_FILE)
+        _savez(following, arrays, meta)
+        _loadz(following)  # DamagedFile if what reached the disk is not what was written
+        if os.path.exists(state):
+            os.replace(state, os.path.join(folder, PREVIOUS_STATE_FILE))
+        os.replace(following, state)
+        _fsync_dir(folder)
 
     def prune_checkpoint(self) -> None:
         """Once ``draws.nc`` holds the draws, drop the chunk files (the state file stays,
@@ -397,22 +471,38 @@ class RunDirectory:
         meta.update(num_warmup_chunks=0, num_sample_chunks=0, draws_in="draws.nc")
         _savez(os.path.join(folder, STATE_FILE), arrays, meta)
         for name in os.listdir(folder):
-            if name.endswith(".npz") and name.split("-")[0] in ("warmup", "sample"):
-                os.unlink(os.path.join(folder, name))
+            if (name.endswith(".npz") and name.split("-")[0] in ("warmup", "sample")) or name in GENERATIONS[1:]:
+                os.unlink(os.path.join(folder, name))  # chunks now in draws.nc; older generations point at them
         _fsync_dir(folder)
 
     def load_checkpoint(self) -> tuple[Checkpoint, dict[str, Any]]:
-        """The checkpoint and the identity it was written under."""
+        """The newest generation of the checkpoint that verifies (its state and every chunk
+        file it names), and the identity it was written under. ``self.damaged`` lists what
+        was skipped (:class:`DamagedFile`), ``self.loaded_from`` the state file used;
+        :class:`CheckpointDamaged` when no generation verifies."""
+        self.damaged: list[DamagedFile] = []
+        for name in GENERATIONS:
+            path = os.path.join(self.checkpoint_dir, name)
+            if not os.path.exists(path):
+                continue
+            try:
+                found = self._load_generation(path)
+            except DamagedFile as err:
+                self.damaged.append(err)
+                continue
+            self.loaded_from = name
+            return found
+        raise CheckpointDamaged(self.path, self.damaged or [DamagedFile(self.checkpoint_dir, "no state file")])
+
+    def _load_generation(self, state: str) -> tuple[Checkpoint, dict[str, Any]]:
         folder = self.checkpoint_dir
-        state = os.path.join(folder, STATE_FILE)
-        try:
-            arrays, meta = _loadz(state)
-            chunks = {}
-            for phase, count in (("warmup", meta["num_warmup_chunks"]), ("sample", meta["num_sample_chunks"])):
-                chunks[phase] = [_loadz(os.path.join(folder, f"{phase}-{i:05d}.npz"))[0] for i in range(count)]
-                self._written_chunks[phase] = count
-        except (OSError, ValueError, KeyError) as err:
-            raise CheckpointMismatch(self.path, [f"the checkpoint cannot be read: {err}"]) from None
+        arrays, meta = _loadz(state)
+        if meta is None or "identity" not in meta:
+            raise DamagedFile(state, "unreadable: it holds no checkpoint record")
+        chunks = {}
+        for phase, count in (("warmup", meta["num_warmup_chunks"]), ("sample", meta["num_sample_chunks"])):
+            chunks[phase] = [_loadz(os.path.join(folder, f"{phase}-{i:05d}.npz"))[0] for i in range(count)]
+            self._written_chunks[phase] = count
         ident = meta.pop("identity")
         meta.pop("log", None)  # checkpoints of earlier versions carried the log
         meta.pop("num_warmup_chunks")

@@ -104,7 +104,15 @@ def _execute_locked(cfg: _config.RunConfig, potential: Any, data: dict[str, Any]
     from hmc import sampler as _sampler
 
     run_dir.remove_stale_temporaries()
-    resume = _checkpoint_to_resume(run_dir, ident)
+    try:
+        resume = _checkpoint_to_resume(run_dir, ident)
+    except _rundir.CheckpointDamaged as damaged:
+        if not _finished_draws_read(run_dir):
+            raise
+        print(f"{run_dir.path}: the checkpoint is damaged ({'; '.join(damaged.reasons)}), but this run finished "
+              "and draws.nc holds every draw; its summary:", file=out)
+        print(summarize_run(run_dir.path, potential)["text"], file=out)
+        return EXIT_OK
     if resume is not None and resume.complete and run_dir.has_draws():
         print(f"{run_dir.path}: this run is complete; its summary:", file=out)
         print(summarize_run(run_dir.path, potential)["text"], file=out)
@@ -141,6 +149,18 @@ def _checkpoint_to_resume(run_dir: _rundir.RunDirectory, ident: dict[str, Any]) 
     return resume
 
 
+def _finished_draws_read(run_dir: _rundir.RunDirectory) -> bool:
+    """Whether the run directory holds a finished run's ``draws.nc`` that reads back."""
+    if not run_dir.has_draws():
+        return False
+    try:
+        _rundir.read_draws(run_dir.file("draws.nc"))
+    except Exception as err:  # any failure to read is a damaged file here
+        logger.warning("%s does not read back: %s", run_dir.file("draws.nc"), err)
+        return False
+    return any(r.get("event") == "end" for r in _rundir.read_jsonl(run_dir.file("log.jsonl")))
+
+
 def _open_log(run_dir: _rundir.RunDirectory, data: dict[str, Any], ident: dict[str, Any], resume: Any) -> None:
     """``config.yaml``, and the ``start`` or ``resume`` record of ``log.jsonl``."""
     if _rundir.is_writer():
@@ -155,10 +175,24 @@ def _open_log(run_dir: _rundir.RunDirectory, data: dict[str, Any], ident: dict[s
     _rundir.append_jsonl(log_file, [dict(
         event="resume" if resume is not None else "start", time=_now(),
         iterations_done=counters.done if counters else 0, config_hash=ident["config_hash"], pid=os.getpid(),
-        slurm_job_id=os.environ.get("SLURM_JOB_ID"), slurm_array_task_id=os.environ.get("SLURM_ARRAY_TASK_ID"))])
+        slurm_job_id=os.environ.get("SLURM_JOB_ID"), slurm_array_task_id=os.environ.get("SLURM_ARRAY_TASK_ID"),
+        **_generation_record(run_dir, resume))])
     if counters is not None:
         logger.info("resuming %s at %d warmup iterations and %d draws", run_dir.path, counters.warmup_done,
                     counters.drawn)
+
+
+def _generation_record(run_dir: _rundir.RunDirectory, resume: Any) -> dict[str, Any]:
+    """Which checkpoint generation a resume read, and the damaged files it skipped (logged)."""
+    if resume is None:
+        return {}
+    damaged = [str(d) for d in getattr(run_dir, "damaged", [])]
+    for text in damaged:
+        logger.warning("checkpoint file skipped: %s", text)
+    source = getattr(run_dir, "loaded_from", _rundir.STATE_FILE)
+    if damaged:
+        logger.warning("resuming from %s, the newest checkpoint generation that verifies", source)
+    return {"checkpoint": source, "damaged": damaged}
 
 
 class _ChunkSaver:

@@ -1,0 +1,133 @@
+"""Storage faults: damaged checkpoint files are named, a damaged newest generation falls back
+to the previous one with the draws of an uninterrupted run, and a finished run survives a
+damaged checkpoint."""
+
+import contextlib
+import json
+import os
+
+import numpy as np
+import pytest
+
+import hmc.runner
+from hmc import cli, config, rundir, runner
+
+CONFIG = """\
+model: {name: gaussian, params: {dim: 2}}
+sampler: {num_chains: 2, num_warmup: 20, num_samples: 40, num_steps: 3, step_size: 0.5}
+run: {chunk_size: 10, seed: 3}
+output: {dir: %(out)s}
+"""
+
+
+def _write(tmp_path, out):
+    path = tmp_path / f"{os.path.basename(out)}.yaml"
+    path.write_text(CONFIG % {"out": out})
+    return str(path)
+
+
+def _stop_after(chunks):
+    """A stop_on_signals whose flag turns on after ``chunks`` chunks."""
+    count = iter(range(10**6))
+
+    @contextlib.contextmanager
+    def fake():
+        class Flag(dict):
+            def __getitem__(self, key):
+                if key == "signal":
+                    return "SIGTERM" if next(count) >= chunks - 1 else None
+                return None
+
+        yield Flag()
+
+    return fake
+
+
+def _stopped_run(tmp_path, monkeypatch, name, chunks=4):
+    out = str(tmp_path / name)
+    path = _write(tmp_path, out)
+    monkeypatch.setattr(hmc.runner, "stop_on_signals", _stop_after(chunks))
+    assert runner.execute(config.load(path), str(tmp_path), progress=False) == runner.EXIT_STOPPED
+    monkeypatch.undo()
+    return out, path
+
+
+def _draws(out):
+    data = rundir.read_draws(os.path.join(out, "draws.nc"))
+    return {**data["draws"], **{"stat:" + k: v for k, v in data["stats"].items()}}
+
+
+def _damage(path, how):
+    data = bytearray(open(path, "rb").read())
+    if how == "truncate":
+        data = data[: len(data) // 2]
+    elif how == "flip":
+        data[len(data) // 2] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("whole")
+    path = _write(tmp, str(tmp / "whole"))
+    assert runner.execute(config.load(path), str(tmp), progress=False) == runner.EXIT_OK
+    return _draws(str(tmp / "whole"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["truncate", "flip"])
+def test_a_damaged_newest_state_falls_back_to_the_previous_generation(tmp_path, monkeypatch, uninterrupted, how):
+    out, path = _stopped_run(tmp_path, monkeypatch, "stopped")
+    folder = os.path.join(out, "checkpoint")
+    assert os.path.exists(os.path.join(folder, rundir.PREVIOUS_STATE_FILE))
+    _damage(os.path.join(folder, rundir.STATE_FILE), how)
+    assert runner.execute(config.load(path), str(tmp_path), progress=False) == runner.EXIT_OK
+    again = _draws(out)
+    for key, value in uninterrupted.items():
+        np.testing.assert_array_equal(value, again[key], err_msg=key)
+    resume = [r for r in rundir.read_jsonl(os.path.join(out, "log.jsonl")) if r["event"] == "resume"][-1]
+    assert resume["checkpoint"] == rundir.PREVIOUS_STATE_FILE
+    assert len(resume["damaged"]) == 1 and rundir.STATE_FILE in resume["damaged"][0]
+
+
+def test_every_generation_damaged_is_named_with_exit_4_and_no_traceback(tmp_path, monkeypatch, capsys):
+    out, path = _stopped_run(tmp_path, monkeypatch, "broken", chunks=3)
+    folder = os.path.join(out, "checkpoint")
+    _damage(os.path.join(folder, rundir.STATE_FILE), "truncate")
+    _damage(os.path.join(folder, rundir.PREVIOUS_STATE_FILE), "flip")
+    assert cli.main(["run", path, "--no-progress"]) == runner.EXIT_CHECKPOINT
+    err = capsys.readouterr().err
+    assert rundir.STATE_FILE in err and rundir.PREVIOUS_STATE_FILE in err and "Traceback" not in err
+    assert "truncated" in err
+
+
+@pytest.mark.slow
+def test_a_damaged_chunk_file_is_named(tmp_path, monkeypatch, capsys):
+    out, path = _stopped_run(tmp_path, monkeypatch, "chunk", chunks=4)
+    _damage(os.path.join(out, "checkpoint", "warmup-00000.npz"), "truncate")
+    assert cli.main(["run", path, "--no-progress"]) == runner.EXIT_CHECKPOINT
+    assert "warmup-00000.npz" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_finished_run_with_a_damaged_state_still_reports_its_draws(tmp_path, capsys):
+    out = str(tmp_path / "done")
+    path = _write(tmp_path, out)
+    assert runner.execute(config.load(path), str(tmp_path), progress=False) == runner.EXIT_OK
+    _damage(os.path.join(out, "checkpoint", rundir.STATE_FILE), "truncate")
+    capsys.readouterr()
+    assert cli.main(["run", path, "--no-progress"]) == runner.EXIT_OK
+    text = capsys.readouterr().out
+    assert "checkpoint is damaged" in text and "draws.nc holds every draw" in text and "verdict" in text
+
+
+def test_a_checksum_mismatch_is_named(tmp_path):
+    path = str(tmp_path / "x.npz")
+    rundir._savez(path, {"a": np.arange(4.0)}, {"k": 1})
+    with np.load(path) as z:
+        payload = {k: z[k] for k in z.files}
+    payload["a0"] = payload["a0"] + 1.0  # rewritten with a valid zip, but not what was written
+    np.savez(path, **payload)
+    with pytest.raises(rundir.DamagedFile, match="checksum mismatch"):
+        rundir._loadz(path)
+    assert json.loads(json.dumps(str(rundir.DamagedFile(path, "x"))))
