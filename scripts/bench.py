@@ -22,6 +22,7 @@ against the sampler).
     python scripts/bench.py --timescales --scan 16 --beta 32 --mass 0.5 --production 1000 --seeds 3
                                             # one lattice's step-count scan, then cost per ESS at the defaults
     python scripts/bench.py --tempering     # replica exchange against plain HMC (tempering_validate.py)
+    python scripts/bench.py --gauge         # SU(3) 4D: autodiff force against a staple force (gauge_bench.py)
 """
 
 from __future__ import annotations
@@ -251,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
                         "writes VALIDATION.md and BENCHMARKS.md)")
     parser.add_argument("--nuts", action="store_true", help="only the NUTS section (scripts/nuts_bench.py: our "
                         "NUTS against numpyro's and blackjax's on the same models, and NUTS's cost under vmap)")
+    parser.add_argument("--gauge", action="store_true", help="only the gauge-field section (scripts/gauge_bench.py: "
+                        "SU(3) 4D trajectories with our autodiff force against a hand-written staple force, the "
+                        "bare-force limit and hmc.sample, float32 and float64, and where the time goes)")
     parser.add_argument("--memory-worker", nargs=3, metavar=("SAMPLER", "TARGET", "CHAINS"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--only", default=None, help="rows whose target contains this text (printed only; "
@@ -284,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.nuts:
         return nuts_section(args.only, args.out)
+    if args.gauge:
+        return gauge_section(args.out, min(args.repeats, 3))
     if args.timescales and args.scan:
         masses = tuple(float(m) for m in args.hasenbusch.split(",") if m)
         schemes = timescale_schemes(args.inner, masses, args.outer, args.middle)
@@ -508,6 +514,50 @@ def nuts_section(only: str | None, out: str) -> int:
             *waste,
         ]
         write(out, lines, NUTS_BEGIN, NUTS_END, "NUTS (`scripts/bench.py --nuts`)")
+    return 0
+
+
+GAUGE_BEGIN, GAUGE_END = "<!-- bench.py --gauge:begin -->", "<!-- bench.py --gauge:end -->"
+
+
+def gauge_section(out: str, repeats: int = 3) -> int:
+    """The tables of :mod:`gauge_bench` (each precision in its own process) into BENCHMARKS.md."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import gauge_bench
+
+    print(versions())
+    result = gauge_bench.tables(repeats)
+    checks = "; ".join(f"{p}: max |F_staple - F_autodiff| = {c['max_difference']:.1e} (opposite sign "
+                       f"{c['max_difference_opposite_sign']:.1f}, max |F| {c['max_force']:.2f})"
+                       for p, c in result["check"].items())
+    lines = [
+        f"Command: `python scripts/bench.py --gauge` ({time.strftime('%Y-%m-%d')}). {versions()}.",
+        "",
+        f"SU(3) Wilson action, beta = {gauge_bench.BETA}, 4D periodic lattice, Haar-random links; one trajectory = "
+        f"2MN, step {gauge_bench.STEP_SIZE}, {gauge_bench.NUM_STEPS} steps ({gauge_bench.GRADIENTS} gradients), unit "
+        "mass, fresh momentum, Metropolis test, jitted and vmapped over chains, the same integrator code "
+        "(`hmc.integrators._trajectory`, the sampler's group drift) with either force: autodiff = "
+        "`jax.grad(potential.energy)`; staple = `beta/(2N) Pi(U_mu Sigma_mu)` with the 3x3 products written out "
+        "(`scripts/gauge_bench.py`). Limit = the vmapped autodiff force alone in a `lax.scan`; hmc.sample = the "
+        "sampler (guard on, the plaquette as the only observable, chunks of one trajectory, the first chunk "
+        "dropped; the model's six default observables add the per-draw time in the second table). Times are "
+        f"medians, ratios medians of ratios within {repeats} interleaved repeats. Targets: autodiff / staple <= 1.5x, "
+        "autodiff / limit <= 1.3x.",
+        "",
+        f"Staple force against autodiff on a random 4^4 configuration: {checks}.",
+        "",
+        gauge_bench.HEADER,
+        "|" + "---|" * (gauge_bench.HEADER.count(" | ") + 1),
+        *result["rows"],
+        "",
+        "Where the time goes (8^4, 1 chain; each part on all 4 V links, 10 times in a `lax.scan` as the limit, "
+        "medians of 5 interleaved runs, ms per call; trajectories: 3 runs, ms per gradient, i.e. per trajectory / 20):",
+        "",
+        gauge_bench.PARTS_HEADER,
+        "|---|---|---|",
+        *result["parts"],
+    ]
+    write(out, lines, GAUGE_BEGIN, GAUGE_END, "Gauge fields (`scripts/bench.py --gauge`)")
     return 0
 
 
