@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extra
     _setup_logging()
     from hmc.config import ConfigError
-    from hmc.rundir import CheckpointMismatch, RunDirectoryBusy
+    from hmc.rundir import CheckpointMismatch, DamagedFile, RunDirectoryBusy
 
     try:
         return int(args.func(args))
@@ -245,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except CheckpointMismatch as err:
         print(f"hmc: {err}", file=sys.stderr)
+        return 4
+    except DamagedFile as err:
+        print(f"hmc: a file of the run directory is damaged: {err}. Restore it from a copy (a finished run's draws "
+              "live only in draws.nc once its checkpoint is pruned).", file=sys.stderr)
         return 4
 
 

@@ -647,7 +647,17 @@ def _complex_back(variable: Any) -> np.ndarray:
 
 
 def read_draws(path: str) -> dict[str, Any]:
-    """``draws.nc`` back as numpy: ``draws``, ``stats``, ``warmup_stats``, ``exact`` and ``attrs``."""
+    """``draws.nc`` back as numpy: ``draws``, ``stats``, ``warmup_stats``, ``exact`` and ``attrs``;
+    :class:`DamagedFile` when it does not read."""
+    try:
+        return _read_draws(path)
+    except FileNotFoundError:
+        raise DamagedFile(path, "missing") from None
+    except (OSError, ValueError, KeyError) as err:
+        raise DamagedFile(path, f"unreadable, truncated or not a NetCDF file ({type(err).__name__}: {err})") from None
+
+
+def _read_draws(path: str) -> dict[str, Any]:
     import xarray as xr
 
     with xr.open_datatree(path, engine="h5netcdf") as tree:

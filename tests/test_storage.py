@@ -119,6 +119,10 @@ def test_a_finished_run_with_a_damaged_state_still_reports_its_draws(tmp_path, c
     assert cli.main(["run", path, "--no-progress"]) == runner.EXIT_OK
     text = capsys.readouterr().out
     assert "checkpoint is damaged" in text and "draws.nc holds every draw" in text and "verdict" in text
+    _damage(os.path.join(out, "draws.nc"), "truncate")
+    assert cli.main(["summary", out]) == runner.EXIT_CHECKPOINT
+    err = capsys.readouterr().err
+    assert "draws.nc" in err and "damaged" in err and "Traceback" not in err
 
 
 def test_a_checksum_mismatch_is_named(tmp_path):
