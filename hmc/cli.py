@@ -2,9 +2,10 @@
 
 Exit codes: 0 ok; 2 invalid config or usage (the message names the dotted key);
 3 the guard refused to start or halted the run; 4 the run directory's
-checkpoint belongs to a different config, version, precision or device layout;
-6 finished, but the verdict is not clean (only with --strict or run.strict);
-75 stopped by SIGTERM/SIGUSR1 after checkpointing (run the same command again).
+checkpoint belongs to a different config, version, precision or device layout, or
+none of its files reads back (each damaged file named); 6 finished, but the verdict is
+not clean (only with --strict or run.strict); 74 a write failed for lack of space or
+quota (the last checkpoint is intact: free space and run again); 75 stopped by SIGTERM/SIGUSR1 after checkpointing (run the same command again).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ examples:
 
 exit codes: 0 ok, 2 invalid config or usage, 3 guard refused or halted,
 4 checkpoint incompatible with this config/version, 6 finished but the verdict is not clean
-(--strict only), 75 checkpointed after SIGTERM/SIGUSR1 (run the same command again to resume).
+(--strict only), 74 no space left writing the run directory (free space, run again),
+75 checkpointed after SIGTERM/SIGUSR1 (run the same command again to resume).
 """
 
 RUN_HELP = """\
@@ -213,10 +215,24 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at each record (not the stream of the moment the
+    handler was made): a caller that swaps stderr, or closes the one it swapped in, keeps
+    clean logs."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def _setup_logging() -> None:
     log = logging.getLogger("hmc")
     if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s hmc %(levelname)s: %(message)s", "%H:%M:%S"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
@@ -234,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extra
     _setup_logging()
     from hmc.config import ConfigError
-    from hmc.rundir import CheckpointMismatch, DamagedFile, RunDirectoryBusy
+    from hmc.rundir import CheckpointMismatch, DamagedFile, DiskFull, RunDirectoryBusy
 
     try:
         return int(args.func(args))
@@ -246,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointMismatch as err:
         print(f"hmc: {err}", file=sys.stderr)
         return 4
+    except DiskFull as err:
+        print(f"hmc: a write failed: {err}. The run stopped there; its last checkpoint is intact. Free space (or "
+              "raise the quota) and run the same command again: it resumes with the draws of an uninterrupted run.",
+              file=sys.stderr)
+        return 74
     except DamagedFile as err:
         print(f"hmc: a file of the run directory is damaged: {err}. Restore it from a copy (a finished run's draws "
               "live only in draws.nc once its checkpoint is pruned).", file=sys.stderr)

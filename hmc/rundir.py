@@ -45,6 +45,21 @@ NEXT_STATE_FILE = "state.next.npz"  # the new generation, written and verified b
 GENERATIONS = (STATE_FILE, NEXT_STATE_FILE, PREVIOUS_STATE_FILE)  # tried in this order on resume
 
 
+class DiskFull(OSError):
+    """A write failed for lack of space (``ENOSPC``) or quota (``EDQUOT``): ``path`` is the
+    file being written. Every file is replaced atomically, so the one before is intact."""
+
+    def __init__(self, path: str, err: OSError):
+        self.path = path
+        super().__init__(err.errno, f"{path}: {err.strerror or err} (no space left or quota reached)")
+
+
+def _out_of_space(err: BaseException) -> bool:
+    import errno
+
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 class DamagedFile(ValueError):
     """A file of the run directory that does not read back as written: ``path``, and
     ``what`` is wrong (truncated, checksum mismatch, unreadable)."""
@@ -135,9 +150,11 @@ def _replace_atomically(path: str, tmp: str, fill: Callable[[str], None]) -> Non
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a run's files are as readable as any other
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if _out_of_space(err) and not isinstance(err, DiskFull):
+            raise DiskFull(path, err) from None
         raise
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
@@ -175,10 +192,15 @@ def append_jsonl(path: str, records: Iterable[Mapping[str, Any]]) -> None:
     if not _WRITER:
         return
     text = "".join(json.dumps(_jsonable(dict(r))) + "\n" for r in records)
-    with open(path, "a") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with open(path, "a") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as err:  # a partial line is dropped by the next repair_jsonl
+        if _out_of_space(err):
+            raise DiskFull(path, err) from None
+        raise
 
 
 def repair_jsonl(path: str) -> None:

@@ -29,6 +29,7 @@ EXIT_USAGE = 2
 EXIT_GUARD = 3
 EXIT_CHECKPOINT = 4
 EXIT_NOT_CLEAN = 6  # finished, but the verdict has warnings (only with --strict / run.strict)
+EXIT_STORAGE = 74  # EX_IOERR: a write failed for lack of space or quota; the last checkpoint is intact
 EXIT_STOPPED = 75  # EX_TEMPFAIL: checkpointed after a signal; run the same command again to resume
 
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
@@ -237,15 +238,22 @@ def _finish(cfg: _config.RunConfig, data: dict[str, Any], ident: dict[str, Any],
         step_size=summary["summary"].sampler.get("step_size_mean"),
         step_size_adapted=summary["summary"].sampler.get("step_size_adapted"),
         **{k: result.tempering[k] for k in ("beta_min_search", "pilot_gradients") if k in (result.tempering or {})})])
+    full = None
     try:
         from hmc import plots
 
         if _rundir.is_writer():
             plots.plot_run(run_dir.path)
+    except _rundir.DiskFull as err:  # the draws are safe; the figures wait for space
+        full = err
     except Exception as err:  # a figure must never cost the draws
         logger.warning("plots were not written: %s", err)
     print(summary["text"], file=out)
     print(f"\nrun directory: {run_dir.path}", file=out)
+    if full is not None:
+        print(f"hmc: the plots were not written: {full}. Every draw is in draws.nc; free space and run "
+              f"'hmc plot {run_dir.path}'.", file=sys.stderr)
+        return EXIT_STORAGE
     if result.halted:
         print(f"sampling halted: {result.halt_reason}", file=out)
         return EXIT_GUARD

@@ -135,3 +135,59 @@ def test_a_checksum_mismatch_is_named(tmp_path):
     with pytest.raises(rundir.DamagedFile, match="checksum mismatch"):
         rundir._loadz(path)
     assert json.loads(json.dumps(str(rundir.DamagedFile(path, "x"))))
+
+
+def _disk_full_at(k):
+    """A _replace_atomically whose ``k``-th call fails as a full disk does."""
+    import errno
+
+    original = rundir._replace_atomically
+    calls = [0]
+
+    def flaky(path, tmp, fill):
+        calls[0] += 1
+        if calls[0] == k:
+            def fill(_tmp):
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return original(path, tmp, fill)
+
+    return flaky, calls
+
+
+def _disk_full_case(tmp_path, monkeypatch, uninterrupted, capsys, k):
+    out = str(tmp_path / f"full{k}")
+    path = _write(tmp_path, out)
+    flaky, calls = _disk_full_at(k)
+    monkeypatch.setattr(rundir, "_replace_atomically", flaky)
+    code = cli.main(["run", path, "--no-progress"])
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    if calls[0] < k:  # fewer writes than k: the run finished untouched
+        assert code == 0
+        return False
+    assert code == 74 and "no space left" in err and "Traceback" not in err, (k, code, err)
+    assert cli.main(["run", path, "--no-progress"]) == 0  # space freed: resume
+    again = _draws(out)
+    for key, value in uninterrupted.items():
+        np.testing.assert_array_equal(value, again[key], err_msg=f"{key} after a full disk at write {k}")
+    return True
+
+
+def test_a_full_disk_stops_the_run_with_exit_74_naming_the_file_and_it_resumes(tmp_path, monkeypatch, capsys):
+    """The default tier's case (the slow tier checks every write index against the draws of
+    an uninterrupted run)."""
+    out = str(tmp_path / "full")
+    path = _write(tmp_path, out)
+    flaky, _ = _disk_full_at(4)
+    monkeypatch.setattr(rundir, "_replace_atomically", flaky)
+    assert cli.main(["run", path, "--no-progress"]) == 74
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert os.path.join(out, "") in err and "no space left" in err and "Traceback" not in err
+    assert cli.main(["run", path, "--no-progress"]) == 0
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_every_write_index(tmp_path, monkeypatch, uninterrupted, capsys):
+    hit = [k for k in range(1, 40) if _disk_full_case(tmp_path, monkeypatch, uninterrupted, capsys, k)]
+    assert len(hit) >= 10, hit  # every write of the run was a failure point once
