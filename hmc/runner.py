@@ -544,8 +544,48 @@ def check(cfg: _config.RunConfig, config_dir: str | None, out: TextIO | None = N
     print(f"model {potential.name}: {len(report.terms)} term(s) x {len(report.leaves)} leaf/leaves, "
           f"{cfg.sampler.num_chains} initial state(s) checked", file=out)
     print(str(report), file=out)
+    print(space_estimate(potential, cfg, positions)["text"], file=out)
     if not report.ok:
         print("\nThe run would be refused (exit 3). Fix the terms above, or accept a finding with "
               "guard.allow=[KIND:TERM:LEAF].", file=out)
         return EXIT_GUARD
     return EXIT_OK
+
+
+#: per draw and chain: the sample statistics (lp, energy, acceptance, diverging, step size,
+#: n_steps, guard_tripped, delta_energy and the optional ones), 8 bytes each at most
+_STAT_BYTES = 12 * 8
+
+
+def _human(size: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.3g} {unit}"
+        size /= 1000.0
+    return f"{size:.3g} TB"
+
+
+def space_estimate(potential: Any, cfg: _config.RunConfig, positions: Any) -> dict[str, Any]:
+    """The disk a run of ``cfg`` needs at most: ``draws.nc`` (observables, recorded leaves and
+    statistics of every draw, warmup statistics), and the checkpoint (two generations of the
+    chain states, and the chunk files, which hold the draws until the run ends)."""
+    import jax
+
+    one = jax.tree_util.tree_map(lambda x: x[0], positions)
+    shapes = jax.eval_shape(potential.observe, one)
+    item = 8 if cfg.run.precision == "float64" else 4
+    per_draw = sum(int(np.prod(s.shape)) for s in shapes.values()) * item + _STAT_BYTES
+    from hmc.initial import recorded_leaves
+
+    names = potential.leaf_names(one)
+    leaves = dict(zip(names, jax.tree_util.tree_leaves(one)))
+    recorded = recorded_leaves(potential, names, cfg.sampler.record, [int(np.size(leaves[k])) for k in names])
+    per_draw += sum(int(np.size(leaves[k])) * max(item, np.dtype(leaves[k].dtype).itemsize) for k in recorded)
+    chains, draws = cfg.sampler.num_chains, cfg.sampler.num_samples // cfg.sampler.thin
+    draws_nc = chains * (draws * per_draw + cfg.sampler.num_warmup * _STAT_BYTES)
+    states = sum(int(np.size(x)) * np.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(positions))
+    checkpoint = 2 * 3 * states + draws_nc  # two generations (and one being written) of states and gradients
+    total = draws_nc + checkpoint
+    return {"draws_nc": draws_nc, "checkpoint": checkpoint, "total": total,
+            "text": f"disk space: about {_human(total)} at most (draws.nc {_human(draws_nc)}, the checkpoint up to "
+                    f"{_human(checkpoint)} while the run is in progress); plots and logs add a few MB"}

@@ -191,3 +191,20 @@ def test_a_full_disk_stops_the_run_with_exit_74_naming_the_file_and_it_resumes(t
 def test_a_full_disk_at_every_write_index(tmp_path, monkeypatch, uninterrupted, capsys):
     hit = [k for k in range(1, 40) if _disk_full_case(tmp_path, monkeypatch, uninterrupted, capsys, k)]
     assert len(hit) >= 10, hit  # every write of the run was a failure point once
+
+
+@pytest.mark.slow
+def test_hmc_check_estimates_the_space_a_run_needs(tmp_path, capsys):
+    out = str(tmp_path / "sized")
+    path = _write(tmp_path, out)
+    assert cli.main(["check", path]) == 0
+    text = capsys.readouterr().out
+    assert "disk space: about" in text
+    cfg = config.load(path)
+    potential = config.make_potential(cfg.model)
+    from hmc.sampler import initial_positions
+
+    estimate = runner.space_estimate(potential, cfg, initial_positions(potential, 3, cfg.sampler.num_chains))
+    assert runner.execute(cfg, str(tmp_path), progress=False) == 0
+    actual = os.path.getsize(os.path.join(out, "draws.nc"))
+    assert estimate["draws_nc"] >= 0.5 * actual - 20_000 and estimate["total"] < 50 * actual  # an upper bound, sized
