@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extra
     _setup_logging()
     from hmc.config import ConfigError
-    from hmc.rundir import CheckpointMismatch, DamagedFile, DiskFull, RunDirectoryBusy
+    from hmc.rundir import CheckpointMismatch, DamagedFile, DiskFull, RunDirectoryBusy, StorageError
 
     try:
         return int(args.func(args))
@@ -266,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hmc: a write failed: {err}. The run stopped there; its last checkpoint is intact. Free space (or "
               "raise the quota) and run the same command again: it resumes with the draws of an uninterrupted run.",
               file=sys.stderr)
+        return 74
+    except StorageError as err:
+        print(f"hmc: a write failed: {err}. The last checkpoint is intact; give the run a writable directory "
+              "(or restore this one) and run the same command again.", file=sys.stderr)
         return 74
     except DamagedFile as err:
         print(f"hmc: a file of the run directory is damaged: {err}. Restore it from a copy (a finished run's draws "

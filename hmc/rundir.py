@@ -45,13 +45,34 @@ NEXT_STATE_FILE = "state.next.npz"  # the new generation, written and verified b
 GENERATIONS = (STATE_FILE, NEXT_STATE_FILE, PREVIOUS_STATE_FILE)  # tried in this order on resume
 
 
-class DiskFull(OSError):
-    """A write failed for lack of space (``ENOSPC``) or quota (``EDQUOT``): ``path`` is the
-    file being written. Every file is replaced atomically, so the one before is intact."""
+class StorageError(OSError):
+    """A write to the run directory failed: ``path`` is the file or folder. Every file is
+    replaced atomically, so the one before is intact."""
+
+    def __init__(self, path: str, err: OSError, why: str):
+        self.path = path
+        super().__init__(err.errno, f"{path}: {err.strerror or err} ({why})")
+
+
+class DiskFull(StorageError):
+    """A write failed for lack of space (``ENOSPC``) or quota (``EDQUOT``)."""
 
     def __init__(self, path: str, err: OSError):
-        self.path = path
-        super().__init__(err.errno, f"{path}: {err.strerror or err} (no space left or quota reached)")
+        super().__init__(path, err, "no space left or quota reached")
+
+
+class Unwritable(StorageError):
+    """The run directory cannot be written: read-only, not a directory, or removed."""
+
+    def __init__(self, path: str, err: OSError):
+        super().__init__(path, err, "the run directory cannot be written: read-only, not a directory, or removed")
+
+
+def _storage_error(path: str, err: BaseException) -> BaseException:
+    """The :class:`StorageError` an ``OSError`` of a write stands for (else ``err`` itself)."""
+    if isinstance(err, StorageError) or not isinstance(err, OSError):
+        return err
+    return DiskFull(path, err) if _out_of_space(err) else Unwritable(path, err)
 
 
 def _out_of_space(err: BaseException) -> bool:
@@ -130,8 +151,11 @@ def atomic_write(path: str, write: Callable[[Any], None], binary: bool = True) -
     if not _WRITER:
         return
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    except OSError as err:
+        raise _storage_error(path, err) from None
     os.close(fd)
 
     def fill(tmp: str) -> None:
@@ -153,8 +177,9 @@ def _replace_atomically(path: str, tmp: str, fill: Callable[[str], None]) -> Non
     except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if _out_of_space(err) and not isinstance(err, DiskFull):
-            raise DiskFull(path, err) from None
+        mapped = _storage_error(path, err)
+        if mapped is not err:
+            raise mapped from None
         raise
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
@@ -198,9 +223,7 @@ def append_jsonl(path: str, records: Iterable[Mapping[str, Any]]) -> None:
             fh.flush()
             os.fsync(fh.fileno())
     except OSError as err:  # a partial line is dropped by the next repair_jsonl
-        if _out_of_space(err):
-            raise DiskFull(path, err) from None
-        raise
+        raise _storage_error(path, err) from None
 
 
 def repair_jsonl(path: str) -> None:
@@ -391,6 +414,14 @@ def mismatches(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str
 
 class RunDirectoryBusy(RuntimeError):
     """Another process is running in this run directory."""
+
+
+def check_writable(path: str) -> None:
+    """Create the run directory if needed and prove a file can be written and replaced in
+    it (:class:`Unwritable` or :class:`DiskFull` naming it otherwise)."""
+    write_text(os.path.join(path, ".writable"), "ok\n")
+    with contextlib.suppress(OSError):
+        os.unlink(os.path.join(path, ".writable"))
 
 
 @contextlib.contextmanager

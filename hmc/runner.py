@@ -95,7 +95,7 @@ def execute(cfg: _config.RunConfig, config_dir: str | None, out: TextIO | None =
     except ValueError as err:  # the device count does not fit
         raise _config.ConfigError([f"run.devices: {err}"]) from None
     if _rundir.is_writer():
-        os.makedirs(run_dir.path, exist_ok=True)
+        _rundir.check_writable(run_dir.path)  # before any sampling: an unwritable output fails now
     with _rundir.exclusive(run_dir.path):
         return _execute_locked(cfg, potential, data, run_dir, ident, out, progress)
 

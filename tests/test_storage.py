@@ -208,3 +208,32 @@ def test_hmc_check_estimates_the_space_a_run_needs(tmp_path, capsys):
     assert runner.execute(cfg, str(tmp_path), progress=False) == 0
     actual = os.path.getsize(os.path.join(out, "draws.nc"))
     assert estimate["draws_nc"] >= 0.5 * actual - 20_000 and estimate["total"] < 50 * actual  # an upper bound, sized
+
+
+def test_an_output_that_cannot_be_a_directory_fails_before_sampling(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    path = _write(tmp_path, str(blocker / "run"))
+    assert cli.main(["run", path, "--no-progress"]) == 74
+    err = capsys.readouterr().err
+    assert str(blocker) in err and "cannot be written" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_a_run_directory_removed_mid_run_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    out = str(tmp_path / "vanishing")
+    path = _write(tmp_path, out)
+    original, calls = rundir._replace_atomically, [0]
+
+    def vanish(target, tmp, fill):
+        calls[0] += 1
+        if calls[0] == 6:
+            shutil.rmtree(out)
+        return original(target, tmp, fill)
+
+    monkeypatch.setattr(rundir, "_replace_atomically", vanish)
+    assert cli.main(["run", path, "--no-progress"]) == 74
+    err = capsys.readouterr().err
+    assert out in err and "Traceback" not in err
