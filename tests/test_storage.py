@@ -119,6 +119,12 @@ def test_a_finished_run_with_a_damaged_state_still_reports_its_draws(tmp_path, c
     assert cli.main(["run", path, "--no-progress"]) == runner.EXIT_OK
     text = capsys.readouterr().out
     assert "checkpoint is damaged" in text and "draws.nc holds every draw" in text and "verdict" in text
+    import shutil
+
+    shutil.rmtree(os.path.join(out, "checkpoint"))  # a finished run is self-contained
+    assert cli.main(["summary", out]) == 0 and "verdict" in capsys.readouterr().out
+    assert cli.main(["plot", out]) == 0
+    capsys.readouterr()
     _damage(os.path.join(out, "draws.nc"), "truncate")
     assert cli.main(["summary", out]) == runner.EXIT_CHECKPOINT
     err = capsys.readouterr().err
