@@ -244,12 +244,29 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
     half-way) is not a record yet."""
     if not os.path.exists(path):
         return []
-    with open(path) as fh:
+    with open(path, errors="replace") as fh:
         text = fh.read()
     lines = text.split("\n")
     if lines and lines[-1].strip():  # unterminated: being written, or cut by a kill
         lines = lines[:-1]
-    return [json.loads(line) for line in lines if line.strip()]
+    records, damaged = [], 0
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:  # a damaged line is no record; the others still are
+            damaged += 1
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            damaged += 1
+    if damaged:
+        import logging
+
+        logging.getLogger("hmc").warning("%s: %d damaged line(s) skipped", path, damaged)
+    return records
 
 
 def _digest(payload: Mapping[str, np.ndarray]) -> str:

@@ -61,7 +61,7 @@ def _damage(path, how):
     data = bytearray(open(path, "rb").read())
     if how == "truncate":
         data = data[: len(data) // 2]
-    elif how == "flip":
+    elif how == "flip" and data:
         data[len(data) // 2] ^= 0xFF
     open(path, "wb").write(bytes(data))
 
@@ -243,3 +243,45 @@ def test_a_run_directory_removed_mid_run_is_a_clear_error(tmp_path, monkeypatch,
     assert cli.main(["run", path, "--no-progress"]) == 74
     err = capsys.readouterr().err
     assert out in err and "Traceback" not in err
+
+
+def _truncate_at(path, offset):
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:offset])
+
+
+@pytest.mark.slow
+def test_fault_campaign_on_every_file_of_a_stopped_run(tmp_path, monkeypatch, uninterrupted, capsys):
+    """Every file a stopped run has written, truncated at three offsets or with a byte flipped,
+    then the same command: a finished run with the uninterrupted draws, or exit 4 naming the
+    damaged file; never a traceback."""
+    import shutil
+
+    base, path = _stopped_run(tmp_path, monkeypatch, "campaign", chunks=4)
+    files = sorted(os.path.relpath(os.path.join(d, f), base) for d, _, fs in os.walk(base) for f in fs
+                   if not f.startswith("."))
+    outcomes = {}
+    for name in files:
+        size = os.path.getsize(os.path.join(base, name))
+        for fault in ("0", "10", "half", "flip"):
+            shutil.rmtree(base + "-case", ignore_errors=True)
+            shutil.copytree(base, base + "-case")
+            target = os.path.join(base + "-case", name)
+            if fault == "flip":
+                _damage(target, "flip")
+            else:
+                _truncate_at(target, {"0": 0, "10": min(10, size), "half": size // 2}[fault])
+            case = str(tmp_path / "case.yaml")
+            with open(case, "w") as fh:
+                fh.write(CONFIG % {"out": base + "-case"})
+            code = cli.main(["run", case, "--no-progress"])
+            err = capsys.readouterr().err
+            assert "Traceback" not in err, (name, fault, err)
+            if code == 0:
+                again = _draws(base + "-case")
+                for key, value in uninterrupted.items():
+                    np.testing.assert_array_equal(value, again[key], err_msg=f"{name} {fault} {key}")
+            else:
+                assert code == runner.EXIT_CHECKPOINT and os.path.basename(name) in err, (name, fault, code, err)
+            outcomes[(name, fault)] = code
+    assert any(code == 0 for code in outcomes.values()) and len(outcomes) == 4 * len(files)
