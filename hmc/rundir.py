@@ -509,6 +509,7 @@ class RunDirectory:
             return
         folder = self.checkpoint_dir
         os.makedirs(folder, exist_ok=True)
+        self._verify_one_chunk(folder, checkpoint)
         for phase, chunks in (("warmup", checkpoint.warmup_chunks), ("sample", checkpoint.sample_chunks)):
             for i in range(self._written_chunks[phase], len(chunks)):
                 _savez(os.path.join(folder, f"{phase}-{i:05d}.npz"), chunks[i])
@@ -516,6 +517,26 @@ class RunDirectory:
         meta = dict(checkpoint.meta, identity=dict(ident),
                     num_warmup_chunks=len(checkpoint.warmup_chunks), num_sample_chunks=len(checkpoint.sample_chunks))
         self._replace_state(folder, checkpoint.arrays, meta)
+
+    def _verify_one_chunk(self, folder: str, checkpoint: Checkpoint) -> None:
+        """Read back one chunk file already on disk, in rotation (one per save, so the cost
+        does not grow with the run), and rewrite it from memory if it is damaged: a chunk
+        the run still holds is never lost to a bad block."""
+        written = [(phase, i) for phase, chunks in (("warmup", checkpoint.warmup_chunks),
+                                                    ("sample", checkpoint.sample_chunks))
+                   for i in range(min(self._written_chunks[phase], len(chunks)))]
+        if not written:
+            return
+        self._cursor = getattr(self, "_cursor", -1) + 1
+        phase, i = written[self._cursor % len(written)]
+        path = os.path.join(folder, f"{phase}-{i:05d}.npz")
+        try:
+            _loadz(path)
+        except DamagedFile as err:
+            import logging
+
+            logging.getLogger("hmc").warning("%s; rewritten from the draws in memory", err)
+            _savez(path, (checkpoint.warmup_chunks if phase == "warmup" else checkpoint.sample_chunks)[i])
 
     def _replace_state(self, folder: str, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
         """Two generations: the new state is written beside the current one and read back;

@@ -285,3 +285,28 @@ def test_fault_campaign_on_every_file_of_a_stopped_run(tmp_path, monkeypatch, un
                 assert code == runner.EXIT_CHECKPOINT and os.path.basename(name) in err, (name, fault, code, err)
             outcomes[(name, fault)] = code
     assert any(code == 0 for code in outcomes.values()) and len(outcomes) == 4 * len(files)
+
+
+@pytest.mark.slow
+def test_a_chunk_damaged_while_the_run_holds_it_is_rewritten(tmp_path, monkeypatch, uninterrupted):
+    out = str(tmp_path / "bitrot")
+    path = _write(tmp_path, out)
+    original, calls = rundir._replace_atomically, [0]
+
+    def rot(target, tmp, fill):
+        calls[0] += 1
+        result = original(target, tmp, fill)
+        chunk = os.path.join(out, "checkpoint", "warmup-00000.npz")
+        if calls[0] == 3 and os.path.exists(chunk):
+            _damage(chunk, "flip")  # a bad block after the write
+        return result
+
+    monkeypatch.setattr(rundir, "_replace_atomically", rot)
+    monkeypatch.setattr(hmc.runner, "stop_on_signals", _stop_after(5))
+    assert runner.execute(config.load(path), str(tmp_path), progress=False) == runner.EXIT_STOPPED
+    monkeypatch.undo()
+    rundir._loadz(os.path.join(out, "checkpoint", "warmup-00000.npz"))  # verifies again
+    assert runner.execute(config.load(path), str(tmp_path), progress=False) == runner.EXIT_OK
+    again = _draws(out)
+    for key, value in uninterrupted.items():
+        np.testing.assert_array_equal(value, again[key], err_msg=key)
