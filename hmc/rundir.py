@@ -727,6 +727,32 @@ def write_draws(
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".nc")
     os.close(fd)
     _replace_atomically(path, tmp, lambda tmp: tree.to_netcdf(tmp, engine="h5netcdf"))
+    write_text(path + CHECKSUM_SUFFIX, f"{_file_digest(path)}  {os.path.basename(path)}\n")
+
+
+#: the manifest beside ``draws.nc``: its sha256, written after it (``sha256sum -c`` reads it)
+CHECKSUM_SUFFIX = ".sha256"
+
+
+def _file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_digest(path: str) -> None:
+    """:class:`DamagedFile` if ``path`` has a manifest (an older run's draws.nc has none)
+    and no longer matches it."""
+    manifest = path + CHECKSUM_SUFFIX
+    if not os.path.exists(manifest):
+        return
+    with open(manifest, errors="replace") as fh:
+        expected = fh.read().split()[:1]
+    if expected and expected[0] != _file_digest(path):
+        raise DamagedFile(path, f"checksum mismatch against {os.path.basename(manifest)}: its content changed "
+                                "after it was written")
 
 
 def _complex_back(variable: Any) -> np.ndarray:
@@ -741,7 +767,10 @@ def read_draws(path: str) -> dict[str, Any]:
     """``draws.nc`` back as numpy: ``draws``, ``stats``, ``warmup_stats``, ``exact`` and ``attrs``;
     :class:`DamagedFile` when it does not read."""
     try:
+        _check_digest(path)
         return _read_draws(path)
+    except DamagedFile:
+        raise
     except FileNotFoundError:
         raise DamagedFile(path, "missing") from None
     except (OSError, ValueError, KeyError) as err:

@@ -204,6 +204,7 @@ def _tfp_corpus():
     return tfp_corpus
 
 
+@pytest.mark.slow
 def test_tfp_distributions_as_priors_pass_preflight():
     """A bounded and a correlation prior (the default tier's share; every one in the slow
     tier): no finding at a random interior state. LKJ clips with

@@ -125,6 +125,9 @@ def test_a_finished_run_with_a_damaged_state_still_reports_its_draws(tmp_path, c
     assert cli.main(["summary", out]) == 0 and "verdict" in capsys.readouterr().out
     assert cli.main(["plot", out]) == 0
     capsys.readouterr()
+    _damage(os.path.join(out, "draws.nc"), "flip")  # a data byte: HDF5 alone reads it back
+    assert cli.main(["summary", out]) == runner.EXIT_CHECKPOINT
+    assert "checksum mismatch" in capsys.readouterr().err
     _damage(os.path.join(out, "draws.nc"), "truncate")
     assert cli.main(["summary", out]) == runner.EXIT_CHECKPOINT
     err = capsys.readouterr().err
