@@ -95,8 +95,7 @@ def matmul(a: ArrayLike, b: ArrayLike) -> Array:
     return jnp.matmul(a, b, precision=lax.Precision.HIGHEST)
 
 
-def _mm(a: Array, b: Array) -> Array:
-    return matmul(a, b)
+_mm = matmul
 
 
 def _trace(a: Array) -> Array:

@@ -146,21 +146,33 @@ def test_a_checksum_mismatch_is_named(tmp_path):
     assert json.loads(json.dumps(str(rundir.DamagedFile(path, "x"))))
 
 
+def _at_write(k, before=None, after=None, fail=None):
+    """A _replace_atomically that, at its ``k``-th call, runs ``before()``, fails the write
+    with ``fail`` (an OSError) or runs ``after()`` once it is done; returns it and its count."""
+    original = rundir._replace_atomically
+    calls = [0]
+
+    def hooked(path, tmp, fill):
+        calls[0] += 1
+        hit = calls[0] == k
+        if hit and before:
+            before()
+        if hit and fail is not None:
+            def fill(_tmp):
+                raise fail
+        result = original(path, tmp, fill)
+        if hit and after:
+            after()
+        return result
+
+    return hooked, calls
+
+
 def _disk_full_at(k):
     """A _replace_atomically whose ``k``-th call fails as a full disk does."""
     import errno
 
-    original = rundir._replace_atomically
-    calls = [0]
-
-    def flaky(path, tmp, fill):
-        calls[0] += 1
-        if calls[0] == k:
-            def fill(_tmp):
-                raise OSError(errno.ENOSPC, "No space left on device")
-        return original(path, tmp, fill)
-
-    return flaky, calls
+    return _at_write(k, fail=OSError(errno.ENOSPC, "No space left on device"))
 
 
 def _disk_full_case(tmp_path, monkeypatch, uninterrupted, capsys, k):
@@ -234,14 +246,7 @@ def test_a_run_directory_removed_mid_run_is_a_clear_error(tmp_path, monkeypatch,
 
     out = str(tmp_path / "vanishing")
     path = _write(tmp_path, out)
-    original, calls = rundir._replace_atomically, [0]
-
-    def vanish(target, tmp, fill):
-        calls[0] += 1
-        if calls[0] == 6:
-            shutil.rmtree(out)
-        return original(target, tmp, fill)
-
+    vanish, _ = _at_write(6, before=lambda: shutil.rmtree(out))
     monkeypatch.setattr(rundir, "_replace_atomically", vanish)
     assert cli.main(["run", path, "--no-progress"]) == 74
     err = capsys.readouterr().err
@@ -294,16 +299,8 @@ def test_fault_campaign_on_every_file_of_a_stopped_run(tmp_path, monkeypatch, un
 def test_a_chunk_damaged_while_the_run_holds_it_is_rewritten(tmp_path, monkeypatch, uninterrupted):
     out = str(tmp_path / "bitrot")
     path = _write(tmp_path, out)
-    original, calls = rundir._replace_atomically, [0]
-
-    def rot(target, tmp, fill):
-        calls[0] += 1
-        result = original(target, tmp, fill)
-        chunk = os.path.join(out, "checkpoint", "warmup-00000.npz")
-        if calls[0] == 3 and os.path.exists(chunk):
-            _damage(chunk, "flip")  # a bad block after the write
-        return result
-
+    chunk = os.path.join(out, "checkpoint", "warmup-00000.npz")
+    rot, _ = _at_write(3, after=lambda: _damage(chunk, "flip"))  # a bad block after the write of chunk 0
     monkeypatch.setattr(rundir, "_replace_atomically", rot)
     monkeypatch.setattr(hmc.runner, "stop_on_signals", _stop_after(5))
     assert runner.execute(config.load(path), str(tmp_path), progress=False) == runner.EXIT_STOPPED
