@@ -45,6 +45,19 @@ def _freeze(mapping: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
     return mapping
 
 
+def _lattice_axes(mapping: Mapping[str, Any] | None) -> dict[str, tuple[int, ...]]:
+    out = {}
+    for name, axes in dict(mapping or {}).items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"lattice_axes names must be non-empty strings, got {name!r}")
+        axes = (axes,) if isinstance(axes, int) else tuple(axes)
+        if not axes or any(isinstance(a, bool) or not isinstance(a, int) or a < 0 for a in axes) \
+                or len(set(axes)) != len(axes):
+            raise ValueError(f"lattice_axes[{name!r}] must be distinct non-negative axes, got {axes!r}")
+        out[name] = axes
+    return out
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Potential:
     """A potential energy written as a sum of named terms.
@@ -109,7 +122,21 @@ class Potential:
     symmetries
         Optional ``name -> transform(key, q) -> q'``: exact symmetries of every term (a gauge
         transformation). Preflight evaluates each term at a few random transforms of the
-        initial state and reports a term that changes as ``symmetry_broken``.
+        initial state and reports a term that changes as ``symmetry_broken``. With
+        auxiliary fields the transform receives the state extended by them (drawn by their
+        heat bath at the state) and must transform them too (a gauge transformation rotates
+        a pseudofermion field at every site).
+    properties
+        Optional ``name -> check(key, q) -> {term: violation}``: declared properties of the
+        terms' operators (``gamma5_hermiticity`` of a Dirac operator), each returning per term
+        a relative violation that is rounding when the property holds. ``q`` is the state
+        extended by its auxiliary fields. Preflight reports a violation beyond rounding as
+        ``property_broken``, naming the term.
+    lattice_axes
+        Optional ``leaf name -> axes``: the lattice axes of a top-level leaf of a dict state
+        or of an auxiliary field, counted without the chain axis (``{"U": (1, 2, 3, 4)}`` for
+        links ``(d, *shape, N, N)``). ``sample(mesh={"chain": c, "lattice": k})`` splits each
+        such leaf over ``k`` devices along the first axis listed (see :mod:`hmc.lattice`).
     embedding
         Optional ``e(q) -> array``: a map of the state into a Euclidean space in which
         ``trajectory_length="auto"`` measures how far a trajectory went (default: the
@@ -138,6 +165,8 @@ class Potential:
     groups: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     kind: str = "physics"
     symmetries: Mapping[str, Callable[[Array, PyTree], PyTree]] = dataclasses.field(default_factory=dict)
+    properties: Mapping[str, Callable[[Array, PyTree], Mapping[str, Array]]] = dataclasses.field(default_factory=dict)
+    lattice_axes: Mapping[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_numpyro(cls, model: Callable[..., Any], *args: Any, init_strategy: Any = None,
@@ -211,6 +240,8 @@ class Potential:
         if self.kind not in KINDS:
             raise ValueError(f"Potential.kind must be one of {KINDS}, got {self.kind!r}")
         object.__setattr__(self, "symmetries", _freeze(self.symmetries, "symmetry"))
+        object.__setattr__(self, "properties", _freeze(self.properties, "property"))
+        object.__setattr__(self, "lattice_axes", _lattice_axes(self.lattice_axes))
         if self.groups:
             from hmc import groups as _groups
 

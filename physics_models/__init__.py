@@ -16,6 +16,7 @@ from physics_models.lattice import phi4
 from physics_models.oscillators import anharmonic_oscillator, classical_double_well, double_well, harmonic_oscillator
 from physics_models.particles import lennard_jones, quench
 from physics_models.fermions import schwinger
+from physics_models.qcd import qcd
 from physics_models.statistical import funnel, gaussian, gaussian_covariance, rosenbrock
 from physics_models.yang_mills import yang_mills
 
@@ -32,6 +33,7 @@ REGISTRY: dict[str, Callable[..., Potential]] = {
     "lennard_jones": lennard_jones,
     "schwinger": schwinger,
     "yang_mills": yang_mills,
+    "qcd": qcd,
 }
 
 
@@ -64,6 +66,7 @@ __all__ = [
     "parameters",
     "schwinger",
     "phi4",
+    "qcd",
     "quench",
     "rosenbrock",
     "u1_gauge",

@@ -19,6 +19,7 @@ EVENT_KINDS = (
     "solver_not_converged",
     "symmetry_broken",
     "off_group",
+    "property_broken",
 )
 PHASES = ("preflight", "warmup", "sampling")
 POLICIES = ("reject", "halt", "off")

@@ -31,15 +31,30 @@ def _relative(before: float, after: float, scale: float) -> float:
     return abs(after - before) / max(abs(before), scale, 1.0)
 
 
-def symmetry_events(potential: Any, position: Any, chain: int = 0, seed: int = 0) -> list[GuardEvent]:
-    """One ``symmetry_broken`` event per term and symmetry whose energy at a random transform
-    of ``position`` differs from its energy at ``position`` beyond rounding."""
-    if not potential.symmetries:
-        return []
+def _tolerance(position: Any) -> tuple[float, float]:
+    """``(rounding tolerance, number of state elements)`` at the state's precision."""
     leaves = jax.tree_util.tree_leaves(position)
     size = float(sum(np.size(x) for x in leaves))
     width = max(jnp.finfo(jnp.real(jnp.zeros((), jnp.asarray(x).dtype)).dtype).bits // 8 for x in leaves)
-    tolerance = TOLERANCE.get(width, 1e-4)
+    return TOLERANCE.get(width, 1e-4), size
+
+
+def extended(potential: Any, position: Any, seed: int = 0) -> Any:
+    """``position`` with its auxiliary fields drawn by their heat bath at ``position`` (a
+    fixed key): what a symmetry transform and a property check see."""
+    if not potential.auxiliary:
+        return position
+    return {**position, **potential.refresh(jax.random.key(seed), position)}
+
+
+def symmetry_events(potential: Any, position: Any, chain: int = 0, seed: int = 0) -> list[GuardEvent]:
+    """One ``symmetry_broken`` event per term and symmetry whose energy at a random transform
+    of ``position`` differs from its energy at ``position`` beyond rounding. With auxiliary
+    fields, ``position`` is extended by them (:func:`extended`) and the transform moves them."""
+    if not potential.symmetries:
+        return []
+    position = extended(potential, position, seed)
+    tolerance, size = _tolerance(position)
     terms = potential.state_terms()
     energies = jax.jit(lambda q: {name: fn(q) for name, fn in terms.items()})
     before = {k: float(v) for k, v in energies(position).items()}
@@ -68,8 +83,33 @@ def _event(term: str, symmetry: str, energy: float, delta: float, change: float,
                  "look for a missing dagger, a link in the wrong orientation or a staple in the wrong direction"))
 
 
+def property_events(potential: Any, position: Any, chain: int = 0, seed: int = 0) -> list[GuardEvent]:
+    """One ``property_broken`` event per declared property and term whose violation at
+    ``position`` (extended by its auxiliary fields) exceeds rounding."""
+    if not potential.properties:
+        return []
+    position = extended(potential, position, seed)
+    tolerance, _ = _tolerance(position)
+    events = []
+    for p, (name, check_fn) in enumerate(potential.properties.items()):
+        key = jax.random.fold_in(jax.random.key(seed + 1), p)
+        violations = jax.jit(check_fn)(key, position)
+        for term, value in violations.items():
+            value = float(value)
+            if not value <= tolerance:
+                events.append(GuardEvent(
+                    kind="property_broken", phase="preflight", term=term, chain=chain, action="refused",
+                    message=(f"term {term!r} breaks its declared property {name!r}: relative violation {value:.3g} "
+                             f"on a random field (rounding explains {tolerance:.0e}); for gamma5_hermiticity look "
+                             "for a missing dagger or a wrong sign in the hopping term")))
+    return events
+
+
 def check(potential: Any, positions: Any, chains: Sequence[int], findings: Any) -> None:
-    """Add the symmetry findings on the first state of a batch to a preflight's findings."""
+    """Add the symmetry and property findings on the first state of a batch to a preflight's
+    findings."""
     first = jax.tree_util.tree_map(lambda x: x[0], positions)
     for event in symmetry_events(potential, first, chain=int(chains[0])):
+        findings.add(event)
+    for event in property_events(potential, first, chain=int(chains[0])):
         findings.add(event)
