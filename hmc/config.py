@@ -139,6 +139,17 @@ class RunSection(_Section):
     devices: Literal["auto"] | PositiveInt = "auto"
     distributed: Literal["auto"] | bool = "auto"
     strict: bool = False  # exit 6 when the run finishes with a verdict that is not clean
+    # {chain: c, lattice: k}: each chain's lattice split over k devices (hmc.sample(mesh=...))
+    mesh: dict[Literal["chain", "lattice"], PositiveInt] | None = None
+
+    @model_validator(mode="after")
+    def _mesh_fits_devices(self) -> RunSection:
+        if self.mesh is not None:
+            total = self.mesh.get("chain", 1) * self.mesh.get("lattice", 1)
+            if self.devices not in ("auto", total):
+                raise ValueError(f"run.mesh {self.mesh} spans {total} device(s), but run.devices is {self.devices} "
+                                 f"(use devices: auto or {total})")
+        return self
 
 
 class OutputConfig(_Section):
@@ -526,4 +537,5 @@ def sample_kwargs(config: RunConfig) -> dict[str, Any]:
         chunk_size=r.chunk_size,
         precision=r.precision,
         devices=r.devices,
+        **({} if r.mesh is None else {"mesh": dict(r.mesh)}),
     )

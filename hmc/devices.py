@@ -1,11 +1,13 @@
-"""Where the chains live: the devices the chain axis is sharded over, placing arrays
-there, reading them back on the host, and a mean over chains that rounds the same on
-any number of devices."""
+"""Where the chains live: the devices the chain axis is sharded over (and, with a
+lattice mesh, the devices that share one lattice), placing arrays there, reading them
+back on the host, and a mean over chains that rounds the same on any number of devices."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -90,18 +92,105 @@ def shard(devices: list[Any], states: Any, chain_keys: Any, adapt_state: Any, po
     by_chain = NamedSharding(mesh, PartitionSpec("chain"))
     replicated = NamedSharding(mesh, PartitionSpec())
 
-    def put_one(x: Any, sharding: Any) -> Any:
-        if jax.process_count() == 1:
-            return jax.device_put(x, sharding)
-        # every process holds the same full value; each places the shards its devices own
-        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            data = np.asarray(jax.random.key_data(x))
-            global_data = jax.make_array_from_callback(data.shape, sharding, lambda idx: data[idx])
-            return jax.jit(jax.random.wrap_key_data, out_shardings=sharding)(global_data)
-        value = np.asarray(x)
-        return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
-
     def put(tree: Any, sharding: Any) -> Any:
-        return jax.tree_util.tree_map(lambda x: put_one(x, sharding), tree)
+        return jax.tree_util.tree_map(lambda x: _put(x, sharding), tree)
 
     return put(states, by_chain), put(chain_keys, by_chain), put(adapt_state, replicated if pooled else by_chain)
+
+
+def _put(x: Any, sharding: Any) -> Any:
+    """``x`` placed by ``sharding``; with several processes every process holds the same
+    full value, and each places the shards its devices own."""
+    if jax.process_count() == 1:
+        return jax.device_put(x, sharding)
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = np.asarray(jax.random.key_data(x))
+        global_data = jax.make_array_from_callback(data.shape, sharding, lambda idx: data[idx])
+        return jax.jit(jax.random.wrap_key_data, out_shardings=sharding)(global_data)
+    value = np.asarray(x)
+    return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
+
+
+# -- one lattice over several devices (``sample(mesh={"chain": c, "lattice": k})``) -------
+MESH_AXES = ("chain", "lattice")
+
+
+class Layout(NamedTuple):
+    """Where a run lives: its devices, ``lattice`` of them sharing each chain's lattice
+    (a ``(len(devices) // lattice, lattice)`` mesh, devices in order along ``lattice``
+    first, so the devices of one lattice are neighbours: one node's, where they fit)."""
+
+    devices: list[Any]
+    lattice: int = 1
+
+    @property
+    def chain(self) -> int:
+        return len(self.devices) // self.lattice
+
+    def mesh(self) -> Any:
+        """The ``("chain", "lattice")`` mesh."""
+        from jax.sharding import Mesh
+
+        return Mesh(np.array(self.devices).reshape(self.chain, self.lattice), MESH_AXES)
+
+    def context(self) -> Any:
+        """Where the chunk programs run and are traced: under ``jax.set_mesh`` of :meth:`mesh`
+        with a lattice split (:func:`hmc.rng.normal` then draws elementwise), else nothing."""
+        return jax.set_mesh(self.mesh()) if self.lattice > 1 else contextlib.nullcontext()
+
+
+def check_mesh(mesh: Mapping[str, Any]) -> dict[str, int]:
+    """``mesh`` as ``{"chain": c, "lattice": k}`` (an absent axis is 1), or a ValueError."""
+    if not isinstance(mesh, Mapping):
+        raise ValueError(f"mesh must be a mapping like {{'chain': 2, 'lattice': 4}}, got {mesh!r}")
+    unknown = sorted(set(mesh) - set(MESH_AXES))
+    if unknown:
+        raise ValueError(f"mesh axes are {list(MESH_AXES)}, got unknown {unknown}")
+    sizes = {axis: mesh.get(axis, 1) for axis in MESH_AXES}
+    for axis, size in sizes.items():
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+            raise ValueError(f"mesh {axis} must be a positive integer, got {size!r}")
+    return {axis: int(size) for axis, size in sizes.items()}
+
+
+def resolve_layout(mesh: Mapping[str, Any] | None, devices: int | str | None, num_chains: int) -> Layout:
+    """The devices of ``sample(devices=..., mesh=...)``. Without a mesh, or with
+    ``{"chain": n}``: the chain axis alone, exactly as :func:`resolve_devices`. With
+    ``{"chain": c, "lattice": k}``: ``c * k`` devices (all of them with several processes);
+    ``devices`` may be ``None``, ``"auto"`` or ``c * k``, and ``num_chains`` a multiple of ``c``."""
+    if mesh is None:
+        return Layout(resolve_devices(devices, num_chains))
+    sizes = check_mesh(mesh)
+    total = sizes["chain"] * sizes["lattice"]
+    if devices not in (None, "auto", total):
+        raise ValueError(f"mesh {sizes} spans {total} device(s), but devices={devices!r}")
+    if sizes["lattice"] == 1:
+        return Layout(resolve_devices(total, num_chains))
+    if num_chains % sizes["chain"]:
+        raise ValueError(f"num_chains={num_chains} is not a multiple of mesh chain={sizes['chain']}")
+    everywhere = jax.devices() if jax.process_count() > 1 else jax.local_devices()
+    if (jax.process_count() > 1 and total != len(everywhere)) or total > len(everywhere):
+        raise ValueError(f"mesh {sizes} needs {total} devices, and {jax.process_count()} process(es) see "
+                         f"{len(everywhere)}")
+    return Layout(list(everywhere[:total]), sizes["lattice"])
+
+
+def place(layout: Layout, potential: Any, states: Any, chain_keys: Any, adapt_state: Any, pooled: bool) -> tuple:
+    """Chain states on a ``(chain, lattice)`` mesh: a leaf of a lattice field (a position,
+    momentum, gradient or auxiliary leaf named in ``potential.lattice_axes``) split along
+    the chain axis and its lattice axis (:func:`hmc.lattice.split_axes`), any other leaf
+    along the chain axis only; keys by chain; a pooled adaptation state replicated."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from hmc import lattice as _lattice
+
+    mesh = layout.mesh()
+    split = _lattice.split_axes(potential.lattice_axes, _lattice.field_shapes(states), layout.lattice)
+
+    def sharding(path: Any, x: Any) -> Any:
+        return NamedSharding(mesh, _lattice.partition_spec(path, np.ndim(x), split))
+
+    by_chain, replicated = NamedSharding(mesh, PartitionSpec("chain")), NamedSharding(mesh, PartitionSpec())
+    states = jax.tree_util.tree_map_with_path(lambda path, x: _put(x, sharding(path, x)), states)
+    put = lambda tree, where: jax.tree_util.tree_map(lambda x: _put(x, where), tree)  # noqa: E731
+    return states, put(chain_keys, by_chain), put(adapt_state, replicated if pooled else by_chain)

@@ -112,6 +112,26 @@ def uniform(key: Array, dtype: Any, minval: float = 0.0, maxval: float = 1.0) ->
     return jnp.maximum(lo, _unit_interval(bits, dtype) * (hi - lo) + lo)
 
 
+def _lattice_split() -> bool:
+    """Whether a program is traced under a mesh that splits lattices (``jax.set_mesh`` of
+    :func:`hmc.devices.place`'s mesh, around the lattice-mesh chunk programs)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return not mesh.empty and dict(mesh.shape).get("lattice", 1) > 1
+
+
+def _local_words(key: Array, size: int, dtype: Any) -> Array:
+    """The random words of :func:`normal`, one per element, computed elementwise (a float32
+    block twice): no element needs another element's block, so a lattice split over devices
+    draws its momentum without gathering (the concatenation of :func:`normal` would)."""
+    if dtype == jnp.float64:  # element i: words i and size + i, both of block i
+        y0, y1 = threefry2x32(_data(key), 0, jnp.arange(size, dtype=jnp.uint32))
+        return (y0.astype(jnp.uint64) << np.uint64(32)) | y1.astype(jnp.uint64)
+    half = (size + 1) // 2
+    i = jnp.arange(size, dtype=jnp.uint32)
+    y0, y1 = threefry2x32(_data(key), 0, jnp.where(i < half, i, i - half))
+    return jnp.where(i < half, y0, y1)
+
+
 def normal(key: Array, shape: tuple[int, ...], dtype: Any) -> Array:
     """Standard normal draws ``sqrt(2) erfinv(u)``, ``u`` uniform on (-1, 1) (the
     transform of ``jax.random.normal``), with both words of every threefry block used.
@@ -128,11 +148,13 @@ def normal(key: Array, shape: tuple[int, ...], dtype: Any) -> Array:
     words = size if dtype == jnp.float32 else 2 * size
     if words >= 2**32:
         raise ValueError(f"a momentum leaf of {size} elements is too large for one key")
-    half = (words + 1) // 2
-    y0, y1 = threefry2x32(_data(key), 0, jnp.arange(half, dtype=jnp.uint32))
-    bits = jnp.concatenate([y0, y1])[:words]
-    if dtype == jnp.float64:
-        bits = (bits[:size].astype(jnp.uint64) << np.uint64(32)) | bits[size:].astype(jnp.uint64)
+    bits = _local_words(key, size, dtype) if _lattice_split() else None
+    if bits is None:
+        half = (words + 1) // 2
+        y0, y1 = threefry2x32(_data(key), 0, jnp.arange(half, dtype=jnp.uint32))
+        bits = jnp.concatenate([y0, y1])[:words]
+        if dtype == jnp.float64:
+            bits = (bits[:size].astype(jnp.uint64) << np.uint64(32)) | bits[size:].astype(jnp.uint64)
     # [0, 1) -> [-1, 1), then off the pole at -1
     above_minus_one = jnp.nextafter(jnp.asarray(-1.0, dtype), jnp.asarray(0.0, dtype))
     u = jnp.maximum(2.0 * _unit_interval(bits, dtype) - 1.0, above_minus_one)

@@ -353,22 +353,25 @@ def versions() -> dict[str, str]:
             "numpyro": numpyro.__version__}
 
 
-def device_layout(devices: Any = "auto", num_chains: int = 1) -> dict[str, Any]:
-    """The devices this process samples on (``run.devices`` resolved for ``num_chains``)."""
+def device_layout(devices: Any = "auto", num_chains: int = 1, mesh: Any = None) -> dict[str, Any]:
+    """The devices this process samples on (``run.devices`` and ``run.mesh`` resolved for
+    ``num_chains``); with a lattice mesh, also the mesh."""
     import jax
 
-    from hmc.devices import resolve_devices
+    from hmc.devices import resolve_layout
 
-    used = resolve_devices(devices, num_chains)
+    layout = resolve_layout(mesh, devices, num_chains)
+    used = layout.devices
     return {"platform": used[0].platform, "device_kind": used[0].device_kind, "num_devices": len(used),
-            "process_count": jax.process_count()}
+            "process_count": jax.process_count(),
+            **({"mesh": {"chain": layout.chain, "lattice": layout.lattice}} if layout.lattice > 1 else {})}
 
 
 # Keys added since the first checkpoints were written, with the value that an older
 # checkpoint (which lacks them) ran with.
 _ADDED_KEYS = {"sampler.kernel": "hmc", "sampler.persistence": None, "sampler.max_num_steps": 1000,
                "sampler.timescales": None, "sampler.tempering": None, "sampler.max_tree_depth": None,
-               "model.kind": "potential", "model.init_strategy": "uniform"}
+               "model.kind": "potential", "model.init_strategy": "uniform", "run.mesh": None}
 
 # Keys that may change between a run and its resumption without changing a single draw.
 _RESUMABLE_CHANGES = ("output.dir", "run.checkpoint_every", "run.strict")
@@ -402,7 +405,8 @@ def identity(config_dict: Mapping[str, Any]) -> dict[str, Any]:
         "precision": config_dict.get("run", {}).get("precision"),
         "x64": bool(jax.config.read("jax_enable_x64")),
         "devices": device_layout(config_dict.get("run", {}).get("devices", "auto"),
-                                 config_dict.get("sampler", {}).get("num_chains", 1)),
+                                 config_dict.get("sampler", {}).get("num_chains", 1),
+                                 config_dict.get("run", {}).get("mesh")),
     }
 
 

@@ -93,7 +93,8 @@ def execute(cfg: _config.RunConfig, config_dir: str | None, out: TextIO | None =
     try:
         ident = _rundir.identity(data)
     except ValueError as err:  # the device count does not fit
-        raise _config.ConfigError([f"run.devices: {err}"]) from None
+        raise _config.ConfigError([f"{'run.devices' if cfg.run.mesh is None else 'run.mesh'}: {err}"]) from None
+    _check_lattice_split(cfg, potential)
     if _rundir.is_writer():
         _rundir.check_writable(run_dir.path)  # before any sampling: an unwritable output fails now
     with _rundir.exclusive(run_dir.path):
@@ -272,6 +273,26 @@ def _any_process(value: bool) -> bool:
     from jax.experimental import multihost_utils
 
     return bool(np.any(multihost_utils.process_allgather(np.array([value]))))
+
+
+def _check_lattice_split(cfg: _config.RunConfig, potential: Any) -> None:
+    """With a lattice mesh, every lattice leaf of the model splits evenly (before any sampling)."""
+    lattice = (cfg.run.mesh or {}).get("lattice", 1)
+    if lattice == 1:
+        return
+    import jax
+
+    from hmc import lattice as _lattice
+
+    position = jax.eval_shape(potential.init, jax.random.key(0))
+    fields = jax.eval_shape(potential.refresh, jax.random.key(0), position) if potential.auxiliary else {}
+    shapes = {name: tuple(x.shape) for name, x in zip(potential.leaf_names(position),
+                                                       jax.tree_util.tree_leaves(position))}
+    shapes.update({name: tuple(x.shape) for name, x in fields.items()})
+    try:
+        _lattice.split_axes(potential.lattice_axes, shapes, lattice)
+    except ValueError as err:
+        raise _config.ConfigError([f"run.mesh: {err}"]) from None
 
 
 def start_distributed(cfg: _config.RunConfig) -> bool:

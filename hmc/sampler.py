@@ -95,6 +95,9 @@ class ChunkEnd:
     record: dict[str, Any]
     snapshot: Callable[[], Checkpoint]
     events: list[_guard.GuardEvent]
+    compiled_text: Callable[[], str] | None = None
+    """The chunk's program as compiled (partitioned) HLO text, for
+    :func:`hmc.lattice.traffic`: what the chunk sent between devices."""
 
 
 def sample(
@@ -135,6 +138,7 @@ def sample(
     resume: Checkpoint | None = None,
     on_chunk: Callable[[ChunkEnd], bool | None] | None = None,
     devices: int | str | None = None,
+    mesh: Mapping[str, int] | None = None,
 ) -> SampleResult:
     """Sample ``exp(-U)`` with HMC on ``num_chains`` chains at once.
 
@@ -261,6 +265,13 @@ def sample(
         local devices (as many as divide ``num_chains``); an integer ``n``: over
         the first ``n`` local devices (``num_chains`` must be a multiple of ``n``).
         Pooled adaptation then averages over all chains across devices.
+    mesh
+        ``None`` or ``{"chain": n}``: the chain axis alone, as ``devices``. ``{"chain": c,
+        "lattice": k}``: ``c * k`` devices, each chain's lattice split over ``k`` of them along
+        the first of its ``potential.lattice_axes`` (:mod:`hmc.lattice`, :func:`hmc.devices.place`);
+        ``num_chains`` a multiple of ``c``. Draws agree with one device's to rounding: fields,
+        forces and random streams are the same bit for bit, sums over sites (energies, the
+        Metropolis test, observables) add in another order.
     on_chunk
         Called after every chunk with a :class:`ChunkEnd` (a log record and a
         ``snapshot()`` that returns a :class:`Checkpoint`); returning ``True``
@@ -298,10 +309,10 @@ def sample(
         precision=precision, devices=devices)
     if getattr(settings.kernel, "timescales", None):
         settings.kernel.split(potential)  # every term on exactly one level, or a clear error
-    mesh = resolve_devices(devices, num_chains)
+    layout = _devices.resolve_layout(mesh, devices, num_chains)
     begin = _initial.start(potential, settings, init_positions, record, inverse_mass_matrix, resume)
     program = Program.of(settings, begin.mass_matrix, begin.names, begin.record)
-    run = _Run(potential, settings, program, begin, mesh, resume, on_chunk)
+    run = _Run(potential, settings, program, begin, layout, resume, on_chunk)
     with run.progress_bar(progress):
         run.warmup()
         run.sampling()
@@ -318,12 +329,14 @@ class _Run:
     counters, chain and adaptation states, outputs so far) and the guard's monitor, chunk by chunk."""
 
     def __init__(self, potential: Potential, settings: Settings, program: Program, begin: _initial.Start,
-                 mesh: list, resume: Checkpoint | None, on_chunk: Callable | None):
+                 layout: _devices.Layout, resume: Checkpoint | None, on_chunk: Callable | None):
         self.potential, self.settings, self.program, self.begin = potential, settings, program, begin
-        self.mesh, self.on_chunk = mesh, on_chunk
+        self.mesh, self.layout, self.on_chunk = layout.devices, layout, on_chunk
         states, keys, adapt_state = begin.states, begin.chain_keys, begin.adapt_state
-        if len(mesh) > 1:
-            states, keys, adapt_state = _devices.shard(mesh, states, keys, adapt_state, settings.pooled)
+        if layout.lattice > 1:
+            states, keys, adapt_state = _devices.place(layout, potential, states, keys, adapt_state, settings.pooled)
+        elif len(self.mesh) > 1:
+            states, keys, adapt_state = _devices.shard(self.mesh, states, keys, adapt_state, settings.pooled)
         self.chain_keys = keys
         self.loop = LoopState.begin(states, adapt_state, resume)
         self.counters = self.loop.counters
@@ -387,10 +400,17 @@ class _Run:
     def _chunk(self, phase: str, args: tuple, n: int) -> tuple[tuple, float]:
         """One chunk, re-run with the replay if a transition of it tripped; its outputs kept."""
         t0 = time.perf_counter()
-        results = self._program(phase, False)(*args)
+        program = self._program(phase, False)
+        with self.layout.context():
+            results = program(*args)
+        # abstract arguments (shapes, dtypes, shardings) to lower the program again on request
+        abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+                                          if isinstance(x, jax.Array) else x, args)
+        self.compiled_text = lambda: _compiled_text(self.layout, program, abstract)
         out = {k: v[:n] for k, v in _devices.host(results[-1]).items()}
         if self.lazy_replay and np.any(out[_tripped_key(phase)]):
-            results = self._program(phase, True)(*args)
+            with self.layout.context():
+                results = self._program(phase, True)(*args)
             out = {k: v[:n] for k, v in _devices.host(results[-1]).items()}
         (self.loop.warmup_chunks if phase == "warmup" else self.loop.sample_chunks).append(out)
         return (*results[:-1], out), time.perf_counter() - t0
@@ -417,7 +437,8 @@ class _Run:
         c.halted, c.halt_reason = reason is not None, reason
         if self.on_chunk is not None:
             record = self._record(phase, out, n_traj, new, len(self.events) - events_before, seconds)
-            if self.on_chunk(ChunkEnd(record=record, snapshot=self.snapshot, events=self.events)):
+            if self.on_chunk(ChunkEnd(record=record, snapshot=self.snapshot, events=self.events,
+                                      compiled_text=self.compiled_text)):
                 self.stopped = True
 
     def _note_capped(self, phase: str, out: dict) -> None:
@@ -544,9 +565,16 @@ class _Run:
                   "adapt": kernel.adapt, "initial_ladder": kernel.initial_ladder.tolist()},
             mass_matrix=self.program.mass_matrix, adaptation=s.adaptation, target_accept=s.target_accept,
             thin=s.thin, guard=s.guard, devices=len(self.mesh), dtype=np.dtype(self.begin.dtype).name,
+            **({"mesh": {"chain": self.layout.chain, "lattice": self.layout.lattice}} if self.layout.lattice > 1
+               else {}),
             observables=list(self.potential.observables), record=list(self.begin.record),
             leaves=self.begin.names,
         )
+
+
+def _compiled_text(layout: _devices.Layout, program: Callable, arguments: tuple) -> str:
+    with layout.context():
+        return program.lower(*arguments).compile().as_text()
 
 
 def _tripped_key(phase: str) -> str:

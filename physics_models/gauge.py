@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hmc.lattice import shift
 from hmc.potential import Potential
 from physics_models import exact as _exact
 
@@ -13,7 +14,7 @@ from physics_models import exact as _exact
 def plaquette_angles(theta: jax.Array) -> jax.Array:
     """``theta_p(x) = theta_0(x) + theta_1(x + 0) - theta_0(x + 1) - theta_1(x)`` for links ``(2, L, L)``."""
     t0, t1 = theta[0], theta[1]
-    return t0 + jnp.roll(t1, -1, axis=0) - jnp.roll(t0, -1, axis=1) - t1
+    return t0 + shift(t1, 0) - shift(t0, 1) - t1
 
 
 def wrap(angle: jax.Array) -> jax.Array:
@@ -78,6 +79,7 @@ def u1_gauge(L: int = 8, beta: float = 2.0) -> Potential:
             "topological_susceptibility": _exact.u1_topological_susceptibility(beta, volume),
         },
         name="u1_gauge",
+        lattice_axes={"theta": (1, 2)},  # (direction, x, y): a lattice mesh splits x
         # link angles wrap: trajectory_length="auto" measures their moves on the circle
         embedding=lambda q: jnp.stack([jnp.cos(q["theta"]), jnp.sin(q["theta"])]),
     )

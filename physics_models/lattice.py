@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hmc.lattice import shift
 from hmc.potential import Potential
 from physics_models import exact as _exact
 
@@ -61,7 +62,7 @@ def phi4(shape: Sequence[int] = (16, 16), m2: float = -4.0, lam: float = 8.0, st
 
     def kinetic(q):
         phi = q["phi"]
-        return sum(jnp.sum((jnp.roll(phi, -1, axis=mu) - phi) ** 2) for mu in axes)
+        return sum(jnp.sum((shift(phi, mu) - phi) ** 2) for mu in axes)
 
     def mass(q):
         return m2 * jnp.sum(q["phi"] ** 2)
@@ -108,4 +109,5 @@ def phi4(shape: Sequence[int] = (16, 16), m2: float = -4.0, lam: float = 8.0, st
         derived={"susceptibility": susceptibility, "binder_cumulant": binder_cumulant},
         exact=exact,
         name="phi4",
+        lattice_axes={"phi": axes},  # a lattice mesh splits the first
     )

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hmc import lattice as _lattice
 from hmc.groups import matmul as mm
 from hmc.potential import Potential
 from physics_models import exact_gauge as _exact_gauge
@@ -41,8 +42,9 @@ def dagger(u: jax.Array) -> jax.Array:
 
 
 def shift(field: jax.Array, axis: int, steps: int = 1) -> jax.Array:
-    """The field at ``x + steps * axis`` (periodic), for a field of shape ``(*shape, ...)``."""
-    return jnp.roll(field, -steps, axis=axis)
+    """The field at ``x + steps * axis`` (periodic), for a field of shape ``(*shape, ...)``:
+    :func:`hmc.lattice.shift`, a halo exchange where a lattice mesh splits ``axis``."""
+    return _lattice.shift(field, axis, steps)
 
 
 def shift_each(stack: jax.Array, steps: int = 1) -> jax.Array:
@@ -376,4 +378,5 @@ def yang_mills(group: str | Group = "SU(3)", shape: Sequence[int] = (4, 4, 4, 4)
         name="yang_mills",
         groups={"U": grp},
         symmetries={"gauge": gauge_symmetry(grp, shape)},
+        lattice_axes={"U": tuple(range(1, len(shape) + 1))},  # (mu, x, y, z, t, N, N): a lattice mesh splits x
     )

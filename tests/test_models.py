@@ -71,7 +71,7 @@ def test_statistical_references():
 def test_registry_lists_every_model_with_parameters():
     assert set(physics_models.REGISTRY) == {
         "gaussian", "funnel", "rosenbrock", "harmonic_oscillator", "anharmonic_oscillator", "double_well",
-        "classical_double_well", "phi4", "u1_gauge", "lennard_jones", "schwinger", "yang_mills",
+        "classical_double_well", "phi4", "u1_gauge", "lennard_jones", "schwinger", "yang_mills", "qcd",
     }
     params = physics_models.parameters("phi4")
     assert set(params) >= {"shape", "m2", "lam"}
