@@ -376,13 +376,17 @@ STUCK_ACCEPTANCE = 0.25  # a chain accepting less than this share of the median 
 
 def tail_ess(x: np.ndarray) -> np.ndarray:
     """Tail ESS of ``(chain, draw, ...)`` draws: the smaller ESS of the indicators of the
-    5 % and 95 % quantiles (Vehtari et al. 2021)."""
+    5 % and 95 % quantiles (Vehtari et al. 2021). A quantile that does not split the draws
+    (a discrete observable, such as a solver's iteration count, whose 5 % quantile is its
+    minimum and whose 95 % quantile its maximum) has no tail to estimate: inf there."""
     x = np.asarray(x, np.float64)
     flat = x.reshape(-1, *x.shape[2:])
     out = None
     for q in (0.05, 0.95):
         cut = np.quantile(flat, q, axis=0)
-        e = ess((x <= cut).astype(np.float64))
+        indicator = (x <= cut).astype(np.float64)
+        share = indicator.reshape(-1, *x.shape[2:]).mean(axis=0)
+        e = np.where((share > 0) & (share < 1), ess(indicator), np.inf)
         out = e if out is None else np.minimum(out, e)
     return out
 

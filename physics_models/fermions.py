@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hmc.guard.attribution import unhealthy_is_nan
+from hmc.lattice import shift
 from hmc.potential import Potential
 from physics_models import exact as _exact
 from physics_models.gauge import plaquette_angles, wrap
@@ -57,12 +58,12 @@ def dirac(theta: jax.Array, psi: jax.Array, mass: float) -> jax.Array:
     backward_sign = jnp.asarray(np.where(np.arange(L) == 0, -1.0, 1.0))[:, None, None]
     out = (mass + 2.0) * psi
     for mu in (0, 1):
-        forward = jnp.roll(psi, -1, axis=mu)
-        backward = jnp.roll(psi, 1, axis=mu)
+        forward = shift(psi, mu, 1)
+        backward = shift(psi, mu, -1)
         if mu == 0:  # antiperiodic in time
             forward, backward = forward * forward_sign, backward * backward_sign
         hop_forward = u[mu][..., None] * forward
-        hop_backward = jnp.conj(jnp.roll(u[mu], 1, axis=mu))[..., None] * backward
+        hop_backward = jnp.conj(shift(u[mu], mu, -1))[..., None] * backward
         out = out - 0.5 * ((hop_forward - _gamma(mu, hop_forward)) + (hop_backward + _gamma(mu, hop_backward)))
     return out
 
@@ -380,4 +381,5 @@ def schwinger(L: int = 8, beta: float = 2.0, mass: float = 0.1, n_flavors: int =
         exact["plaquette"] = _exact.u1_plaquette(beta, volume)
     return Potential(terms=terms, init=init, observables=observables, exact=exact, name="schwinger",
                      auxiliary=auxiliary, health=health,
+                     lattice_axes={name: (1, 2) for name in ("theta", *auxiliary)},  # time (axis 0 of x) first
                      embedding=lambda q: jnp.stack([jnp.cos(q["theta"]), jnp.sin(q["theta"])]))

@@ -259,7 +259,10 @@ def condensate_noise(shape: tuple[int, ...], spins: int, n: int, n_noise: int) -
     return np.random.default_rng(20261206).choice([-1.0, 1.0], size=(n_noise, *shape, spins, n))
 
 
-def _observables(op: _w.Wilson | None, n_noise: int, tol: float, maxiter: int) -> dict:
+MEASURE = ("condensate", "pion")
+
+
+def _observables(op: _w.Wilson | None, n_noise: int, tol: float, maxiter: int, measure: Sequence[str]) -> dict:
     observables = {"plaquette": lambda q: jnp.mean(plaquettes(q["U"]))}
     if op is None:
         return observables
@@ -268,10 +271,12 @@ def _observables(op: _w.Wilson | None, n_noise: int, tol: float, maxiter: int) -
         noise = condensate_noise(op.shape, op.spins, q["U"].shape[-1], n_noise)
         return condensate_estimate(op, q["U"], noise, tol, maxiter)
 
-    observables["condensate"] = lambda q: condensate(q)[0]
-    observables["cg_iterations"] = lambda q: condensate(q)[1]
-    observables["pion"] = lambda q: correlators(op, point_propagator(op, q["U"], tol, maxiter))[0]
-    observables["pion_axial"] = lambda q: correlators(op, point_propagator(op, q["U"], tol, maxiter))[1]
+    if "condensate" in measure:
+        observables["condensate"] = lambda q: condensate(q)[0]
+        observables["cg_iterations"] = lambda q: condensate(q)[1]
+    if "pion" in measure:
+        observables["pion"] = lambda q: correlators(op, point_propagator(op, q["U"], tol, maxiter))[0]
+        observables["pion_axial"] = lambda q: correlators(op, point_propagator(op, q["U"], tol, maxiter))[1]
     return observables
 
 
@@ -376,8 +381,8 @@ def _check(shape, fermions, n_flavors, cg_tol, cg_maxiter, hasenbusch_mass, mass
 def qcd(group: str = "SU(3)", shape: Sequence[int] = (4, 4, 4, 4), beta: float = 5.6, mass: float | None = None,
         kappa: float | None = None, n_flavors: int = 2, fermions: str = "pseudofermion", csw: float = 0.0,
         cg_tol: float = 1e-8, cg_maxiter: int = 1000, hasenbusch_mass: float | None = None,
-        even_odd: bool | None = None, n_noise: int = 4, action: str = "wilson", c1: float | None = None,
-        start: str = "hot") -> Potential:
+        even_odd: bool | None = None, n_noise: int = 4, measure: Sequence[str] = MEASURE, action: str = "wilson",
+        c1: float | None = None, start: str = "hot") -> Potential:
     """QCD with ``n_flavors`` degenerate Wilson(-clover) quarks (see the module docstring and
     :mod:`physics_models.wilson` for the conventions).
 
@@ -400,7 +405,10 @@ def qcd(group: str = "SU(3)", shape: Sequence[int] = (4, 4, 4, 4), beta: float =
     ``n_noise`` fixed Z2 noise vectors), ``cg_iterations`` (mean iterations of those solves),
     ``pion`` ``C_PP(t)`` and ``pion_axial`` ``C_AP(t)`` (:func:`correlators`; a point source at
     the origin, ``S N`` solves per draw), and the derived ``pcac_mass`` (:func:`pcac_mass` of the
-    mean correlators, averaged over ``t`` in ``[T/4, T/2)``). Run fermions in float64.
+    mean correlators, averaged over ``t`` in ``[T/4, T/2)``, when ``T >= 8``). ``measure``
+    picks the fermion observables: ``"condensate"`` (with ``cg_iterations``) and ``"pion"``
+    (with ``pion_axial``), both by default; the pion's ``S N`` solves per draw cost more than
+    a trajectory of a small lattice. Run fermions in float64.
     """
     shape = tuple(int(n) for n in shape)
     beta = float(beta)
@@ -408,17 +416,20 @@ def qcd(group: str = "SU(3)", shape: Sequence[int] = (4, 4, 4, 4), beta: float =
     c1 = rectangle_coefficient(action, c1)
     mass = bare_mass(mass, kappa, len(shape))
     _check(shape, fermions, n_flavors, cg_tol, cg_maxiter, hasenbusch_mass, mass, even_odd)
+    measure = (measure,) if isinstance(measure, str) else tuple(measure)
+    if set(measure) - set(MEASURE):
+        raise ValueError(f"qcd: measure must list some of {list(MEASURE)}, got {list(measure)}")
     grp = _groups.get(group)
     if even_odd is None:
         even_odd = all(n % 2 == 0 for n in shape)
     op = None if fermions == "none" else _w.Wilson(shape, mass, float(csw), bool(even_odd))
     return qcd_potential(grp, shape, beta, c1, start, op, fermions, n_flavors, float(cg_tol), int(cg_maxiter),
-                         hasenbusch_mass, int(n_noise))
+                         hasenbusch_mass, int(n_noise), measure)
 
 
 def qcd_potential(grp: _groups.Group, shape: tuple[int, ...], beta: float, c1: float, start: str,
                   op: _w.Wilson | None, fermions: str, n_flavors: int, cg_tol: float, cg_maxiter: int,
-                  hasenbusch_mass: float | None, n_noise: int) -> Potential:
+                  hasenbusch_mass: float | None, n_noise: int, measure: Sequence[str] = MEASURE) -> Potential:
     """The :func:`qcd` potential for a given operator ``op`` (a :class:`physics_models.wilson.Wilson`
     or a subclass; ``None`` for the quenched theory)."""
     lattice = (len(shape), *shape)
@@ -439,12 +450,14 @@ def qcd_potential(grp: _groups.Group, shape: tuple[int, ...], beta: float, c1: f
         terms["fermion_exact"] = lambda q: -n_flavors * log_abs_det(full, q["U"])
         operators = {"fermion_exact": (full,)}
     derived, exact = {}, {}
-    if op is not None and shape[-1] >= 8:
+    if op is not None and shape[-1] >= 8 and "pion" in measure:
         derived["pcac_mass"] = _pcac_derived(shape[-1])
     elif op is None:
         exact = {k: v for k, v in exact_values(grp.name, shape, beta, c1, (1, 1)).items() if k == "plaquette"}
     properties = {"gamma5_hermiticity": gamma5_hermiticity(operators)} if operators else {}
-    return Potential(terms=terms, init=init, observables=_observables(op, n_noise, cg_tol, cg_maxiter),
+    d = len(shape)
+    axes = (d, *range(1, d))  # time first: a lattice mesh splits time (the even-odd packing halves axis 0)
+    return Potential(terms=terms, init=init, observables=_observables(op, n_noise, cg_tol, cg_maxiter, measure),
                      derived=derived, exact=exact, name="qcd", auxiliary=auxiliary, health=health,
                      groups={"U": grp}, symmetries={"gauge": gauge_symmetry(grp, op, list(auxiliary))},
-                     properties=properties)
+                     properties=properties, lattice_axes={name: axes for name in ("U", *auxiliary)})

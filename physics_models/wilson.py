@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hmc.groups import matmul as mm
+from hmc.lattice import shift
 
 _SIGMA = (np.array([[0, 1], [1, 0]], complex), np.array([[0, -1j], [1j, 0]]), np.array([[1, 0], [0, -1]], complex))
 
@@ -131,8 +131,8 @@ class Wilson:
         identity = np.eye(self.spins)
         out = jnp.zeros_like(psi)
         for mu in range(self.d):
-            forward = colour(u[mu], jnp.roll(psi, -1, axis=mu))
-            backward = jnp.roll(colour_dagger(u[mu], psi), 1, axis=mu)
+            forward = colour(u[mu], shift(psi, mu, 1))
+            backward = shift(colour_dagger(u[mu], psi), mu, -1)
             if mu == self.d - 1:
                 forward, backward = forward * forward_sign, backward * backward_sign
             out = out + _spin(identity - self._gamma[mu], forward) + _spin(identity + self._gamma[mu], backward)
@@ -218,12 +218,12 @@ def neighbour(source: jax.Array, shape: tuple[int, ...], target: int, mu: int, s
     """At each site of parity ``target`` (packed), the packed ``source`` field (the other
     parity) at the site ``x + step * mu``, ``step = +-1`` (periodic)."""
     if mu != 0:
-        return jnp.roll(source, -step, axis=mu)
+        return shift(source, mu, step)
     parity = rest_parity(shape, source.ndim - len(shape))
     offset = parity if target == 0 else 1 - parity  # x0 = 2 h + offset at the target
     if step == 1:
-        return jnp.where(offset == 1, jnp.roll(source, -1, axis=0), source)
-    return jnp.where(offset == 0, jnp.roll(source, 1, axis=0), source)
+        return jnp.where(offset == 1, shift(source, 0, 1), source)
+    return jnp.where(offset == 0, shift(source, 0, -1), source)
 
 
 def hop_packed(op: Wilson, u_target: jax.Array, u_source: jax.Array, psi: jax.Array, target: int) -> jax.Array:

@@ -43,37 +43,51 @@ def test_gamma_matrices_are_a_hermitian_clifford_basis_with_the_stated_gamma5():
         wilson.gammas(3)
 
 
-@pytest.mark.parametrize("group,shape,csw", [("SU(2)", (2, 2, 2, 4), 1.3), ("SU(3)", (4, 2), 1.0), ("U(1)", (4, 6), 0.0)])
+def even_odd_parts(shape, csw, u, psi):
+    """The full operator on ``psi``, its rebuild from the even-odd blocks, the dense ``D`` and
+    the dense Schur complement (one jitted program)."""
+    n = u.shape[-1]
+    op = wilson.Wilson(shape, 0.3, csw)
+    eo = wilson.Wilson(shape, 0.3, csw, even_odd=True)
+    prep = wilson.prepare(eo, u)
+    f = eo.field_strengths(u)
+    f_even = None if f is None else jnp.stack([wilson.pack(x, shape, 0) for x in f])
+    even, odd = wilson.pack(psi, shape, 0), wilson.pack(psi, shape, 1)
+    rebuilt = wilson.unpack(eo.local(None, even, f_even) + wilson.hop_packed(eo, prep["u_even"], prep["u_odd"], odd, 0),
+                            eo.local(None, odd, prep.get("f_odd")) + wilson.hop_packed(eo, prep["u_odd"], prep["u_even"], even, 1),
+                            shape)
+    size = int(np.prod(wilson.solve_shape(eo, n)))
+    basis = jnp.eye(size, dtype=jnp.complex128).reshape(size, *wilson.solve_shape(eo, n))
+    schur = jax.vmap(lambda e: wilson.matvec(eo, prep, e).reshape(size))(basis).T
+    dense = wilson.dense(op, u)
+    return op.apply(u, psi), rebuilt, dense, schur, wilson.log_det_local(eo, prep), wilson.invert(dense)
+
+
+@pytest.mark.parametrize("group,shape,csw", [
+    pytest.param("SU(2)", (2, 2, 2, 4), 1.3, marks=pytest.mark.slow), ("SU(3)", (4, 2), 1.0),
+    pytest.param("U(1)", (4, 6), 0.0, marks=pytest.mark.slow)])
 def test_even_odd_blocks_rebuild_the_operator_and_the_determinant_identity_holds(group, shape, csw):
     """``unpack(A_ee psi_e + H_eo psi_o, H_oe psi_e + A_oo psi_o) = D psi`` exactly, and
-    ``log|det D| = log|det A_ee| + log|det D_hat|``; ``D`` is gamma_5-Hermitian."""
+    ``log|det D| = log|det A_ee| + log|det D_hat|``; ``D`` is gamma_5-Hermitian; the
+    Gauss-Jordan inverse and determinant against numpy's."""
     with jax.enable_x64(True):
         u = random_links(group, shape)
         n = u.shape[-1]
-        op = wilson.Wilson(shape, 0.3, csw)
-        eo = wilson.Wilson(shape, 0.3, csw, even_odd=True)
-        psi = random_field((*shape, op.spins, n))
-        prep = wilson.prepare(eo, u)
-        f = eo.field_strengths(u)
-        f_even = None if f is None else jnp.stack([wilson.pack(x, shape, 0) for x in f])
-        even, odd = wilson.pack(psi, shape, 0), wilson.pack(psi, shape, 1)
-        rebuilt = wilson.unpack(eo.local(None, even, f_even) + wilson.hop_packed(eo, prep["u_even"], prep["u_odd"], odd, 0),
-                                eo.local(None, odd, prep.get("f_odd")) + wilson.hop_packed(eo, prep["u_odd"], prep["u_even"], even, 1),
-                                shape)
-        np.testing.assert_allclose(np.asarray(rebuilt), np.asarray(op.apply(u, psi)), atol=1e-13)
-        dense = np.asarray(wilson.dense(op, u))
-        g5 = np.kron(np.eye(int(np.prod(shape))), np.kron(op._gamma5, np.eye(n)))
+        psi = random_field((*shape, 2 if len(shape) == 2 else 4, n))
+        full, rebuilt, dense, schur, local, (inverse, log_det) = jax.jit(
+            lambda u, psi: even_odd_parts(shape, csw, u, psi))(u, psi)
+        np.testing.assert_allclose(np.asarray(rebuilt), np.asarray(full), atol=1e-13)
+        dense = np.asarray(dense)
+        g5 = np.kron(np.eye(int(np.prod(shape))), np.kron(wilson.gammas(len(shape))[1], np.eye(n)))
         np.testing.assert_allclose(g5 @ dense @ g5, dense.conj().T, atol=1e-14)
-        size = int(np.prod(wilson.solve_shape(eo, n)))
-        basis = jnp.eye(size, dtype=jnp.complex128).reshape(size, *wilson.solve_shape(eo, n))
-        schur = np.asarray(jax.vmap(lambda e: wilson.matvec(eo, prep, e).reshape(size))(basis)).T
-        local = float(wilson.log_det_local(eo, prep)) if csw else size * np.log(eo.diagonal)
-        np.testing.assert_allclose(np.linalg.slogdet(schur)[1] + local, np.linalg.slogdet(dense)[1], rtol=1e-12)
-        inverse, log_det = wilson.invert(jnp.asarray(dense))
+        local = float(local) if csw else len(schur) * np.log(0.3 + len(shape))
+        np.testing.assert_allclose(np.linalg.slogdet(np.asarray(schur))[1] + local, np.linalg.slogdet(dense)[1],
+                                   rtol=1e-12)
         np.testing.assert_allclose(float(log_det), np.linalg.slogdet(dense)[1], rtol=1e-12)
         np.testing.assert_allclose(np.asarray(inverse) @ dense, np.eye(len(dense)), atol=1e-11)
 
 
+@pytest.mark.slow
 def test_free_field_propagator_condensate_and_correlators_match_momentum_space():
     """All links 1: the CG point propagator (with even-odd), the noise condensate and the
     pion correlators equal the free Wilson propagator summed in momentum space."""
@@ -142,15 +156,18 @@ def lie_check(energy, force, u, group, links, generators=(0, 1)):
             assert abs(fd - lie) < 1e-6 * max(1.0, abs(fd)), (link, a, fd, lie)
 
 
-@pytest.mark.parametrize("kw", [dict(group="SU(2)", shape=(2, 2, 2, 2), csw=1.1),
-                                dict(group="SU(3)", shape=(4, 2), hasenbusch_mass=0.6, csw=0.8),
-                                dict(group="SU(2)", shape=(2, 2, 2, 2), fermions="exact", csw=0.5)])
+@pytest.mark.parametrize("kw", [pytest.param(dict(group="SU(2)", shape=(2, 2, 2, 2), csw=1.1), marks=pytest.mark.slow),
+                                pytest.param(dict(group="SU(3)", shape=(4, 2), hasenbusch_mass=0.6, csw=0.8),
+                                             marks=pytest.mark.slow),
+                                pytest.param(dict(group="SU(2)", shape=(2, 2, 2, 2), fermions="exact", csw=0.5),
+                                             marks=pytest.mark.slow),
+                                pytest.param(dict(group="SU(2)", shape=(2, 4), csw=0.7), marks=pytest.mark.slow)])
 def test_fermion_forces_on_the_group_are_the_lie_derivatives_and_heat_baths_are_exact(kw):
     with jax.enable_x64(True):
         pot = pm.qcd(mass=0.2, cg_tol=1e-13, **kw)
         shape = kw["shape"]
         u = random_links(kw["group"], shape)
-        fields = pot.refresh(jax.random.key(4), {"U": u})
+        fields = jax.jit(pot.refresh)(jax.random.key(4), {"U": u})
         for term, fn in pot.terms.items():
             if term == "gauge":
                 continue
@@ -164,13 +181,13 @@ def test_fermion_forces_on_the_group_are_the_lie_derivatives_and_heat_baths_are_
         name = "phi" if "phi" in fields else "phi_heavy"
         if name == "phi_heavy":
             op = wilson.Wilson(shape, 0.6, kw["csw"], even_odd=True)
-        eta = qcd_module.gaussian_field(hmc.rng.fold_in(jax.random.key(4), 0), op, u)
-        value = float(qcd_module._inverse_form(op, u, fields[name], 1e-13, 1000)[0])
+        eta = jax.jit(lambda u: qcd_module.gaussian_field(hmc.rng.fold_in(jax.random.key(4), 0), op, u))(u)
+        value = float(jax.jit(lambda u, phi: qcd_module._inverse_form(op, u, phi, 1e-13, 1000)[0])(u, fields[name]))
         np.testing.assert_allclose(value, float(jnp.vdot(eta, eta).real), rtol=1e-9)
 
 
-def broken_potential(kind, fermions="pseudofermion"):
-    """SU(2) on 2^4 with a deliberately broken hopping term."""
+def broken_potential(kind, fermions="pseudofermion", shape=(2, 2, 2, 2)):
+    """SU(2) with a deliberately broken hopping term."""
 
     class Broken(wilson.Wilson):
         def hop(self, u, psi):
@@ -190,33 +207,34 @@ def broken_potential(kind, fermions="pseudofermion"):
                 out = out + wilson._spin(identity + sign * self._gamma[mu], backward)
             return -0.5 * out
 
-    op = Broken((2, 2, 2, 2), 0.2, 0.0, False)
-    return qcd_module.qcd_potential(groups.SU(2), (2, 2, 2, 2), 2.0, 0.0, "hot", op, fermions, 2,
+    op = Broken(shape, 0.2, 0.0, False)
+    return qcd_module.qcd_potential(groups.SU(2), shape, 2.0, 0.0, "hot", op, fermions, 2,
                                     1e-10, 500, None, 1)
 
 
-def test_the_guard_checks_gauge_invariance_with_the_pseudofermions_and_gamma5_hermiticity():
+@pytest.mark.parametrize("shape", [(2, 4), pytest.param((2, 2, 2, 2), marks=pytest.mark.slow)])
+def test_the_guard_checks_gauge_invariance_with_the_pseudofermions_and_gamma5_hermiticity(shape):
     """The correct action passes both checks (the transform rotates the pseudofermion field;
     left alone the field would break the invariance); a missing dagger breaks both, a wrong
     sign breaks gamma_5-Hermiticity: each finding names the term. (With a broken operator
     the pseudofermion solve of ``gamma_5 M gamma_5 M`` fails, a NaN energy that preflight
     reports on its own; the gauge check is shown on the determinant term.)"""
     with jax.enable_x64(True):
-        pot = pm.qcd(group="SU(2)", shape=(2, 2, 2, 2), beta=2.0, mass=0.2, n_noise=1)
-        q = {"U": random_links("SU(2)", (2, 2, 2, 2))}
+        pot = pm.qcd(group="SU(2)", shape=shape, beta=2.0, mass=0.2, n_noise=1)
+        q = {"U": random_links("SU(2)", shape)}
         assert symmetry_events(pot, q) == [] and property_events(pot, q) == []
         unrotated = dataclasses.replace(pot, symmetries={"gauge": lambda key, q: {
-            **q, "U": groups.gauge_transform(q["U"], groups.SU(2).random(key, (2, 2, 2, 2), q["U"].dtype))}})
+            **q, "U": groups.gauge_transform(q["U"], groups.SU(2).random(key, shape, q["U"].dtype))}})
         [event] = symmetry_events(unrotated, q)
         assert (event.kind, event.term) == ("symmetry_broken", "fermion")
-        assert [(e.kind, e.term) for e in property_events(broken_potential("missing_dagger"), q)] == [
+        assert [(e.kind, e.term) for e in property_events(broken_potential("missing_dagger", shape=shape), q)] == [
             ("property_broken", "fermion")]
-        [event] = property_events(broken_potential("wrong_sign"), q)
+        [event] = property_events(broken_potential("wrong_sign", shape=shape), q)
         assert (event.kind, event.term) == ("property_broken", "fermion") and "gamma5_hermiticity" in event.message
-        missing = broken_potential("missing_dagger", "exact")
+        missing = broken_potential("missing_dagger", "exact", shape)
         assert [(e.kind, e.term) for e in symmetry_events(missing, q)] == [("symmetry_broken", "fermion_exact")]
         assert [(e.kind, e.term) for e in property_events(missing, q)] == [("property_broken", "fermion_exact")]
-        assert symmetry_events(broken_potential("wrong_sign", "exact"), q) == []  # covariant, not gamma_5-Hermitian
+        assert symmetry_events(broken_potential("wrong_sign", "exact", shape), q) == []  # covariant, not gamma_5-Hermitian
 
 
 def test_factory_parameters_kappa_and_errors():
@@ -235,3 +253,84 @@ def test_factory_parameters_kappa_and_errors():
                           (dict(cg_tol=0), "cg_tol"), (dict(beta=-1.0), "beta")]:
         with pytest.raises(ValueError, match=match):
             pm.qcd(**kwargs)
+
+
+# -- sampling (slow tier) -------------------------------------------------------------------------
+@pytest.fixture
+def x64_off_after():
+    """``precision="float64"`` switches x64 on for the whole process: off again after."""
+    yield
+    jax.config.update("jax_enable_x64", False)
+
+
+def sample(pot, seed, chains=4, warmup=150, draws=400, **kwargs):
+    return hmc.sample(pot, seed=seed, num_chains=chains, num_warmup=warmup, num_samples=draws, progress=False,
+                      precision="float64", **kwargs)
+
+
+def combined_z(a, b, name):
+    ra, rb = a.summary().observables[name], b.summary().observables[name]
+    return (ra.mean - rb.mean) / np.hypot(ra.mcse, rb.mcse)
+
+
+# the tiny lattices of the validation (VALIDATION.md "Dynamical fermions" has every case)
+PSEUDO_VS_EXACT = [("SU(3)", (2, 2, 2, 2), 3.0), ("SU(2)", (2, 2, 2, 4), 1.5), ("SU(2)", (4, 4), 1.5)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("group,shape,beta", PSEUDO_VS_EXACT)
+def test_pseudofermions_agree_with_the_exact_determinant(group, shape, beta, x64_off_after):
+    """Two flavours at m = 0.1 with pseudofermions (even-odd) and with ``-2 log|det D|``: the
+    plaquette and the condensate agree within their combined MCSE; both differ from the
+    quenched plaquette (the fermions matter at these couplings)."""
+    common = dict(group=group, shape=shape, beta=beta, mass=0.1, measure=("condensate",), n_noise=2)
+    pseudo = sample(pm.qcd(fermions="pseudofermion", **common), seed=1)
+    exact = sample(pm.qcd(fermions="exact", **common), seed=2)
+    for result in (pseudo, exact):
+        assert not any("R-hat" in w for w in result.warnings) and result.guard_events == []
+    for name in ("plaquette", "condensate"):
+        assert abs(combined_z(pseudo, exact, name)) < 4.5, name
+    quenched = sample(pm.qcd(fermions="none", group=group, shape=shape, beta=beta), seed=3)
+    assert abs(combined_z(exact, quenched, "plaquette")) > 4.5
+
+
+@pytest.mark.slow
+def test_heavy_quarks_reproduce_the_quenched_exact_values(x64_off_after):
+    """At a large mass the fermion determinant is a constant up to ``O(kappa^4)``: the 2D
+    torus plaquette (exact) and the 4D strong-coupling plaquette of SU(2) at beta = 0.5."""
+    from scipy.special import iv
+
+    two_d = pm.qcd(group="SU(2)", shape=(4, 4), beta=2.0, mass=20.0, measure=())
+    exact = pm.qcd(group="SU(2)", shape=(4, 4), beta=2.0, fermions="none").exact["plaquette"]
+    row = sample(two_d, seed=4, chains=8, warmup=200, draws=800).summary().observables["plaquette"]
+    assert abs(row.mean - exact) / row.mcse < 4.5, (row.mean, exact, row.mcse)
+    four_d = pm.qcd(group="SU(2)", shape=(4, 4, 4, 4), beta=0.5, mass=20.0, measure=())
+    row = sample(four_d, seed=5, chains=4, warmup=150, draws=300).summary().observables["plaquette"]
+    strong = iv(2, 0.5) / iv(1, 0.5)  # + O(u^5), 3e-5 here
+    assert abs(row.mean - strong) / row.mcse < 4.5, (row.mean, strong, row.mcse)
+
+
+@pytest.mark.slow
+def test_u1_in_two_dimensions_samples_as_the_schwinger_model(x64_off_after):
+    """``qcd("U(1)", (6, 6))`` against ``schwinger(L=6)``: plaquette and condensate."""
+    ours = sample(pm.qcd(group="U(1)", shape=(6, 6), beta=2.0, mass=0.1, measure=("condensate",)), seed=6,
+                  chains=8, draws=500)
+    theirs = sample(pm.schwinger(L=6, beta=2.0, mass=0.1), seed=7, chains=8, draws=500)
+    for name in ("plaquette", "condensate"):
+        assert abs(combined_z(ours, theirs, name)) < 4.5, name
+
+
+@pytest.mark.slow
+def test_a_capped_solve_is_named_by_the_guard_for_each_fermion_term(x64_off_after):
+    """A CG cap too low to converge: preflight refuses to start naming ``fermion``; with
+    Hasenbusch's split, attribution names both terms with their iterations."""
+    from hmc.initial import GuardRefused
+
+    pot = pm.qcd(group="SU(2)", shape=(2, 2, 2, 2), beta=2.0, mass=0.1, cg_maxiter=3, measure=())
+    with pytest.raises(GuardRefused, match="solver_not_converged in term 'fermion'"):
+        sample(pot, seed=0, chains=2, warmup=0, draws=2, step_size=0.1, num_steps=2)
+    with jax.enable_x64(True):
+        split = pm.qcd(group="SU(2)", shape=(2, 2, 2, 2), beta=2.0, mass=0.1, hasenbusch_mass=1.0, cg_maxiter=3)
+        events = hmc.guard.attribute(split, {"U": random_links("SU(2)", (2, 2, 2, 2))}, phase="sampling")
+        named = {e.term: e for e in events if e.kind == "solver_not_converged"}
+        assert set(named) == {"fermion_heavy", "fermion_ratio"} and named["fermion_heavy"].details["iterations"] == 3

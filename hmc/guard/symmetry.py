@@ -44,7 +44,7 @@ def extended(potential: Any, position: Any, seed: int = 0) -> Any:
     fixed key): what a symmetry transform and a property check see."""
     if not potential.auxiliary:
         return position
-    return {**position, **potential.refresh(jax.random.key(seed), position)}
+    return {**position, **jax.jit(potential.refresh)(jax.random.key(seed), position)}
 
 
 def symmetry_events(potential: Any, position: Any, chain: int = 0, seed: int = 0) -> list[GuardEvent]:
@@ -63,7 +63,7 @@ def symmetry_events(potential: Any, position: Any, chain: int = 0, seed: int = 0
         worst: dict[str, tuple[float, float]] = {}
         for trial in range(TRIALS):
             key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), s), trial)
-            after = {k: float(v) for k, v in energies(transform(key, position)).items()}
+            after = {k: float(v) for k, v in energies(jax.jit(transform)(key, position)).items()}
             for term, value in after.items():
                 change = _relative(before[term], value, size * tolerance)
                 if change > worst.get(term, (0.0, 0.0))[0]:
