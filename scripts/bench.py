@@ -23,6 +23,8 @@ against the sampler).
                                             # one lattice's step-count scan, then cost per ESS at the defaults
     python scripts/bench.py --tempering     # replica exchange against plain HMC (tempering_validate.py)
     python scripts/bench.py --gauge         # SU(3) 4D: autodiff force against a staple force (gauge_bench.py)
+    python scripts/bench.py --qcd           # SU(3) 4D with Wilson fermions: even-odd, timescales, fermion force
+    python scripts/bench.py --qcd --part forces   # rerun one part of it (the others from out/qcd_bench/)
 """
 
 from __future__ import annotations
@@ -255,6 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gauge", action="store_true", help="only the gauge-field section (scripts/gauge_bench.py: "
                         "SU(3) 4D trajectories with our autodiff force against a hand-written staple force, the "
                         "bare-force limit and hmc.sample, float32 and float64, and where the time goes)")
+    parser.add_argument("--qcd", action="store_true", help="only the dynamical-fermion section (scripts/qcd_bench.py: "
+                        "SU(3) 4D Wilson fermions, even-odd against unpreconditioned CG, flat against nested "
+                        "timescales and Hasenbusch per effective sample, autodiff against a hand-written fermion force)")
+    parser.add_argument("--part", default=None, help="--qcd: comma-separated parts to rerun (even_odd, forces, "
+                        "schemes; default all); the others come from their last run's cache")
     parser.add_argument("--memory-worker", nargs=3, metavar=("SAMPLER", "TARGET", "CHAINS"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--only", default=None, help="rows whose target contains this text (printed only; "
@@ -290,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         return nuts_section(args.only, args.out)
     if args.gauge:
         return gauge_section(args.out, min(args.repeats, 3))
+    if args.qcd:
+        return qcd_section(args.out, args.part)
     if args.timescales and args.scan:
         masses = tuple(float(m) for m in args.hasenbusch.split(",") if m)
         schemes = timescale_schemes(args.inner, masses, args.outer, args.middle)
@@ -558,6 +567,60 @@ def gauge_section(out: str, repeats: int = 3) -> int:
         *result["parts"],
     ]
     write(out, lines, GAUGE_BEGIN, GAUGE_END, "Gauge fields (`scripts/bench.py --gauge`)")
+    return 0
+
+
+QCD_BEGIN, QCD_END = "<!-- bench.py --qcd:begin -->", "<!-- bench.py --qcd:end -->"
+
+
+def qcd_section(out: str, parts: str | None = None) -> int:
+    """The tables of :mod:`qcd_bench` (each part in its own float64 process) into BENCHMARKS.md."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import qcd_bench as qb
+
+    print(versions())
+    chosen = qb.PARTS if parts is None else tuple(p for p in parts.split(",") if p)
+    results = qb.tables(chosen)
+    dates = ", ".join(f"{p} {results[p]['date']}" for p in qb.PARTS)
+    schemes = results["schemes"]["result"]
+    lines = [
+        f"Command: `python scripts/bench.py --qcd` (parts run on: {dates}). {versions()}. Machine: 2-core AMD EPYC, "
+        "no GPU, shared with other sessions' processes.",
+        "",
+        f"`physics_models.qcd(\"SU(3)\", (L, L, L, L), beta={qb.BETA}, mass={qb.MASS})`, two flavours of Wilson "
+        f"pseudofermions (no clover), CG on `M^dag M` to relative residual {qb.CG_TOL:g}, one solve per force, float64. "
+        f"Links: a quenched run (`yang_mills`, beta {qb.BETA}) from a cold start, {qb.THERMAL_TRAJECTORIES} trajectories "
+        "of length 1, the last state (the same configuration in every part; plaquette below). Times are medians over "
+        "interleaved repeats, ratios medians of ratios within a repeat (`scripts/qcd_bench.py`).",
+        "",
+        "**(a) Even-odd preconditioning.** Same links; 4 pseudofermion sources `phi = M^dag eta` from the model's heat "
+        "bath with the same `eta` (complex Gaussian, keys `fold_in(key(5), i)`) for `M = D` and for the Schur "
+        "complement `M = D_hat`; ms / force: `jax.grad` of the fermion term (the solve included), averaged over the 4 "
+        "sources; ms / M, ms / M^dag M: one application at fixed links, chained 10 times in a `lax.scan` as the CG "
+        "applies it.",
+        "",
+        *qb.even_odd_lines(results["even_odd"]["result"]),
+        "",
+        f"**(b) Flat against nested timescales and Hasenbusch, 4^4.** `hmc.sample`, {schemes['chains']} chains from "
+        f"the same quenched start, {schemes['warmup']} warmup + {schemes['samples']} draws, 2MN at every level, unit "
+        f"mass, trajectory length 1 with the step adapted to target acceptance {qb.TARGET_ACCEPT} (the step count "
+        "is an integer, so a scheme can land above the target), even-odd on (the model's default), the plaquette as the only observable; ESS of the plaquette "
+        "(bulk, pooled); ms / traj: a chunk's time over its trajectories (chains vmapped, so per chain), from the "
+        "sampling chunks after the first; forces per trajectory from the mean step count (`hmc.integrators."
+        "evaluations_per_step`); light = `fermion` or `fermion_ratio` (a mass-0.1 solve), heavy = `fermion_heavy`.",
+        "",
+        *qb.schemes_lines(schemes),
+        "",
+        "**(c) The fermion force: autodiff against hand-written, unpreconditioned D.** Autodiff = `jax.grad` of the "
+        "model's fermion term (the solver's custom VJP, then the lift to the algebra); hand = `qcd_bench.hand_force`, "
+        "`F = -(s/2) Pi(U_mu sum_s X(x+mu) [(1-gamma_mu) Y(x)]^dag - sum_s X(x) [(1+gamma_mu) Y(x+mu)]^dag U_mu^dag)`, "
+        "`Y = D X`, after the same CG solve. Given X: the force part alone (autodiff: `jax.grad` of "
+        "`-X . M^dag M(U) X` through the lift, what the custom rule does after the solve). Checked against autodiff "
+        "at one heat-bath source before timing (last column). Target: autodiff / hand <= 1.5x.",
+        "",
+        *qb.forces_lines(results["forces"]["result"]),
+    ]
+    write(out, lines, QCD_BEGIN, QCD_END, "Dynamical fermions (QCD) (`scripts/bench.py --qcd`)")
     return 0
 
 

@@ -20,7 +20,6 @@ if "jax" not in sys.modules and "--xla_force_host_platform_device_count" not in 
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import dataclasses  # noqa: E402
 import math  # noqa: E402
 
 import jax  # noqa: E402
@@ -44,11 +43,12 @@ def models() -> dict[str, tuple]:
     """name -> (potential, the lattice leaf, the split axis's extent, lattice volume)."""
     phi4 = pm.phi4(shape=(16, 16, 16, 16))
     ym = pm.yang_mills(group="SU(3)", shape=(8, 8, 8, 8))
-    wilson = dataclasses.replace(pm.schwinger(L=32, fermions="pseudofermion"),
-                                 lattice_axes={"theta": (1, 2), "phi": (1, 2)})
+    wilson = pm.schwinger(L=32, fermions="pseudofermion")
+    qcd = pm.qcd(group="SU(3)", shape=(8, 8, 8, 8), beta=5.6, mass=0.1, measure=())
     return {"phi4 (4D, 16^4)": (phi4, "phi", 16, 16**4),
             "SU(3) Yang-Mills (Wilson, 8^4)": (ym, "U", 8, 8**4),
-            "Wilson fermions (Schwinger 2D, 32^2, CG)": (wilson, "theta", 32, 32**2)}
+            "Wilson fermions (Schwinger 2D, 32^2, CG)": (wilson, "theta", 32, 32**2),
+            "Wilson fermions (SU(3) 4D, 8^4, even-odd CG; time split)": (qcd, "U", 8, 8**4)}
 
 
 def force_program(potential, k: int):
