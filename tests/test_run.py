@@ -489,7 +489,7 @@ def test_array_template_forwards_usr1_and_requeues(reference, tmp_path):
 SHIPPED = sorted(pathlib.Path(__file__).parent.parent.glob("configs/*.yaml"))
 # their models' preflight is also in test_models (float32); the configs' own in the slow tier
 # preflight of a lattice gauge model traces its action op by op: the slow tier
-HEAVY_CONFIGS = {"schwinger.yaml", "schwinger_fine.yaml", "su2_2d.yaml", "su3_4d.yaml"}
+HEAVY_CONFIGS = {"schwinger.yaml", "schwinger_fine.yaml", "su2_2d.yaml", "su3_4d.yaml", "qcd_4d.yaml"}
 
 
 def test_shipped_configs_are_valid_and_cover_every_model():
