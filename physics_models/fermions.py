@@ -291,6 +291,22 @@ def pseudofermion_terms(mass: float, hasenbusch_mass: float | None, tol: float, 
             health)
 
 
+def check_fermion_settings(model: str, fermions: str, n_flavors: int, cg_tol: float, cg_maxiter: int,
+                           hasenbusch_mass: float | None, mass: float) -> None:
+    """The checks every pseudofermion model makes of its fermion keywords (``schwinger``, ``qcd``):
+    a ValueError naming ``model`` and the keyword."""
+    if fermions not in FERMIONS:
+        raise ValueError(f"{model}: fermions must be one of {list(FERMIONS)}, got {fermions!r}")
+    if fermions == "pseudofermion" and n_flavors != 2:
+        raise ValueError(f"{model}: pseudofermions describe two degenerate flavours (|det D|^2); got "
+                         f"n_flavors={n_flavors}; use fermions='exact' for another number")
+    if not (cg_tol > 0 and int(cg_maxiter) >= 1):
+        raise ValueError(f"{model}: cg_tol must be > 0 and cg_maxiter >= 1, got {cg_tol!r}, {cg_maxiter!r}")
+    if hasenbusch_mass is not None and (fermions != "pseudofermion" or not float(hasenbusch_mass) > mass):
+        raise ValueError(f"{model}: hasenbusch_mass needs fermions='pseudofermion' and a mass above mass={mass!r}, "
+                         f"got hasenbusch_mass={hasenbusch_mass!r} with fermions={fermions!r}")
+
+
 def schwinger(L: int = 8, beta: float = 2.0, mass: float = 0.1, n_flavors: int = 2,
               fermions: str = "pseudofermion", cg_tol: float = 1e-8, cg_maxiter: int = 1000,
               n_noise: int = 4, hasenbusch_mass: float | None = None) -> Potential:
@@ -324,16 +340,7 @@ def schwinger(L: int = 8, beta: float = 2.0, mass: float = 0.1, n_flavors: int =
         raise ValueError(f"schwinger: L must be an even integer >= 2, got {L}")
     if not beta > 0:
         raise ValueError(f"schwinger: beta must be > 0, got {beta!r}")
-    if fermions not in FERMIONS:
-        raise ValueError(f"schwinger: fermions must be one of {list(FERMIONS)}, got {fermions!r}")
-    if fermions == "pseudofermion" and n_flavors != 2:
-        raise ValueError(f"schwinger: pseudofermions describe two degenerate flavours (|det D|^2); got "
-                         f"n_flavors={n_flavors}; use fermions='exact' for another number")
-    if not (cg_tol > 0 and int(cg_maxiter) >= 1):
-        raise ValueError(f"schwinger: cg_tol must be > 0 and cg_maxiter >= 1, got {cg_tol!r}, {cg_maxiter!r}")
-    if hasenbusch_mass is not None and (fermions != "pseudofermion" or not float(hasenbusch_mass) > float(mass)):
-        raise ValueError(f"schwinger: hasenbusch_mass needs fermions='pseudofermion' and a mass above mass={mass!r}, "
-                         f"got hasenbusch_mass={hasenbusch_mass!r} with fermions={fermions!r}")
+    check_fermion_settings("schwinger", fermions, n_flavors, cg_tol, cg_maxiter, hasenbusch_mass, float(mass))
     mass, cg_maxiter, volume = float(mass), int(cg_maxiter), L * L
 
     def gauge(q):

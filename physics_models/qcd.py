@@ -31,7 +31,7 @@ from hmc import groups as _groups
 from hmc.guard.attribution import unhealthy_is_nan
 from hmc.potential import Potential
 from physics_models import wilson as _w
-from physics_models.fermions import conjugate_gradient, to_complex, to_real
+from physics_models.fermions import check_fermion_settings, conjugate_gradient, to_complex, to_real
 from physics_models.yang_mills import _check_parameters, exact_values, gauge_action, plaquettes, rectangle_coefficient
 
 FERMIONS = ("pseudofermion", "exact", "none")
@@ -364,16 +364,7 @@ def bare_mass(mass: float | None, kappa: float | None, d: int) -> float:
 def _check(shape, fermions, n_flavors, cg_tol, cg_maxiter, hasenbusch_mass, mass, even_odd) -> None:
     if len(shape) not in (2, 4):
         raise ValueError(f"qcd: shape must have 2 or 4 axes (Wilson fermions in d = 2 or 4), got {shape}")
-    if fermions not in FERMIONS:
-        raise ValueError(f"qcd: fermions must be one of {list(FERMIONS)}, got {fermions!r}")
-    if fermions == "pseudofermion" and n_flavors != 2:
-        raise ValueError(f"qcd: pseudofermions describe two degenerate flavours (|det D|^2); got "
-                         f"n_flavors={n_flavors}; use fermions='exact' for another number")
-    if not (cg_tol > 0 and int(cg_maxiter) >= 1):
-        raise ValueError(f"qcd: cg_tol must be > 0 and cg_maxiter >= 1, got {cg_tol!r}, {cg_maxiter!r}")
-    if hasenbusch_mass is not None and (fermions != "pseudofermion" or not float(hasenbusch_mass) > mass):
-        raise ValueError(f"qcd: hasenbusch_mass needs fermions='pseudofermion' and a mass above mass={mass!r}, "
-                         f"got hasenbusch_mass={hasenbusch_mass!r} with fermions={fermions!r}")
+    check_fermion_settings("qcd", fermions, n_flavors, cg_tol, cg_maxiter, hasenbusch_mass, mass)
     if even_odd and any(n % 2 for n in shape):
         raise ValueError(f"qcd: even_odd=True needs every extent even, got shape {shape}")
 
