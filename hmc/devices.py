@@ -185,10 +185,12 @@ def place(layout: Layout, potential: Any, states: Any, chain_keys: Any, adapt_st
     from hmc import lattice as _lattice
 
     mesh = layout.mesh()
-    split = _lattice.split_axes(potential.lattice_axes, _lattice.field_shapes(states), layout.lattice)
+    shapes = _lattice.field_shapes(states)
+    split = _lattice.split_axes(potential.lattice_axes, shapes, layout.lattice)
+    ranks = {name: len(shape) for name, shape in shapes.items()}
 
     def sharding(path: Any, x: Any) -> Any:
-        return NamedSharding(mesh, _lattice.partition_spec(path, np.ndim(x), split))
+        return NamedSharding(mesh, _lattice.partition_spec(path, np.ndim(x), split, ranks))
 
     by_chain, replicated = NamedSharding(mesh, PartitionSpec("chain")), NamedSharding(mesh, PartitionSpec())
     states = jax.tree_util.tree_map_with_path(lambda path, x: _put(x, sharding(path, x)), states)

@@ -58,6 +58,22 @@ def shift(field: jax.Array, axis: int, steps: int = 1) -> jax.Array:
     return jax.lax.concatenate([tail, head], axis)
 
 
+def constrain(field: jax.Array, axis: int) -> jax.Array:
+    """``field``, split along ``axis`` over the ``"lattice"`` devices when the program is
+    traced for a lattice mesh (its other axes left to the partitioner); ``field`` itself
+    otherwise. For a field the partitioner cannot place from the inputs: one built from a
+    constant (a fixed noise or point source), which it may split along another axis and
+    then move with all-to-alls at every shift. Works under ``vmap`` (the batch axes stay
+    free)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or dict(mesh.shape).get("lattice", 1) == 1:
+        return field
+    axis = axis % field.ndim
+    spec = [PartitionSpec.UNCONSTRAINED] * field.ndim
+    spec[axis] = "lattice"
+    return jax.lax.with_sharding_constraint(field, PartitionSpec(*spec))
+
+
 # -- which axis is split ------------------------------------------------------------
 def field_shapes(states: Any) -> dict[str, tuple[int, ...]]:
     """``{leaf: shape of one chain}`` of the chain states' position leaves and auxiliary fields."""
@@ -97,15 +113,22 @@ def split_axes(lattice_axes: Mapping[str, tuple[int, ...]], shapes: Mapping[str,
     return split
 
 
-def partition_spec(path: Any, ndim: int, split: Mapping[str, int]) -> PartitionSpec:
+def partition_spec(path: Any, ndim: int, split: Mapping[str, int],
+                   ranks: Mapping[str, int] | None = None) -> PartitionSpec:
     """The spec of a chain-state leaf at ``path`` with ``ndim`` axes (chain axis first): split
-    over ``"chain"`` and, for a leaf of a lattice field (a dict key named in ``split`` and
-    that field's rank), over ``"lattice"`` along its split axis."""
+    over ``"chain"`` and, for a leaf of a lattice field (a dict key named in ``split``), over
+    ``"lattice"`` along its split axis. ``ranks`` (``{leaf: axes of one chain's leaf}``) counts
+    that axis from the leaf's end, so that a state with more batch axes than the chain's
+    (the replicas of :mod:`hmc.kernels.tempering`, ``(chain, replica, *leaf)``) is split on
+    the lattice axis, not the batch axis; without ``ranks``, axis ``1 + split[leaf]``."""
     names = [entry.key for entry in path if isinstance(entry, jax.tree_util.DictKey)]
-    if names and names[-1] in split and ndim >= 2 + split[names[-1]]:
-        spec: list[Any] = ["chain"] + [None] * (ndim - 1)
-        spec[1 + split[names[-1]]] = "lattice"
-        return PartitionSpec(*spec)
+    name = names[-1] if names else None
+    if name in split:
+        rank = ranks[name] if ranks is not None and name in ranks else ndim - 1
+        if ndim >= 1 + rank and rank > split[name]:
+            spec: list[Any] = ["chain"] + [None] * (ndim - 1)
+            spec[ndim - rank + split[name]] = "lattice"
+            return PartitionSpec(*spec)
     return PartitionSpec("chain") if ndim else PartitionSpec()
 
 
@@ -119,11 +142,14 @@ _BYTES = {"pred": 1, "bf16": 2, "c64": 8, "c128": 16}
 @dataclasses.dataclass(frozen=True)
 class Collective:
     """One collective of a compiled (partitioned) HLO module: its op, its result arrays
-    (``(dtype, shape)`` per device) and their bytes."""
+    (``(dtype, shape)`` per device) and their bytes; ``conditional``: it sits in a branch of a
+    ``conditional`` (or in a computation only such a branch calls), so it runs only when that
+    branch is taken (the guard's handling of a trip), not at every iteration."""
 
     op: str
     arrays: tuple[tuple[str, tuple[int, ...]], ...]
     line: str
+    conditional: bool = False
 
     @property
     def bytes(self) -> int:
@@ -139,38 +165,85 @@ def _itemsize(dtype: str) -> int:
     return _BYTES.get(dtype, max(int(dtype[1:]) // 8, 1) if dtype[1:].isdigit() else 4)
 
 
+_COMPUTATION = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+) \(.*\{\s*$")
+_CALLED = re.compile(r"(?:calls|to_apply|body|condition|true_computation|false_computation)=%?([\w.\-]+)")
+_BRANCHES = re.compile(r"(?:branch_computations=\{([^}]*)\}|(?:true|false)_computation=%?([\w.\-]+))")
+
+
+def _computations(hlo_text: str) -> dict[str, list[str]]:
+    """``{computation name: its lines}`` of an HLO module's text."""
+    found: dict[str, list[str]] = {"": []}  # "": lines outside any computation (a fragment)
+    current = ""
+    for line in hlo_text.splitlines():
+        match = _COMPUTATION.match(line)
+        if match:
+            current = match.group(2)
+            found[current] = []
+        else:
+            found[current].append(line)
+    return found
+
+
+def _conditional_only(computations: dict[str, list[str]]) -> set[str]:
+    """The computations reached only through a branch of a ``conditional``."""
+    calls: dict[str, set[str]] = {name: set() for name in computations}
+    branches: set[str] = set()
+    for name, lines in computations.items():
+        for line in lines:
+            for match in _BRANCHES.finditer(line):
+                listed = match.group(1) or match.group(2) or ""
+                branches.update(b.strip().lstrip("%") for b in listed.split(",") if b.strip())
+            calls[name].update(m for m in _CALLED.findall(line) if m in computations)
+    plain, stack = set(), [n for n in computations if n not in branches and not any(n in c for c in calls.values())]
+    while stack:  # reachable from the entry without passing a branch
+        name = stack.pop()
+        if name in plain:
+            continue
+        plain.add(name)
+        stack.extend(c for c in calls.get(name, ()) if c not in branches)
+    return set(computations) - plain
+
+
 def collectives(hlo_text: str) -> list[Collective]:
     """The collectives of ``jax.jit(f).lower(...).compile().as_text()`` (async ``-start`` ops
     counted once, their ``-done`` halves not), in program order. Bytes are per device and
     per execution of the op's computation (an op in a loop body counts once)."""
+    computations = _computations(hlo_text)
+    conditional = _conditional_only(computations)
     found = []
-    for line in hlo_text.splitlines():
-        match = _OP.match(line)
-        if match:
-            arrays = tuple((dtype, tuple(int(n) for n in dims.split(",") if n))
-                           for dtype, dims in _ARRAY.findall(match.group(1)))
-            if match.group(2) == "collective-permute" and len(arrays) > 1 and "-start(" in line:
-                arrays = arrays[:1]  # (operand, result, contexts...): the data once
-            found.append(Collective(match.group(2), arrays, line.strip()))
+    for name, lines in computations.items():
+        for line in lines:
+            match = _OP.match(line)
+            if match:
+                arrays = tuple((dtype, tuple(int(n) for n in dims.split(",") if n))
+                               for dtype, dims in _ARRAY.findall(match.group(1)))
+                if match.group(2) == "collective-permute" and len(arrays) > 1 and "-start(" in line:
+                    arrays = arrays[:1]  # (operand, result, contexts...): the data once
+                found.append(Collective(match.group(2), arrays, line.strip(), name in conditional))
     return found
 
 
-def traffic(hlo_text: str) -> dict[str, dict[str, int]]:
-    """``{op: {"count": n, "bytes": b}}`` over :func:`collectives`."""
+def traffic(hlo_text: str, conditional: bool = True) -> dict[str, dict[str, int]]:
+    """``{op: {"count": n, "bytes": b}}`` over :func:`collectives` (``conditional=False``:
+    without those in conditional branches)."""
     out: dict[str, dict[str, int]] = {}
     for c in collectives(hlo_text):
+        if c.conditional and not conditional:
+            continue
         entry = out.setdefault(c.op, {"count": 0, "bytes": 0})
         entry["count"] += 1
         entry["bytes"] += c.bytes
     return out
 
 
-def gathers_of_fields(hlo_text: str, field_elements: int) -> list[Collective]:
+def gathers_of_fields(hlo_text: str, field_elements: int, conditional: bool = True) -> list[Collective]:
     """Collectives that move a whole field: an all-gather or all-to-all of at least
     ``field_elements`` elements, or any collective whose result has that many (a halo
-    exchange moves a boundary layer, a reduction a scalar per chain)."""
-    return [c for c in collectives(hlo_text) if c.largest >= field_elements]
+    exchange moves a boundary layer, a reduction a scalar per chain); ``conditional=False``:
+    only those that run at every execution (not in a conditional branch)."""
+    return [c for c in collectives(hlo_text)
+            if c.largest >= field_elements and (conditional or not c.conditional)]
 
 
-__all__ = ["Collective", "collectives", "field_shapes", "gathers_of_fields", "partition_spec", "shift",
+__all__ = ["Collective", "collectives", "constrain", "field_shapes", "gathers_of_fields", "partition_spec", "shift",
            "split_axes", "traffic"]

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hmc.guard.attribution import unhealthy_is_nan
-from hmc.lattice import shift
+from hmc.lattice import constrain, shift
 from hmc.potential import Potential
 from physics_models import exact as _exact
 from physics_models.gauge import plaquette_angles, wrap
@@ -90,11 +90,18 @@ def normal_operator(theta: jax.Array, mass: float):
     return matvec
 
 
+def inner(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``sum conj(a) b`` over every axis: ``jnp.vdot``'s value (bit for bit on one device), as one
+    contraction of all axes instead of vdot's flattening reshape, which a lattice mesh would
+    compile to a gather of the whole field."""
+    return jnp.tensordot(jnp.conj(a) if jnp.iscomplexobj(a) else a, b, axes=a.ndim)
+
+
 def conjugate_gradient(matvec, b: jax.Array, tol: float, maxiter: int) -> tuple[jax.Array, tuple]:
     """Solve ``A x = b`` (``A`` symmetric positive definite) from ``x = 0`` until
     ``|r| <= tol |b|`` or ``maxiter`` iterations. Returns ``(x, (iterations, |r| / |b|))``
     with the recursively updated residual."""
-    bb = jnp.vdot(b, b).real
+    bb = inner(b, b).real
     tol2 = jnp.asarray(tol, bb.dtype) ** 2 * bb
 
     def cond(c):
@@ -104,10 +111,10 @@ def conjugate_gradient(matvec, b: jax.Array, tol: float, maxiter: int) -> tuple[
     def body(c):
         x, r, p, rr, k = c
         ap = matvec(p)
-        alpha = rr / jnp.vdot(p, ap).real
+        alpha = rr / inner(p, ap).real
         x = x + alpha * p
         r = r - alpha * ap
-        rr_new = jnp.vdot(r, r).real
+        rr_new = inner(r, r).real
         p = r + (rr_new / rr) * p
         return x, r, p, rr_new, k + 1
 
@@ -357,9 +364,10 @@ def schwinger(L: int = 8, beta: float = 2.0, mass: float = 0.1, n_flavors: int =
         def one(eta):
             eta_c = jnp.asarray(eta, jnp.result_type(theta.dtype, jnp.float32)).astype(
                 jnp.result_type(theta.dtype, jnp.complex64))
+            eta_c = constrain(eta_c, 0)  # a constant: split it as the links (time, axis 0)
             rhs = to_real(dirac_dagger(theta, eta_c, mass)).astype(theta.dtype)
             x, _ = conjugate_gradient(normal_operator(theta, mass), rhs, cg_tol, cg_maxiter)
-            return jnp.real(jnp.vdot(eta_c, to_complex(x)))  # eta^dagger D^{-1} eta
+            return jnp.real(inner(eta_c, to_complex(x)))  # eta^dagger D^{-1} eta
 
         return jnp.mean(jax.vmap(one)(jnp.asarray(noise))) / volume
 

@@ -28,10 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from hmc import groups as _groups
+from hmc.lattice import constrain
 from hmc.guard.attribution import unhealthy_is_nan
 from hmc.potential import Potential
 from physics_models import wilson as _w
-from physics_models.fermions import check_fermion_settings, conjugate_gradient, to_complex, to_real
+from physics_models.fermions import check_fermion_settings, conjugate_gradient, inner, to_complex, to_real
 from physics_models.yang_mills import _check_parameters, exact_values, gauge_action, plaquettes, rectangle_coefficient
 
 FERMIONS = ("pseudofermion", "exact", "none")
@@ -215,7 +216,7 @@ def point_propagator(op: _w.Wilson, u: jax.Array, tol: float, maxiter: int) -> j
 
     def column(index):
         source = jnp.zeros((spins * n,), ctype).at[index].set(1.0).reshape(spins, n)
-        b = jnp.zeros((*op.shape, spins, n), ctype).at[(0,) * op.d].set(source)
+        b = constrain(jnp.zeros((*op.shape, spins, n), ctype).at[(0,) * op.d].set(source), op.d - 1)
         return solve(op, u, b, tol, maxiter)[0]
 
     return jax.vmap(column)(jnp.arange(spins * n)).reshape(spins, n, *op.shape, spins, n)
@@ -246,9 +247,9 @@ def condensate_estimate(op: _w.Wilson, u: jax.Array, noise: np.ndarray, tol: flo
     ctype = jnp.result_type(u.dtype, jnp.complex64)
 
     def one(eta):
-        eta = jnp.asarray(eta).astype(ctype)
+        eta = constrain(jnp.asarray(eta).astype(ctype), op.d - 1)  # a constant: split it as the links (time)
         x, iterations = solve(op, u, eta, tol, maxiter)
-        return jnp.real(jnp.vdot(eta, x)), iterations
+        return jnp.real(inner(eta, x)), iterations
 
     values, iterations = jax.vmap(one)(jnp.asarray(noise))
     return jnp.mean(values) / np.prod(op.shape), jnp.mean(iterations.astype(u.real.dtype))

@@ -4,6 +4,7 @@ Schwinger model. Prints a markdown table for VALIDATION.md ("Dynamical fermions"
 
     python scripts/qcd_validate.py                  # every case (about 30 min on 2 cores)
     python scripts/qcd_validate.py --only pseudo    # pseudofermion vs exact only
+    python scripts/qcd_validate.py --only pseudo --case "SU(3) 6x6"   # one case (group and shape)
 
 Each pseudofermion/exact row: two flavours at m = 0.1 (even-odd pseudofermions, the
 determinant by dense elimination), 4 chains x 400 draws after 150 warmup, trajectory
@@ -43,10 +44,17 @@ def row(summary, name):
     return r.mean, r.mcse
 
 
-def pseudo_vs_exact() -> list[str]:
+def case_name(group: str, shape: tuple[int, ...]) -> str:
+    return f"{group} {'x'.join(map(str, shape))}"
+
+
+def pseudo_vs_exact(only: str | None = None) -> list[str]:
     lines = ["| group | shape | beta | observable | pseudofermion | exact det | z | quenched plaquette | s |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for group, shape, beta in CASES:
+    cases = [c for c in CASES if only is None or case_name(c[0], c[1]) == only]
+    if not cases:
+        raise SystemExit(f"--case {only!r}: not one of {[case_name(g, s) for g, s, _ in CASES]}")
+    for group, shape, beta in cases:
         common = dict(group=group, shape=shape, beta=beta, mass=0.1, measure=("condensate",), n_noise=2)
         pseudo, t1 = sample(pm.qcd(fermions="pseudofermion", **common), 1)
         exact, t2 = sample(pm.qcd(fermions="exact", **common), 2)
@@ -88,9 +96,10 @@ def heavy_and_u1() -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["pseudo", "heavy"], default=None)
+    parser.add_argument("--case", default=None, help='one pseudofermion/exact case, e.g. "SU(3) 2x2x2x4"')
     args = parser.parse_args()
     if args.only in (None, "pseudo"):
-        print("\n".join(pseudo_vs_exact()))
+        print("\n".join(pseudo_vs_exact(args.case)))
     if args.only in (None, "heavy"):
         print("\n".join(heavy_and_u1()))
 

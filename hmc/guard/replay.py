@@ -75,9 +75,13 @@ def record(trips: Trips, trip: Trip, iteration: jax.Array) -> Trips:
 def first_located(info: Any) -> Trip:
     """The first chain whose own step located a trip (the ``"step"`` in-loop guard)."""
     c = jnp.argmax(info.guard_tripped)
+    found = jnp.any(info.guard_tripped)
     replica = getattr(info, "replica", None)
-    return Trip(jnp.any(info.guard_tripped), c.astype(jnp.int32), info.guard_step[c],
-                jax.tree_util.tree_map(lambda x: x[c], info.guard_position),
+    # the tripped chain's position only in an iteration with a trip: picking it is a gather
+    # over the chains' devices, which a run should not pay at every iteration
+    position = jax.lax.cond(found, lambda: jax.tree_util.tree_map(lambda x: x[c], info.guard_position),
+                            lambda: no_trip(info.guard_position).position)
+    return Trip(found, c.astype(jnp.int32), info.guard_step[c], position,
                 jnp.array(-1, jnp.int32) if replica is None else replica[c].astype(jnp.int32))
 
 
