@@ -22,6 +22,15 @@ on forced host devices, and printed by ``scripts/lattice_scaling.py``):
 - sums over sites (the action, a plaquette): local sums, then an ``all-reduce`` of a
   scalar per chain.
 - a roll along an axis that is not split: local, no communication.
+- ``jnp.vdot`` of split fields: its flattening reshape becomes an ``all-gather``; a
+  contraction of all axes (``jnp.tensordot(a, b, a.ndim)``) is a local product and an
+  ``all-reduce`` of a scalar, with vdot's value bit for bit on one device.
+- a field built from a constant (a fixed noise vector, a point source): nothing tells the
+  partitioner how to split it, and it may choose another axis and reshard with
+  ``all-to-all`` at every shift. :func:`constrain` pins it to the lattice split.
+- a dynamic index over chains (the in-loop guard picking a tripped chain's position) is
+  an ``all-gather`` over the chain devices; it sits in a ``conditional`` branch taken only
+  on a trip (:attr:`Collective.conditional`).
 """
 
 from __future__ import annotations
