@@ -203,7 +203,8 @@ def _conditional_only(computations: dict[str, list[str]]) -> set[str]:
                 listed = match.group(1) or match.group(2) or ""
                 branches.update(b.strip().lstrip("%") for b in listed.split(",") if b.strip())
             calls[name].update(m for m in _CALLED.findall(line) if m in computations)
-    plain, stack = set(), [n for n in computations if n not in branches and not any(n in c for c in calls.values())]
+    called = set().union(*calls.values())
+    plain, stack = set(), [n for n in computations if n not in branches and n not in called]
     while stack:  # reachable from the entry without passing a branch
         name = stack.pop()
         if name in plain:

@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from hmc import groups as _groups
-from hmc.lattice import constrain
 from hmc.guard.attribution import unhealthy_is_nan
+from hmc.lattice import constrain
 from hmc.potential import Potential
 from physics_models import wilson as _w
 from physics_models.fermions import check_fermion_settings, conjugate_gradient, inner, to_complex, to_real
