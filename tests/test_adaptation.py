@@ -157,6 +157,7 @@ def test_pooled_controller_stops_at_the_step_cap_of_a_cliff():
     assert float(da.step_size) < 0.8
 
 
+@pytest.mark.slow  # a 300-warmup run; the cap's parts are tested cheaply
 def test_sampler_caps_the_step_at_the_oscillators_stability_limit():
     # the lattice oscillator's acceptance stays near 1 up to the 2MN limit: the note
     # names the cap, and the cap uses the true largest frequency of the adapted metric

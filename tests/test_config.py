@@ -121,6 +121,7 @@ def test_sweep_points_seeds_and_folders(tmp_path):
         config.sweep_config(cfg, 6)
 
 
+@pytest.mark.slow  # test_run's draws.nc test drives the same config path and compares bit for bit
 def test_config_drives_a_real_sample(tmp_path):
     cfg = config.load(write(tmp_path, """
         model: {name: harmonic_oscillator, params: {n_sites: 8}}

@@ -58,6 +58,7 @@ def test_constant_observable_has_nan_diagnostics_not_errors():
     assert np.isnan(s.ess) and np.isnan(s.r_hat) and s.mean == 1.0
 
 
+@pytest.mark.slow  # a statistical run; the Creutz check's verdict is tested on synthetic draws
 def test_summary_has_the_physics_checks():
     import hmc
     import physics_models

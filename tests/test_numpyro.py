@@ -369,8 +369,9 @@ def _prior_with_a_normal_likelihood(make):
 # correlation Cholesky factor, a truncation, the circle, a logsumexp series, a random
 # walk, a dense covariance): the default tier's share of the corpus, about a second
 # each; every one of the corpus at three states in the slow tier
-DEFAULT_TIER_PRIORS = ("Beta", "BetaProportion", "Dirichlet", "LKJCholesky", "TruncatedNormal", "VonMises",
-                       "TruncatedPolyaGamma", "GaussianRandomWalk", "MultivariateNormal")
+# Beta and BetaProportion: preflight runs on both in the beta-prior test above
+DEFAULT_TIER_PRIORS = ("Dirichlet", "LKJCholesky", "TruncatedNormal", "VonMises", "TruncatedPolyaGamma",
+                       "GaussianRandomWalk", "MultivariateNormal")
 
 
 def test_continuous_numpyro_distributions_as_priors_pass_preflight():
@@ -418,6 +419,7 @@ def _likelihood_findings(name):
     return [] if report.ok and not report.events else [str(e) for e in report.events] or [str(report)]
 
 
+@pytest.mark.slow  # the slow per-distribution likelihood test covers these and more
 def test_numpyro_distributions_as_likelihoods_pass_preflight():
     """The gradient into a likelihood's parameters (a bounded and a matrix distribution
     here; every one in the slow tier): no finding at the data's own parameters."""

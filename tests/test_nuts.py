@@ -74,6 +74,7 @@ def test_a_broken_gradient_inside_the_tree_is_located_and_rejected():
     assert found, "no tree reached the wall"
 
 
+@pytest.mark.slow  # the default tier locates a trip in the tree; the driver names it as for ghmc, timescales
 def test_nuts_trips_are_named_with_the_tree_step():
     pot = broken.where_trap()
     r = hmc.sample(pot, kernel="nuts", seed=0, num_chains=4, num_warmup=100, num_samples=150, max_trip_fraction=1.0,

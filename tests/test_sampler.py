@@ -221,6 +221,7 @@ def _trapped_potential():
     )
 
 
+@pytest.mark.slow  # trips are named and rejected in the default tier by the ghmc, timescales and run tests
 def test_midrun_trap_rejected_draws_finite_and_named():
     """Trajectories that reach the trap trip, are rejected and attributed."""
     pot = _trapped_potential()

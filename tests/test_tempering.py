@@ -428,6 +428,7 @@ def test_tempering_the_gauge_term_under_pseudofermions_keeps_the_target():
         assert abs(a.mean() - b.mean()) < 4 * err, (name, a.mean(), b.mean(), err)
 
 
+@pytest.mark.slow  # compiles the tempered kernel with the CG inside; swap energies are tested cheaply by label
 def test_a_swap_moves_a_pseudofermion_replicas_energy_by_its_tempered_share():
     """With auxiliary fields the energy after a swap is the replica's own: its fields kept,
     the gauge share moved to the new temperature (no fermion solve again)."""

@@ -329,6 +329,8 @@ def test_a_trip_names_the_term_and_its_level():
     trips = [e for e in result.guard_events if e.kind == "nonfinite_gradient"]
     assert trips and all(e.term == "barrier" and e.level == 0 for e in trips), [str(e) for e in trips]
     assert "in term 'barrier' (timescale level 0)" in str(trips[0])
+    assert all(e.action == "rejected" and e.leaf == "x" for e in trips)
+    assert np.all(np.isfinite(result.draws["x"]))  # a rejected trajectory leaves no NaN in the draws
 
 
 @pytest.mark.slow
