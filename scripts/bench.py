@@ -601,13 +601,19 @@ def qcd_section(out: str, parts: str | None = None) -> int:
         "",
         *qb.even_odd_lines(results["even_odd"]["result"]),
         "",
-        f"**(b) Flat against nested timescales and Hasenbusch, 4^4.** `hmc.sample`, {schemes['chains']} chains from "
-        f"the same quenched start, {schemes['warmup']} warmup + {schemes['samples']} draws, 2MN at every level, unit "
-        f"mass, trajectory length 1 with the step adapted to target acceptance {qb.TARGET_ACCEPT} (the step count "
-        "is an integer, so a scheme can land above the target), even-odd on (the model's default), the plaquette as the only observable; ESS of the plaquette "
-        "(bulk, pooled); ms / traj: a chunk's time over its trajectories (chains vmapped, so per chain), from the "
-        "sampling chunks after the first; forces per trajectory from the mean step count (`hmc.integrators."
-        "evaluations_per_step`); light = `fermion` or `fermion_ratio` (a mass-0.1 solve), heavy = `fermion_heavy`.",
+        f"**(b) Flat against nested timescales and Hasenbusch, 4^4, at equal acceptance.** {schemes['chains']} "
+        f"configurations of the dynamical theory (the quenched start, then {schemes['equilibration']} trajectories of a "
+        f"flat run; plaquettes {', '.join(f'{p:.3f}' for p in schemes['plaquette_start'])}), one per chain. Trajectory "
+        "length 1 in every scheme, 2MN at every level, unit mass, even-odd on (the model's default), the plaquette as "
+        "the only observable. Inner step counts fixed: gauge x 4 per drift of the level above, one heavy step per ratio "
+        "step (see the reading for what `hmc summary` suggests instead). Then a scan of the outer "
+        f"step count n (`hmc.sample` with the step fixed at 1/n, {schemes['scan_draws']} trajectories per chain, "
+        "acceptance `<min(1, exp(-dH))>`), and a run at each scheme's cheapest n with acceptance at least "
+        f"{schemes['target']:g} (equal acceptance: the same threshold for all, as in the Schwinger scan), "
+        f"{schemes['samples']} trajectories per chain. ESS of the plaquette: pooled bulk, and each chain's own summed "
+        "(+- from the spread of the chains' own ESS, carried to s / ESS and the ratios); ms / traj: a chunk's time over its trajectories (chains vmapped, so per chain), "
+        "from the chunks after the first; light = `fermion` or `fermion_ratio` (a mass-0.1 solve), heavy = "
+        "`fermion_heavy`.",
         "",
         *qb.schemes_lines(schemes),
         "",

@@ -15,11 +15,12 @@ Three parts, each in its own process (``jax_enable_x64`` is set before any array
   (``jax.grad`` of the fermion term, the solve included) and the time of one application of
   ``M`` and of ``M^dag M``, with ``even_odd`` off and on; and where the Schur complement's time
   goes (its two packed hops against the full hop).
-- **schemes** (``--part schemes``): at 4^4, ``hmc.sample`` runs of flat 2MN, nested 2MN
-  (fermion outer, gauge inner) and the three-level Hasenbusch split, each with its step
-  adapted to the same acceptance at trajectory length 1; seconds and force evaluations per
-  effective sample of the plaquette (each scheme's run cached as it ends: the Hasenbusch
-  program alone compiles for minutes).
+- **schemes** (``--part schemes``): at 4^4, flat 2MN, nested 2MN (fermion outer, gauge inner)
+  and the three-level Hasenbusch split at equal acceptance: from the same configurations of the
+  dynamical theory, trajectory length 1, a scan of the outer step count (the step fixed at
+  ``1/n``) and a run at each scheme's cheapest count with acceptance at least
+  :data:`TARGET_ACCEPT`; seconds and forces per trajectory and per effective sample of the
+  plaquette (each scheme's result cached as it ends; ``--samples`` sets the run's length).
 - **forces** (``--part forces``): the fermion force by autodiff through the solver's custom
   rule (what the model does) against :func:`hand_force`, written out here for the
   unpreconditioned operator; checked against autodiff to rounding before it is timed, both
@@ -40,6 +41,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +54,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 
 import hmc  # noqa: E402
+import hmc.diagnostics  # noqa: E402
+import hmc.forces  # noqa: E402
 import hmc.groups  # noqa: E402
 import hmc.integrators as integ  # noqa: E402
 import physics_models  # noqa: E402
@@ -326,13 +330,18 @@ def forces_part(sizes: tuple[int, ...] = (4, 8), repeats: int = 3) -> dict[str, 
 
 
 # -- (b) nested timescales ------------------------------------------------------------------------------
-INNER = 4  # gauge steps per outer drift
+INNER = 4  # gauge steps per drift of the level above
 HASENBUSCH_MASS = 0.5
-TARGET_ACCEPT = 0.85
+TARGET_ACCEPT = 0.8  # each scheme's cheapest step count with at least this acceptance (as the Schwinger scan)
+SCAN_STEPS = tuple(range(1, 9))  # outer steps per trajectory tried
+SCAN_DRAWS = 20  # trajectories per chain at each step count of the scan (one chunk)
+EQUILIBRATION = 200  # trajectories of the flat run that brings the quenched start to the dynamical theory
 
 
 def schemes(inner: int = INNER, hasenbusch_mass: float = HASENBUSCH_MASS) -> list[tuple[str, dict, list | None]]:
-    """``[(name, model keywords, timescales)]``: flat 2MN, nested 2MN and Hasenbusch on three levels."""
+    """``[(name, model keywords, levels)]``: flat 2MN, nested 2MN (fermion outer, gauge ``inner``
+    steps per outer drift) and Hasenbusch on three levels (ratio outer, one heavy step, gauge
+    ``inner``)."""
     return [
         ("flat 2MN", {}, None),
         (f"nested 2MN: fermion / gauge x {inner}", {}, [{"terms": ["fermion"], "steps": 1},
@@ -341,6 +350,18 @@ def schemes(inner: int = INNER, hasenbusch_mass: float = HASENBUSCH_MASS) -> lis
          [{"terms": ["fermion_ratio"], "steps": 1}, {"terms": ["fermion_heavy"], "steps": 1},
           {"terms": ["gauge"], "steps": inner}]),
     ]
+
+
+def suggested(potential: Any, levels: list, u: Array, seed: int = 3) -> dict:
+    """What ``hmc summary`` would suggest for ``levels`` at one outer step per trajectory:
+    ``{"steps": [...], "forces": {term: {rms, max}}}`` (``hmc.forces.suggest_steps``: every
+    level's ``eps_l * max|F_l|`` brought to the outermost's), from the forces at ``u`` (one
+    configuration per chain) with fresh pseudofermions. Recorded, not used: see the table's notes."""
+    keys = jax.random.split(jax.random.key(seed), u.shape[0])
+    fields = jax.vmap(lambda k, q: potential.refresh(k, {"U": q}))(keys, u)
+    states = types.SimpleNamespace(position={"U": u}, auxiliary=fields)
+    measured = hmc.forces.chunk_forces(potential, [(level["terms"], 1) for level in levels], states, step_size=1.0)
+    return {"steps": hmc.forces.suggest_steps(measured["levels"]), "forces": measured["terms"]}
 
 
 def forces_per_step(timescales: list | None) -> dict[str, int]:
@@ -352,48 +373,95 @@ def forces_per_step(timescales: list | None) -> dict[str, int]:
     return {term: c for c, level in zip(counts, timescales) for term in level["terms"]}
 
 
-def production(size: int, model: dict, timescales: list | None, u: Array, chains: int, warmup: int, samples: int,
-               seed: int = 0) -> dict[str, Any]:
-    """One ``hmc.sample`` run from ``u`` on every chain, the step adapted to :data:`TARGET_ACCEPT`
-    at trajectory length 1: seconds per trajectory from the sampling chunks after the first,
-    ESS of the plaquette, forces per trajectory."""
-    potential = fermion_model(size, True, **model)
-    potential = dataclasses.replace(potential, observables={"plaquette": potential.observables["plaquette"]},
-                                    derived={})
+def fixed_run(potential: Any, timescales: list | None, u: Array, n: int, samples: int, seed: int) -> tuple[Any, list]:
+    """``samples`` trajectories of length 1 in ``n`` 2MN steps (the step fixed at ``1 / n``: the
+    sampler's ``ceil(1 / step)`` steps of ``1 / n`` each) on every chain from ``u``; no warmup.
+    Every ``n`` runs the same compiled program. Returns the result and the chunk records."""
     records: list[dict] = []
     extra = {} if timescales is None else {"timescales": timescales}
-    r = hmc.sample(potential, seed=seed, num_chains=chains, num_warmup=warmup, num_samples=samples,
-                   integrator="minimum_norm", mass_matrix="identity", target_accept=TARGET_ACCEPT, precision="float64",
-                   init_positions={"U": jnp.broadcast_to(u, (chains, *u.shape))}, record=[], chunk_size=25,
-                   trajectory_length=1.0, progress=False, on_chunk=lambda end: records.append(end.record), **extra)
-    sampling = [rec for rec in records if rec["phase"] == "sampling"][1:]
-    # per trajectory of one chain (the chains run vmapped: a batch's time over its trajectories)
-    per_traj = sum(rec["seconds"] for rec in sampling) / sum(rec["trajectories"] for rec in sampling)
-    steps = float(np.mean(r.stats["n_steps"]))
-    forces = {term: steps * n for term, n in forces_per_step(timescales).items()}
-    ess = float(np.min(r.summary().observables["plaquette"].ess_bulk)) if samples >= 20 else float("nan")
-    draws = chains * samples
-    return {"acceptance": float(np.mean(r.stats["acceptance_rate"])), "step": float(np.mean(r.step_size)),
-            "steps": steps, "forces": forces, "per_traj": per_traj, "ess": ess,
-            "plaquette": float(np.mean(r.draws["plaquette"])),
-            "per_ess": per_traj * draws / ess, "forces_per_ess": {t: f * draws / ess for t, f in forces.items()}}
+    r = hmc.sample(potential, seed=seed, num_chains=u.shape[0], num_warmup=0, num_samples=samples,
+                   integrator="minimum_norm", mass_matrix="identity", step_size=(1.0 + 1e-9) / n,
+                   trajectory_length=1.0, precision="float64", init_positions={"U": u}, record=[],
+                   chunk_size=SCAN_DRAWS, progress=False, on_chunk=lambda end: records.append(end.record), **extra)
+    assert np.all(np.asarray(r.stats["n_steps"]) == n), "the fixed step did not give n steps"
+    return r, records
 
 
-def schemes_part(size: int = 4, chains: int = 4, warmup: int = 50, samples: int = 120) -> dict[str, Any]:
-    """Every scheme at ``size`` with its step adapted to the same acceptance: cost per ESS. Each
-    scheme's run is kept in :data:`CACHE` as it ends and not rerun (the Hasenbusch program
-    compiles for minutes); delete ``schemes_runs.json`` to rerun all."""
-    path = os.path.join(CACHE, "schemes_runs.json")
-    runs = json.load(open(path)) if os.path.exists(path) else {}
+def scan(potential: Any, timescales: list | None, u: Array) -> list[dict]:
+    """Acceptance ``<min(1, exp(-dH))>`` and ``<dH>`` at each outer step count of
+    :data:`SCAN_STEPS` (:data:`SCAN_DRAWS` trajectories per chain from the equilibrated ``u``),
+    up to the first that reaches :data:`TARGET_ACCEPT` and one more."""
+    rows: list[dict] = []
+    for n in SCAN_STEPS:
+        r, _ = fixed_run(potential, timescales, u, n, SCAN_DRAWS, seed=100 + n)
+        dh = np.asarray(r.stats["delta_energy"], np.float64)
+        rows.append({"n": n, "acceptance": float(np.mean(r.stats["acceptance_rate"])),
+                     "dH": float(np.mean(dh)), "dH_error": float(np.std(dh) / np.sqrt(dh.size))})
+        print(f"  n={n}: {json.dumps(rows[-1])}", flush=True)
+        if sum(row["acceptance"] >= TARGET_ACCEPT for row in rows) >= 2:
+            break
+    return rows
+
+
+def production(potential: Any, timescales: list | None, u: Array, n: int, samples: int, seed: int = 0) -> dict:
+    """A run at ``n`` outer steps: seconds per trajectory from the sampling chunks after the
+    first, ESS of the plaquette (pooled bulk, and each chain's own with their spread), forces
+    per trajectory and per ESS."""
+    r, records = fixed_run(potential, timescales, u, n, samples, seed)
+    per_traj = sum(rec["seconds"] for rec in records[1:]) / sum(rec["trajectories"] for rec in records[1:])
+    plaq = np.asarray(r.draws["plaquette"], np.float64)
+    ess = float(np.min(r.summary().observables["plaquette"].ess_bulk))
+    per_chain = [float(hmc.diagnostics.ess(plaq[c:c + 1])) for c in range(plaq.shape[0])]
+    forces = {term: n * k for term, k in forces_per_step(timescales).items()}
+    draws = plaq.size
+    return {"n": n, "acceptance": float(np.mean(r.stats["acceptance_rate"])), "forces": forces, "per_traj": per_traj,
+            "ess": ess, "ess_chains": per_chain, "plaquette": float(np.mean(plaq)), "draws": plaq.tolist(),
+            "plaquette_error": float(np.std(plaq) / np.sqrt(ess)), "per_ess": per_traj * draws / ess,
+            "forces_per_ess": {t: f * draws / ess for t, f in forces.items()}}
+
+
+def equilibrated(size: int, chains: int) -> Array:
+    """``(chains, 4, L, L, L, L, 3, 3)``: the quenched start brought to the dynamical theory by
+    a flat run of :data:`EQUILIBRATION` trajectories (the step adapted to :data:`TARGET_ACCEPT`),
+    each chain's last state; kept in :data:`CACHE`."""
+    path = os.path.join(CACHE, f"dynamical_{size}_{chains}_{EQUILIBRATION}.npy")
+    if os.path.exists(path):
+        return jnp.asarray(np.load(path))
     u = thermal_links(size)
+    potential = fermion_model(size, True)
+    r = hmc.sample(potential, seed=11, num_chains=chains, num_warmup=EQUILIBRATION, num_samples=1,
+                   integrator="minimum_norm", mass_matrix="identity", target_accept=TARGET_ACCEPT, trajectory_length=1.0,
+                   precision="float64", init_positions={"U": jnp.broadcast_to(u, (chains, *u.shape))}, record=[],
+                   progress=False)
+    out = jnp.asarray(r.final_positions["U"], jnp.complex128)
+    np.save(path, np.asarray(out))
+    return out
+
+
+def schemes_part(size: int = 4, chains: int = 4, samples: int = 1000) -> dict[str, Any]:
+    """Every scheme at trajectory length 1 from the same equilibrated configurations: a scan of the outer step count, and a run at the
+    cheapest count with acceptance at least :data:`TARGET_ACCEPT`. Each scheme's result is kept
+    in :data:`CACHE` as it ends and not rerun (the Hasenbusch program compiles for minutes);
+    delete the file to rerun all."""
+    path = os.path.join(CACHE, f"schemes_{size}_{chains}_{samples}_{TARGET_ACCEPT:g}.json")
+    runs = json.load(open(path)) if os.path.exists(path) else {}
+    u = equilibrated(size, chains)
     for name, model, levels in schemes():
         if name in runs:
             continue
-        runs[name] = production(size, model, levels, u, chains, warmup, samples)
+        potential = fermion_model(size, True, **model)
+        potential = dataclasses.replace(potential, observables={"plaquette": potential.observables["plaquette"]},
+                                        derived={})
+        suggestion = None if levels is None else suggested(potential, levels, u)
+        rows = scan(potential, levels, u)
+        n = next((row["n"] for row in rows if row["acceptance"] >= TARGET_ACCEPT), rows[-1]["n"])
+        runs[name] = {"levels": levels, "suggested": suggestion, "scan": rows,
+                      **production(potential, levels, u, n, samples)}
         print(size, name, json.dumps(runs[name]), flush=True)
         with open(path, "w") as fh:
             json.dump(runs, fh, indent=1)
-    return {"plaquette_start": plaquette(u), "chains": chains, "warmup": warmup, "samples": samples, "runs": runs}
+    return {"plaquette_start": [plaquette(x) for x in u], "chains": chains, "samples": samples,
+            "scan_draws": SCAN_DRAWS, "equilibration": EQUILIBRATION, "target": TARGET_ACCEPT, "runs": runs}
 
 # -- the tables -----------------------------------------------------------------------------------------
 def even_odd_lines(result: dict[str, Any]) -> list[str]:
@@ -418,24 +486,37 @@ def even_odd_lines(result: dict[str, Any]) -> list[str]:
 
 
 def schemes_lines(result: dict[str, Any]) -> list[str]:
-    """Table (b): cost per trajectory and per effective sample of the plaquette."""
-    lines = ["| scheme | acceptance | step | steps / traj | light fermion forces / traj | heavy / traj | gauge / traj "
-             "| ms / traj | ESS | light forces / ESS | heavy / ESS | gauge / ESS | s / ESS | flat / this (s / ESS) |",
+    """Table (b): the scan, and cost per trajectory and per effective sample of the plaquette.
+    Errors (+-) of the ESS from the spread of the chains' own ESS, carried to the ratios."""
+    lines = ["| scheme | steps per level (outer first) | acceptance at n = 1, 2, ... | n | acceptance "
+             "| light fermion forces / traj | heavy / traj | gauge / traj | ms / traj | flat / this (ms / traj) "
+             "| ESS (pooled) | ESS, chains summed | s / ESS | flat / this (s / ESS) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     runs = result["runs"]
-    flat = runs["flat 2MN"]
+    flat = runs.get("flat 2MN")
+
+    def relative(r: dict) -> float:
+        chains = np.asarray(r["ess_chains"])
+        return float(np.std(chains, ddof=1) * np.sqrt(chains.size) / chains.sum())
+
     for name, r in runs.items():
-        f, per = r["forces"], r["forces_per_ess"]
+        f = r["forces"]
         light = f.get("fermion", f.get("fermion_ratio", 0.0))
-        light_ess = per.get("fermion", per.get("fermion_ratio", 0.0))
-        gain = "" if r is flat else f"{flat['per_ess'] / r['per_ess']:.2f}x"
-        lines.append(f"| {name} | {r['acceptance']:.3f} | {r['step']:.3f} | {r['steps']:.1f} | {light:.0f} "
-                     f"| {f.get('fermion_heavy', 0.0):.0f} | {f['gauge']:.0f} | {r['per_traj'] * 1e3:.0f} | {r['ess']:.0f} "
-                     f"| {light_ess:.0f} | {per.get('fermion_heavy', 0.0):.0f} | {per['gauge']:.0f} | {r['per_ess']:.2f} "
-                     f"| {gain} |")
+        steps = "n" if not r["levels"] else " / ".join(["n"] + [str(level["steps"]) for level in r["levels"][1:]])
+        chains = np.asarray(r["ess_chains"])
+        accs = " ".join(f"{row['acceptance']:.2f}" for row in r["scan"])
+        per_traj = per_ess = ""
+        if flat is not None and r is not flat:
+            ratio = flat["per_ess"] / r["per_ess"]
+            per_traj = f"{flat['per_traj'] / r['per_traj']:.2f}x"
+            per_ess = f"{ratio:.2f}x +- {ratio * np.hypot(relative(flat), relative(r)):.2f}"
+        lines.append(f"| {name} | {steps} | {accs} | {r['n']} | {r['acceptance']:.3f} | {light:.0f} "
+                     f"| {f.get('fermion_heavy', 0):.0f} | {f['gauge']:.0f} | {r['per_traj'] * 1e3:.0f} | {per_traj} "
+                     f"| {r['ess']:.0f} | {chains.sum():.0f} +- {chains.sum() * relative(r):.0f} "
+                     f"| {r['per_ess']:.2f} +- {r['per_ess'] * relative(r):.2f} | {per_ess} |")
     for name, _, _ in schemes():
         if name not in runs:
-            lines.append(f"| {name} | not measured (see below) |" + " |" * 12)
+            lines.append(f"| {name} | not measured |" + " |" * 12)
     return lines
 
 
@@ -455,9 +536,9 @@ def forces_lines(result: dict[str, Any]) -> list[str]:
 
 
 # -- one part per process ----------------------------------------------------------------------------
-def run_part(part: str) -> dict[str, Any]:
+def run_part(part: str, **kw: Any) -> dict[str, Any]:
     """One part in this process (``jax_enable_x64`` already on), with the versions."""
-    result = {"even_odd": even_odd_part, "forces": forces_part, "schemes": schemes_part}[part]()
+    result = {"even_odd": even_odd_part, "forces": forces_part, "schemes": schemes_part}[part](**kw)
     return {"result": result, "jax": jax.__version__, "date": time.strftime("%Y-%m-%d")}
 
 
@@ -484,9 +565,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=PARTS, required=True, help="one part, in this process, printed")
     parser.add_argument("--json", default=None, help="also write the result here")
+    parser.add_argument("--samples", type=int, default=None, help="--part schemes: trajectories per chain of each run")
+    parser.add_argument("--size", type=int, default=None, help="--part schemes: the lattice size L (default 4)")
     args = parser.parse_args(argv)
     jax.config.update("jax_enable_x64", True)
-    result = run_part(args.part)
+    given = {"samples": args.samples, "size": args.size}
+    result = run_part(args.part, **{k: v for k, v in given.items() if v is not None})
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=1)
