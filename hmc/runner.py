@@ -537,8 +537,8 @@ def measure_flow(path: str, t_max: float = 1.0, eps: float = 0.01, every: int = 
 
 def check_reversibility(cfg: _config.RunConfig, config_dir: str | None, out: TextIO | None = None) -> int:
     """``hmc check --reversibility``: :func:`hmc.check_reversibility` with the config's model,
-    integrator, step size (0.1 if adapted), number of steps (10 if not fixed), precision
-    and seed."""
+    integrator, timescales, step size (0.1 if adapted), number of steps (10 if not fixed),
+    precision and seed."""
     from hmc import reversibility
 
     out = out or sys.stdout
@@ -547,7 +547,8 @@ def check_reversibility(cfg: _config.RunConfig, config_dir: str | None, out: Tex
     s = _config.with_kernel(cfg, potential).sampler
     report = reversibility.check_reversibility(
         potential, seed=cfg.run.seed, precision=cfg.run.precision, integrator=s.integrator,
-        step_size=s.step_size or 0.1, num_steps=s.num_steps or 10, num_chains=min(s.num_chains, 4))
+        step_size=s.step_size or 0.1, num_steps=s.num_steps or 10, num_chains=min(s.num_chains, 4),
+        timescales=None if s.timescales is None else [level.model_dump(exclude_none=True) for level in s.timescales])
     print(f"model {potential.name}", file=out)
     print(reversibility.format_report(report), file=out)
     return EXIT_OK

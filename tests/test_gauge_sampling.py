@@ -4,6 +4,7 @@ Wilson loops of SU(N) Yang-Mills against exact values."""
 
 import dataclasses
 import importlib
+import os
 
 import jax
 import jax.numpy as jnp
@@ -14,8 +15,10 @@ import hmc
 import physics_models as pm
 from hmc import geometry, groups
 from hmc.guard.symmetry import symmetry_events
+from hmc.reversibility import format_report
 
 ym = importlib.import_module("physics_models.yang_mills")
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 
 
 def test_the_force_on_a_group_leaf_is_the_lie_derivative_of_every_action():
@@ -291,6 +294,28 @@ def test_group_leaves_with_timescales_tempering_ghmc_and_a_bit_exact_resume():
     ghmc = hmc.sample(pot, kernel="ghmc", seed=2, num_chains=2, num_warmup=40, num_samples=20, progress=False)
     assert ghmc.guard_events == [] and ghmc.summary().sampler["group_defect_max"] < 1e-5
 
+
+@pytest.mark.slow
+def test_nested_trajectories_on_a_group_leaf_are_reversible():
+    """``check_reversibility(..., timescales=...)`` on a group leaf and an ordinary one:
+    the nested scheme reversible to rounding and second order."""
+    pot = _gauge_higgs(shape=(2, 2))
+    nested = hmc.check_reversibility(pot, timescales=[{"terms": ["higgs"], "steps": 1},
+                                                      {"terms": ["gauge"], "steps": 3}],
+                                     precision="float64", step_size=0.2, num_steps=3, num_chains=2, refinements=2)
+    assert nested["max_abs_dq"] < 1e-12 and nested["max_abs_dp"] < 1e-12 and nested["max_abs_dh"] < 1e-10
+    assert abs(nested["slope"] - 2.0) < 0.15 and nested["max_group_defect"] < 1e-13
+    assert "nested higgs x 1 / gauge x 3" in format_report(nested)
+
+
+@pytest.mark.slow
+def test_hmc_check_reversibility_uses_the_configs_timescales(capsys):
+    """``hmc check --reversibility`` on a config with ``timescales`` checks that scheme."""
+    from hmc.cli import main
+
+    assert main(["check", "--reversibility", os.path.join(CONFIGS, "schwinger.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "nested fermion x 1 / gauge x 4" in out and "slope 2.0" in out
 
 GAUGE_ON_TWO_DEVICES = """
 import json, jax, numpy as np, hmc, physics_models as pm

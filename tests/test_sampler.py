@@ -90,10 +90,8 @@ def test_same_seed_bit_identical_and_chunk_size_independent():
     kw = dict(seed=7, num_chains=3, num_warmup=60, num_samples=50, progress=False, jitter=0.1, integrator="leapfrog",
               num_steps=4)
     a = hmc.sample(pot, chunk_size=100, **kw)
-    b = hmc.sample(pot, chunk_size=100, **kw)
-    c = hmc.sample(pot, chunk_size=17, **kw)
+    c = hmc.sample(pot, chunk_size=17, **kw)  # a second run with the same seed, in other chunks: the same bits
     for name in ("x", "x2", "correlator"):
-        np.testing.assert_array_equal(a.draws[name], b.draws[name])
         np.testing.assert_array_equal(a.draws[name], c.draws[name])
     for name in hmc.sampler.STAT_NAMES:
         np.testing.assert_array_equal(a.stats[name], c.stats[name])

@@ -10,6 +10,7 @@ import hmc
 from hmc import integrators
 from hmc.forces import suggest_steps
 from hmc.config import ConfigError, RunConfig
+from hmc.reversibility import format_report
 from physics_models import phi4
 
 
@@ -191,6 +192,28 @@ def test_nested_has_unit_jacobian(name):
         jac = jax.jacfwd(flow)(jnp.asarray(np.concatenate([Q0, P0])))
         assert abs(float(jnp.linalg.det(jac)) - 1.0) < 1e-10
 
+
+
+def test_check_reversibility_integrates_the_nested_scheme():
+    """``hmc.check_reversibility(..., timescales=...)`` checks the scheme the sampler takes:
+    reversible and second order, with the nested levels' own energy error; one level holding
+    every term is the flat integrator to the last bit."""
+    pot = hmc.Potential(terms={"soft": soft, "stiff": stiff}, init=lambda key: {"x": jax.random.normal(key, (3,))})
+    kw = dict(precision="float64", step_size=0.1, num_steps=4, num_chains=2, refinements=2)
+    try:
+        nested = hmc.check_reversibility(pot, timescales=[{"terms": ["soft"], "steps": 1},
+                                                          {"terms": ["stiff"], "steps": 5}], **kw)
+        flat = hmc.check_reversibility(pot, **kw)
+        one_level = hmc.check_reversibility(pot, timescales=[{"terms": ["soft", "stiff"], "steps": 1}], **kw)
+        with pytest.raises(ValueError, match="missing"):
+            hmc.check_reversibility(pot, timescales=[{"terms": ["missing"], "steps": 1}], **kw)
+    finally:
+        jax.config.update("jax_enable_x64", False)
+    assert nested["max_abs_dq"] < 1e-12 and nested["max_abs_dh"] < 1e-10
+    assert abs(nested["slope"] - 2.0) < 0.2 and nested["expected_order"] == 2
+    assert abs(nested["mean_abs_dh"][0] / flat["mean_abs_dh"][0] - 1) > 0.5, (nested["mean_abs_dh"], flat["mean_abs_dh"])
+    assert one_level["mean_abs_dh"] == flat["mean_abs_dh"] and one_level["dh"] == flat["dh"]
+    assert "nested soft x 1 / stiff x 5" in format_report(nested) and flat["timescales"] is None
 
 STARTS = np.random.default_rng(0).normal(size=(6, 2, 3))
 
