@@ -113,10 +113,11 @@ MIXED = [("minimum_norm", "leapfrog", "minimum_norm"), ("leapfrog", "yoshida4", 
 def test_a_level_with_its_own_integrator_is_the_nested_scheme(tables):
     with jax.enable_x64(True):
         q0, p0 = start()
-        end, _ = nested("minimum_norm", [soft, middle, stiff], (1, 2, 3), q0, p0, 0.05, 4, tables)
+        # compiled once for the trajectory and its reverse
+        run = jax.jit(lambda q, p: nested("minimum_norm", [soft, middle, stiff], (1, 2, 3), q, p, 0.05, 4, tables))
+        end, _ = run(q0, p0)
         q, p = textbook("minimum_norm", [soft, middle, stiff], (1, 2, 3), q0, p0, 0.05, 4, tables)
-        back, _ = nested("minimum_norm", [soft, middle, stiff], (1, 2, 3), end.position,
-                         {"x": -end.momentum["x"]}, 0.05, 4, tables)
+        back, _ = run(end.position, {"x": -end.momentum["x"]})
 
         def flow(z):
             e, _ = nested("minimum_norm", [soft, middle, stiff], (1, 2, 3), {"x": z[:3]}, {"x": z[3:]}, 0.1, 3,
