@@ -34,7 +34,10 @@ def _trajectory(potential: Potential, integrator: str, metric: Any, position: An
                 split: _integrators.Split | None = None) -> tuple[Any, Any, Any]:
     """``(end position, end momentum, H_end - H_start)`` of one trajectory of one chain
     (nested over the levels of ``split``, as the sampler integrates with ``timescales``)."""
-    energy, grad = split.value_and_grads(position) if split else jax.value_and_grad(potential.energy)(position)
+    if split is None:
+        energy, grad = jax.value_and_grad(potential.energy)(position)
+    else:
+        energy, grad = split.value_and_grads(position)
     start = _integrators.IntegratorState(position, momentum, grad)
     end, _, energy_end = _integrators.integrate_to_energy(
         integrator, potential.energy, metric.velocity, start, step_size.astype(energy.dtype), num_steps,
@@ -50,7 +53,8 @@ def _one_chain(potential: Potential, integrator: str, split: _integrators.Split 
     def run(key: jax.Array, position: Any, step_size: jax.Array, num_steps: jax.Array) -> dict:
         metric = _integrators.metric_for(potential, None, position)
         momentum = metric.sample_momentum(key, position)
-        q1, p1, dh_forward = _trajectory(potential, integrator, metric, position, momentum, step_size, num_steps, split)
+        q1, p1, dh_forward = _trajectory(potential, integrator, metric, position, momentum, step_size, num_steps,
+                                         split)
         back = jax.tree_util.tree_map(jnp.negative, p1)
         q2, p2, dh_back = _trajectory(potential, integrator, metric, q1, back, step_size, num_steps, split)
         dq = jnp.max(jnp.stack([jnp.max(jnp.abs(a - b)) for a, b in zip(jax.tree_util.tree_leaves(q2),
@@ -116,7 +120,8 @@ def check_reversibility(potential: Potential, *, seed: int = 0, precision: str |
         "max_abs_dq": float(np.max(first["dq"])), "max_abs_dp": float(np.max(first["dp"])),
         "max_abs_dh": float(np.max(first["dh"])), "max_group_defect": float(np.max(first["defect"])), "dq": first["dq"].tolist(), "dh": first["dh"].tolist(),
         "energy_violation": means[0], "slope": _slope(sizes, means),
-        "expected_order": min(_integrators.ORDER[name] for name in trajectory.level_integrators or (integrator,)),
+        "expected_order": min(_integrators.ORDER[name]
+                              for name in trajectory.level_integrators or (integrator,)),
         "step_sizes": sizes, "mean_abs_dh": means, "integrator": integrator, "num_steps": num_steps,
         "precision": str(np.dtype(dtype)),
         "timescales": None if not timescales else [dict(level._asdict()) for level in trajectory.timescales],
@@ -128,7 +133,8 @@ def format_report(report: dict[str, Any]) -> str:
     nested = report.get("timescales")
     levels = "" if not nested else ", nested " + " / ".join(
         f"{'+'.join(level['terms'])} x {level['steps']}" for level in nested)
-    lines = [f"reversibility ({report['integrator']}{levels}, {report['num_steps']} steps of {report['step_sizes'][0]:g}, "
+    lines = [f"reversibility ({report['integrator']}{levels}, {report['num_steps']} steps of "
+             f"{report['step_sizes'][0]:g}, "
              f"{report['precision']}): max |dq| = {report['max_abs_dq']:.3e}, max |dp| = {report['max_abs_dp']:.3e}, "
              f"max |dH| = {report['max_abs_dh']:.3e}",
              f"energy violation <|dH|> against the step size (fixed length): slope {report['slope']:.2f} "

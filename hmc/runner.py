@@ -548,7 +548,8 @@ def check_reversibility(cfg: _config.RunConfig, config_dir: str | None, out: Tex
     report = reversibility.check_reversibility(
         potential, seed=cfg.run.seed, precision=cfg.run.precision, integrator=s.integrator,
         step_size=s.step_size or 0.1, num_steps=s.num_steps or 10, num_chains=min(s.num_chains, 4),
-        timescales=None if s.timescales is None else [level.model_dump(exclude_none=True) for level in s.timescales])
+        timescales=None if s.timescales is None
+        else [level.model_dump(exclude_none=True) for level in s.timescales])
     print(f"model {potential.name}", file=out)
     print(reversibility.format_report(report), file=out)
     return EXIT_OK

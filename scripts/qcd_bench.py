@@ -439,10 +439,10 @@ def equilibrated(size: int, chains: int) -> Array:
 
 
 def schemes_part(size: int = 4, chains: int = 4, samples: int = 1000) -> dict[str, Any]:
-    """Every scheme at trajectory length 1 from the same equilibrated configurations: a scan of the outer step count, and a run at the
-    cheapest count with acceptance at least :data:`TARGET_ACCEPT`. Each scheme's result is kept
-    in :data:`CACHE` as it ends and not rerun (the Hasenbusch program compiles for minutes);
-    delete the file to rerun all."""
+    """Every scheme at trajectory length 1 from the same equilibrated configurations: a scan of
+    the outer step count, and a run at the cheapest count with acceptance at least
+    :data:`TARGET_ACCEPT`. Each scheme's result is kept in :data:`CACHE` as it ends and not
+    rerun (the Hasenbusch program compiles for minutes); delete the file to rerun all."""
     path = os.path.join(CACHE, f"schemes_{size}_{chains}_{samples}_{TARGET_ACCEPT:g}.json")
     runs = json.load(open(path)) if os.path.exists(path) else {}
     u = equilibrated(size, chains)

@@ -212,7 +212,8 @@ def test_check_reversibility_integrates_the_nested_scheme():
         jax.config.update("jax_enable_x64", False)
     assert nested["max_abs_dq"] < 1e-12 and nested["max_abs_dh"] < 1e-10
     assert abs(nested["slope"] - 2.0) < 0.2 and nested["expected_order"] == 2
-    assert abs(nested["mean_abs_dh"][0] / flat["mean_abs_dh"][0] - 1) > 0.5, (nested["mean_abs_dh"], flat["mean_abs_dh"])
+    assert abs(nested["mean_abs_dh"][0] / flat["mean_abs_dh"][0] - 1) > 0.5, \
+        (nested["mean_abs_dh"], flat["mean_abs_dh"])
     assert one_level["mean_abs_dh"] == flat["mean_abs_dh"] and one_level["dh"] == flat["dh"]
     assert "nested soft x 1 / stiff x 5" in format_report(nested) and flat["timescales"] is None
 
